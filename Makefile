@@ -1,0 +1,42 @@
+# The project's commands. Each creates the environment it needs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+LEGACY_VENV ?= .venv-legacy
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DATABASE ?= sqlite:///importapi-data
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+
+.PHONY: serve test check bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# The legacy Python client, exactly as its users installed it, in an environment of its own.
+$(LEGACY_VENV)/bin/.installed:
+	$(PYTHON) -m venv $(LEGACY_VENV)
+	$(LEGACY_VENV)/bin/pip install -q 'setuptools<58' wheel
+	$(LEGACY_VENV)/bin/pip install -q --no-build-isolation rjmetrics==0.1.0
+	touch $@
+
+serve: $(BIN)/.installed
+	$(BIN)/importapi serve --host $(HOST) --port $(PORT) --database $(DATABASE)
+
+test: $(BIN)/.installed $(LEGACY_VENV)/bin/.installed
+	IMPORTAPI_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: $(BIN)/.installed
+	$(BIN)/pip install -q ruff mypy
+	$(BIN)/ruff check importapi tests bench
+	$(BIN)/mypy
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.stack
+
+clean:
+	rm -rf $(VENV) $(LEGACY_VENV) .pytest_cache .hypothesis

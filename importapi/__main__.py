@@ -1,0 +1,5 @@
+"""``python -m importapi``: the command line."""
+
+from importapi.cli import main
+
+main()

@@ -1,0 +1,203 @@
+"""The HTTP surface: a small ASGI application with the contract's routes.
+
+    GET       /                                         status
+    GET       /v{1,2}/client/{cid}/authenticate         is this a live key of the client
+    POST/PUT  /v{1,2}/client/{cid}/table/{table}/data   upsert
+
+The sandbox is the same routes under ``/sandbox`` or on a host named ``sandbox-*`` or
+``sandbox.*``. Handlers stay thin: authenticate, read, validate, hand to storage, answer.
+Every answer is a JSON object starting with ``code`` and ``message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from importapi import __version__
+from importapi.auth import Authenticator, presented_key
+from importapi.body import decode_json, encoding_of, read_body
+from importapi.errors import ImportApiError, MethodNotAllowed, NotFound, ServerError
+from importapi.records import table_name, validate
+from importapi.settings import Settings
+from importapi.storage import Storage, open_storage
+
+log = logging.getLogger("importapi.server")
+access_log = logging.getLogger("importapi.access")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+V1_DEPRECATION = b"@1451606400"  # 2016-01-01: v2 has been the current version since
+_encode = msgspec.json.Encoder().encode
+_DATA_METHODS = ("POST", "PUT")
+
+
+class _Answer:
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None):
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+class _Request:
+    """What the access log and the answer need to know about one request."""
+
+    __slots__ = ("rid", "method", "headers", "sandbox", "version", "client_id", "table", "points")
+
+    def __init__(self, scope: Scope) -> None:
+        self.rid = secrets.token_hex(8)
+        self.method: str = scope["method"]
+        self.headers = dict(scope["headers"])
+        host = self.headers.get(b"host", b"")
+        self.sandbox = host.startswith((b"sandbox-", b"sandbox."))
+        self.version = 0
+        self.client_id: int | None = None
+        self.table: str | None = None
+        self.points = 0
+
+
+class ImportApi:
+    def __init__(self, storage: Storage, settings: Settings | None = None) -> None:
+        self.storage = storage
+        self.settings = settings or Settings()
+        self.auth = Authenticator(storage, self.settings.key_touch_seconds, self._in_thread)
+
+    def _in_thread(self, fn: Callable[[], None]) -> None:
+        asyncio.get_running_loop().run_in_executor(None, fn)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.get_running_loop().run_in_executor(None, self.storage.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        req = _Request(scope)
+        try:
+            answer = await self._route(req, scope, receive)
+        except ImportApiError as exc:
+            answer = _Answer(exc.status, exc.envelope())
+            if isinstance(exc, MethodNotAllowed):
+                answer.headers.append((b"allow", ", ".join(exc.allow).encode()))
+        except Exception:
+            log.exception("request %s failed", req.rid)
+            error = ServerError(f"something went wrong on our side; quote request id {req.rid} when reporting it")
+            answer = _Answer(500, {**error.envelope(), "request_id": req.rid})
+        await self._send(req, answer, send)
+        if self.settings.access_log:
+            self._log(req, answer, started)
+
+    async def _send(self, req: _Request, answer: _Answer, send: Send) -> None:
+        body = _encode(answer.body)
+        needle = req.headers.get(b"user-agent", b"").startswith(b"Needle/")
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8" if needle else b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", req.rid.encode()),
+            *answer.headers,
+        ]
+        if req.version == 1:
+            headers.append((b"deprecation", V1_DEPRECATION))
+            headers.append((b"link", b'</v2>; rel="successor-version"'))
+        if req.headers.get(b"connection", b"").lower() == b"close":
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if req.method == "HEAD" else body})
+
+    def _log(self, req: _Request, answer: _Answer, started: float) -> None:
+        access_log.info(
+            "%s",
+            _encode({
+                "request_id": req.rid, "method": req.method, "version": req.version or None,
+                "sandbox": req.sandbox, "client_id": req.client_id, "table": req.table,
+                "data_points": req.points, "status": answer.status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }).decode(),
+        )
+
+    async def _route(self, req: _Request, scope: Scope, receive: Receive) -> _Answer:
+        path: str = scope["path"]
+        if path == "/sandbox" or path.startswith("/sandbox/"):
+            req.sandbox = True
+            path = path[len("/sandbox"):] or "/"
+        if path == "/":
+            _allow(req.method, ("GET", "HEAD"))
+            self.storage.ping()
+            return _Answer(200, {"code": 200, "message": "OK", "service": "importapi",
+                                 "version": __version__, "sandbox": req.sandbox})
+        parts = path.split("/")
+        # ['', 'v2', 'client', cid, 'authenticate'] or [..., cid, 'table', name, 'data']
+        if len(parts) < 5 or parts[0] or parts[1] not in ("v1", "v2") or parts[2] != "client":
+            raise NotFound(f"no such resource: {path}")
+        req.version = int(parts[1][1])
+        cid = parts[3]
+        if not (cid.isascii() and cid.isdigit() and int(cid) > 0):
+            raise NotFound(f"client id {cid!r} is not a positive integer")
+        if len(parts) == 5 and parts[4] == "authenticate":
+            _allow(req.method, ("GET", "HEAD"))
+            return self._authenticate(req, scope, int(cid))
+        if len(parts) == 7 and parts[4] == "table" and parts[6] == "data":
+            _allow(req.method, _DATA_METHODS)
+            return await self._upsert(req, scope, receive, int(cid), parts[5])
+        raise NotFound(f"no such resource: {path}")
+
+    def _check_key(self, req: _Request, scope: Scope, client_id: int) -> None:
+        key = presented_key(scope["query_string"], req.headers.get(b"authorization"))
+        self.auth.check(key, client_id, sandbox=req.sandbox)
+        req.client_id = client_id
+
+    def _authenticate(self, req: _Request, scope: Scope, client_id: int) -> _Answer:
+        self._check_key(req, scope, client_id)
+        return _Answer(200, {"code": 200, "message": "OK", "client_id": client_id,
+                             "sandbox": req.sandbox})
+
+    async def _upsert(self, req: _Request, scope: Scope, receive: Receive, client_id: int,
+                      raw_table: str) -> _Answer:
+        self._check_key(req, scope, client_id)
+        table = req.table = table_name(raw_table)
+        limits = self.settings.limits
+        encoding = encoding_of(req.headers.get(b"content-encoding"))
+        raw = await read_body(receive, encoding, req.headers.get(b"content-length"), limits.max_body_bytes)
+        batch = validate(decode_json(raw), table, version=req.version, limits=limits)
+        req.points = len(batch.points)
+        result = await asyncio.wrap_future(self.storage.submit(client_id, batch, sandbox=req.sandbox))
+        body: dict[str, Any] = {"code": 201, "message": "Created", "table": table,
+                                "inserted": result.inserted, "replaced": result.replaced}
+        if req.sandbox:
+            body["sandbox"] = True
+            body["plan"] = {**result.plan, "inserted": result.inserted, "replaced": result.replaced}
+        return _Answer(201, body)
+
+
+def _allow(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed(f"{method} is not allowed here; use {' or '.join(allowed)}",
+                               allow=allowed)
+
+
+def create_app(settings: Settings | None = None) -> ImportApi:
+    """The application for the configured warehouse (an ASGI factory for server workers)."""
+    settings = settings or Settings.from_env()
+    return ImportApi(open_storage(settings.database, **settings.storage_options()), settings)

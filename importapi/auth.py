@@ -1,0 +1,87 @@
+"""Who is calling: the API key from the query string or a Bearer header, checked against
+the catalog through a cache that empties itself whenever the catalog changes.
+
+Last-used times are written off the request path, at most once a minute per key, and
+never for the sandbox (which leaves no trace, key use included).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+from importapi import apikeys
+from importapi.errors import Unauthorized
+from importapi.storage import Storage, StoredKey
+from importapi.storage.base import utcnow
+
+log = logging.getLogger("importapi.auth")
+MAX_CACHED = 10_000
+
+
+def presented_key(query_string: bytes, authorization: bytes | None) -> str:
+    """The one key a request presents, or a 401 saying why there is none."""
+    given = [v for k, v in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+             if k == "apikey"]
+    if authorization:
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            given.append(token.strip())
+    if not given or not all(given):
+        raise Unauthorized("no API key: pass ?apikey=KEY or the header Authorization: Bearer KEY")
+    if len(set(given)) > 1:
+        raise Unauthorized("more than one API key was given; send exactly one")
+    return given[0]
+
+
+class Authenticator:
+    def __init__(self, storage: Storage, touch_seconds: int,
+                 schedule: Callable[[Callable[[], None]], None]) -> None:
+        self.storage = storage
+        self.touch_seconds = touch_seconds
+        self.schedule = schedule
+        self._cache: dict[str, StoredKey | None] = {}
+        self._version = storage.catalog_version()
+        self._touched: dict[str, float] = {}
+
+    def _lookup(self, key_id: str) -> StoredKey | None:
+        version = self.storage.catalog_version()
+        if version != self._version or len(self._cache) > MAX_CACHED:
+            self._cache.clear()
+            self._version = version
+        try:
+            return self._cache[key_id]
+        except KeyError:
+            stored = self._cache[key_id] = self.storage.find_key(key_id)
+            return stored
+
+    def check(self, api_key: str, client_id: int, *, sandbox: bool) -> StoredKey:
+        """The key's record if it is a live key of this client; otherwise a 401."""
+        key_id = apikeys.key_id_of(api_key)
+        stored = self._lookup(key_id) if key_id else None
+        if stored is None or not apikeys.matches(api_key, stored.digest):
+            raise Unauthorized(f"the API key is not valid for client {client_id}")
+        if stored.revoked:
+            raise Unauthorized(f"the API key {key_id} has been revoked")
+        if stored.client_id != client_id:
+            raise Unauthorized(f"the API key {key_id} does not belong to client {client_id}")
+        if not sandbox:
+            self._touch(stored.key_id)
+        return stored
+
+    def _touch(self, key_id: str) -> None:
+        now = time.monotonic()
+        last = self._touched.get(key_id)
+        if last is not None and now - last < self.touch_seconds:
+            return
+        self._touched[key_id] = now
+        stamp = utcnow()
+        self.schedule(lambda: self._write_touch({key_id: stamp}))
+
+    def _write_touch(self, stamps: dict[str, str]) -> None:
+        try:
+            self.storage.touch_keys(stamps)
+        except Exception:
+            log.warning("could not record key use", exc_info=True)

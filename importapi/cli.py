@@ -1,0 +1,241 @@
+"""The command line: ``importapi serve``, clients, keys, tables and read-only queries.
+
+Every subcommand takes ``--database`` (or ``IMPORTAPI_DATABASE``). Errors print
+``Error: ...`` on stderr and exit 1; usage errors exit 2. Both are converted here, once.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from importapi import __version__
+from importapi.errors import ImportApiError
+from importapi.settings import Settings
+from importapi.storage import Storage, open_storage
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def database_option(fn: F) -> F:
+    return click.option(
+        "--database", envvar="IMPORTAPI_DATABASE", default=None, metavar="URL",
+        help="sqlite:///FOLDER (default sqlite:///importapi-data) or postgresql://...",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def errors_as_messages(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ImportApiError as exc:
+            raise click.ClickException("; ".join(exc.reasons)) from None
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def storage_for(database: str | None) -> Iterator[Storage]:
+    settings = Settings.from_env(database=database)
+    with open_storage(settings.database, **settings.storage_options()) as storage:
+        yield storage
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.group()
+@click.version_option(__version__, prog_name="importapi")
+def main() -> None:
+    """A self-hostable Data Import API: push JSON records, get real SQL tables."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="IMPORTAPI_HOST")
+@click.option("--port", default=8080, show_default=True, type=int, envvar="IMPORTAPI_PORT")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes.")
+@database_option
+@errors_as_messages
+def serve(host: str, port: int, workers: int, database: str | None) -> None:
+    """Start the API server (creates client 1 and prints its key on a first start)."""
+    from importapi.server import run
+
+    settings = Settings.from_env(database=database)
+    with open_storage(settings.database, **settings.storage_options()) as storage:
+        if not storage.list_clients():
+            client = storage.create_client("default")
+            info, api_key = storage.create_key(client.client_id)
+            click.echo(
+                f"First start: created client {client.client_id} with the API key\n\n"
+                f"    {api_key}\n\n"
+                "It is shown only this once. More keys: importapi keys create "
+                f"{client.client_id}\n"
+            )
+    base = f"http://{host}:{port}"
+    click.echo(f"importapi {__version__} on {base}/v2 (sandbox: {base}/sandbox/v2), "
+               f"warehouse {settings.database}")
+    run(settings, host=host, port=port, workers=workers)
+
+
+@main.group()
+def clients() -> None:
+    """Create and list clients."""
+
+
+@clients.command("create")
+@click.argument("name")
+@json_option
+@database_option
+@errors_as_messages
+def clients_create(name: str, as_json: bool, database: str | None) -> None:
+    """Create a client (a warehouse of its own)."""
+    with storage_for(database) as storage:
+        client = storage.create_client(name)
+    if as_json:
+        emit({"client_id": client.client_id, "name": client.name})
+    else:
+        click.echo(f"Created client {client.client_id} ({client.name}).")
+
+
+@clients.command("list")
+@json_option
+@database_option
+@errors_as_messages
+def clients_list(as_json: bool, database: str | None) -> None:
+    """List clients."""
+    with storage_for(database) as storage:
+        rows = storage.list_clients()
+    if as_json:
+        emit([{"client_id": c.client_id, "name": c.name, "created_at": c.created_at} for c in rows])
+    else:
+        for c in rows:
+            click.echo(f"{c.client_id}\t{c.name}\t{c.created_at}")
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.argument("client_id", type=int)
+@json_option
+@database_option
+@errors_as_messages
+def keys_create(client_id: int, as_json: bool, database: str | None) -> None:
+    """Create a key for a client; the key is shown only this once."""
+    with storage_for(database) as storage:
+        info, api_key = storage.create_key(client_id)
+    if as_json:
+        emit({"client_id": client_id, "key_id": info.key_id, "api_key": api_key})
+    else:
+        click.echo(f"Created key {info.key_id} for client {client_id}:\n\n    {api_key}\n\n"
+                   "It is shown only this once.")
+
+
+@keys.command("list")
+@click.argument("client_id", type=int)
+@json_option
+@database_option
+@errors_as_messages
+def keys_list(client_id: int, as_json: bool, database: str | None) -> None:
+    """List a client's keys (never the keys themselves)."""
+    with storage_for(database) as storage:
+        rows = storage.list_keys(client_id)
+    if as_json:
+        emit([k.as_dict() for k in rows])
+        return
+    click.echo("key_id        created_at            last_used_at          revoked_at")
+    for k in rows:
+        click.echo(f"{k.key_id}  {k.created_at}  {k.last_used_at or '-':20}  {k.revoked_at or '-'}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@json_option
+@database_option
+@errors_as_messages
+def keys_revoke(key_id: str, as_json: bool, database: str | None) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    with storage_for(database) as storage:
+        info = storage.revoke_key(key_id)
+    if as_json:
+        emit(info.as_dict())
+    else:
+        click.echo(f"Revoked key {info.key_id} of client {info.client_id}.")
+
+
+@main.command()
+@click.argument("client_id", type=int)
+@json_option
+@database_option
+@errors_as_messages
+def tables(client_id: int, as_json: bool, database: str | None) -> None:
+    """A client's tables: key fields, columns with their types, row counts."""
+    with storage_for(database) as storage:
+        infos = storage.tables(client_id)
+    if as_json:
+        emit([t.as_dict() for t in infos])
+        return
+    if not infos:
+        click.echo(f"Client {client_id} has no tables yet.")
+    for t in infos:
+        s = t.schema
+        click.echo(f"{s.name}  ({t.row_count} rows, keys: {', '.join(s.key_fields)})")
+        for c in s.columns.values():
+            widened = f"  (widened {c.widened_at})" if c.widened_at else ""
+            click.echo(f"    {c.name:30} {c.kind.label}{widened}")
+
+
+@main.command()
+@click.argument("client_id", type=int)
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@database_option
+@errors_as_messages
+def query(client_id: int, sql: str, fmt: str, database: str | None) -> None:
+    """Run read-only SQL on a client's warehouse."""
+    with storage_for(database) as storage:
+        columns, rows = storage.query(client_id, sql)
+    if fmt == "json":
+        emit([dict(zip(columns, row)) for row in rows])
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        click.echo(out.getvalue(), nl=False)
+    else:
+        click.echo(_table(columns, rows))
+
+
+def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Validation of an upsert request: from a decoded JSON body to a ``Batch``.
+
+Everything the request alone can tell is checked here, for the whole request, before
+anything is written: the body's shape, each data point's ``keys`` and key values, field
+and table names, nesting depth. Each problem becomes one reason naming the data point's
+index. What needs the table's current schema (its key fields, column names, the column
+limit) is checked by ``importapi.schema``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from importapi.errors import BadRequest
+from importapi.kinds import Kind, join, kind_of
+
+TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
+RESERVED_TABLE_PREFIXES = ("sqlite_", "_importapi", "pg_")
+MAX_NAME_BYTES = 63
+MAX_REASONS = 50
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_points: int = 100
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_depth: int = 32
+    max_columns: int = 1000
+    max_key_fields: int = 8
+
+
+@dataclass
+class Batch:
+    """A validated request: data points in order, and the kind each field asks for."""
+
+    table: str
+    key_fields: tuple[str, ...]
+    points: list[dict[str, Any]]
+    kinds: dict[str, Kind] = field(default_factory=dict)
+
+
+def table_name(raw: str) -> str:
+    """The stored (lower-case) name of a table, or a 400 that says what is wrong."""
+    if not TABLE_NAME.fullmatch(raw):
+        raise BadRequest(
+            f"table name {raw!r} is not valid: use 1 to 63 letters, digits or underscores"
+        )
+    name = raw.lower()
+    if name.startswith(RESERVED_TABLE_PREFIXES):
+        raise BadRequest(f"table name {raw!r} is reserved: names starting with "
+                         + ", ".join(RESERVED_TABLE_PREFIXES) + " are kept for the system")
+    return name
+
+
+def field_name_problem(name: str) -> str | None:
+    if not name:
+        return "a field name is empty"
+    if "\x00" in name:
+        return f"field name {name!r} contains a NUL character"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"field name {name[:20]!r}... is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def _name_problem(name: str, lower_names: dict[str, str]) -> str | None:
+    problem = field_name_problem(name)
+    if problem:
+        return problem
+    other = lower_names.setdefault(name.lower(), name)
+    if other != name:
+        return (f"field names {other!r} and {name!r} differ only in case; "
+                "columns are matched ignoring case")
+    return None
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a value: a scalar is 0, an object or array one more than its deepest."""
+    if type(value) is dict:
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if type(value) is list:
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.dropped = 0
+
+    def add(self, index: int | None, text: str) -> None:
+        if len(self.reasons) >= MAX_REASONS:
+            self.dropped += 1
+            return
+        self.reasons.append(text if index is None else f"data point {index}: {text}")
+
+    def raise_if_any(self) -> None:
+        if self.reasons:
+            extra = [f"... and {self.dropped} more problems"] if self.dropped else []
+            raise BadRequest(*self.reasons, extra=extra)
+
+
+def _v2_keys(point: dict[str, Any], i: int, limits: Limits, out: _Collector) -> tuple[str, ...] | None:
+    keys = point.get("keys", _MISSING)
+    if keys is _MISSING:
+        out.add(i, 'has no "keys" field: name the fields that identify it, e.g. "keys": ["id"]')
+        return None
+    if type(keys) is not list or not keys:
+        out.add(i, f'"keys" must be a non-empty array of field names, got {_type_name(keys)}')
+        return None
+    if any(type(k) is not str for k in keys):
+        out.add(i, '"keys" must contain only field names (strings)')
+        return None
+    if len(set(keys)) != len(keys):
+        out.add(i, f'"keys" names a field more than once: {keys}')
+        return None
+    if len(keys) > limits.max_key_fields:
+        out.add(i, f'"keys" names {len(keys)} fields; at most {limits.max_key_fields} are allowed')
+        return None
+    ok = True
+    for k in keys:
+        if k == "keys":
+            out.add(i, '"keys" cannot name the field "keys" itself')
+            ok = False
+        elif k not in point:
+            out.add(i, f"key field {k!r} is missing")
+            ok = False
+        else:
+            v = point[k]
+            if v is None or type(v) is dict or type(v) is list:
+                out.add(i, f"key field {k!r} must be a string, number or boolean, got {_type_name(v)}")
+                ok = False
+    return tuple(keys) if ok else None
+
+
+_MISSING = object()
+
+
+def _v1_id(point: dict[str, Any], i: int, out: _Collector) -> bool:
+    """v1 keys a data point by ``_id``: an integer, or a string of digits (made an integer)."""
+    value = point.get("_id", _MISSING)
+    if value is _MISSING:
+        out.add(i, 'has no "_id" field: v1 data points are keyed by an integer "_id"')
+        return False
+    if type(value) is str and value.isascii() and value.isdigit():
+        point["_id"] = int(value)
+        return True
+    if type(value) is not int:
+        out.add(i, f'"_id" must be an integer or a string of digits, got {_type_name(value)}')
+        return False
+    return True
+
+
+def validate(body: Any, table: str, *, version: int = 2, limits: Limits = Limits()) -> Batch:
+    """Check a decoded body against everything the request alone can tell."""
+    points = body if type(body) is list else [body]
+    if not points:
+        raise BadRequest("the body is an empty array: send 1 to 100 data points")
+    if len(points) > limits.max_points:
+        raise BadRequest(
+            f"the body has {len(points)} data points; at most {limits.max_points} are allowed per request"
+        )
+    out = _Collector()
+    kinds: dict[str, Kind] = {}
+    lower_names: dict[str, str] = {}
+    seen: set[str] = set()
+    batch_keys: tuple[str, ...] | None = None
+    key_set: frozenset[str] = frozenset()
+    clean: list[dict[str, Any]] = []
+    for i, point in enumerate(points):
+        if type(point) is not dict:
+            out.add(i, f"is {_type_name(point)}; a data point must be an object")
+            continue
+        if version == 1:
+            point.pop("keys", None)
+            keys: tuple[str, ...] | None = ("_id",) if _v1_id(point, i, out) else None
+        else:
+            keys = _v2_keys(point, i, limits, out)
+            point.pop("keys", None)
+        if keys is not None:
+            if batch_keys is None:
+                batch_keys, key_set = keys, frozenset(keys)
+            elif frozenset(keys) != key_set:
+                out.add(i, f"keys {list(keys)} differ from {list(batch_keys)} named by an earlier "
+                        "data point; a table has one set of key fields")
+        for name, value in point.items():
+            if name not in seen:
+                problem = _name_problem(name, lower_names)
+                if problem:
+                    out.add(i, problem)
+                    continue
+                seen.add(name)
+            kind = kind_of(value)
+            if kind is None:
+                continue
+            if kind is Kind.JSON and 1 + _depth(value) > limits.max_depth:
+                out.add(i, f"field {name!r} is nested deeper than {limits.max_depth} levels")
+                continue
+            known = kinds.get(name)
+            kinds[name] = kind if known is None else join(known, kind)
+        clean.append(point)
+    out.raise_if_any()
+    assert batch_keys is not None
+    return Batch(table=table, key_fields=batch_keys, points=clean, kinds=kinds)

@@ -1,0 +1,147 @@
+"""Table schemas and the plan that a push makes against one.
+
+A table's schema is its key fields and its typed columns. ``make_plan`` compares a
+validated ``Batch`` with the table's current schema and says what the push must do
+(create the table, add columns, widen columns), or refuses it with one reason per problem.
+``prepare_rows`` turns the data points into rows for the final column kinds, last write
+wins within the request. Backends share both, so they cannot disagree on a decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from importapi.errors import BadRequest
+from importapi.kinds import Kind, join, to_storage
+from importapi.records import Batch, Limits
+
+
+@dataclass
+class Column:
+    name: str
+    kind: Kind
+    widened_at: str | None = None
+
+
+@dataclass
+class TableSchema:
+    name: str
+    key_fields: tuple[str, ...]
+    columns: dict[str, Column]
+    created_at: str = ""
+
+    def lower_names(self) -> dict[str, str]:
+        return {name.lower(): name for name in self.columns}
+
+
+@dataclass
+class Plan:
+    table: str
+    create: bool
+    key_fields: tuple[str, ...]
+    kinds: dict[str, Kind]
+    add: list[Column] = field(default_factory=list)
+    widen: list[tuple[str, Kind, Kind]] = field(default_factory=list)
+
+    @property
+    def changes_schema(self) -> bool:
+        return self.create or bool(self.add) or bool(self.widen)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "create_table": self.create,
+            "key_fields": list(self.key_fields),
+            "add_columns": [{"name": c.name, "type": c.kind.label} for c in self.add],
+            "widen_columns": [
+                {"name": n, "from": old.label, "to": new.label} for n, old, new in self.widen
+            ],
+        }
+
+
+def _first_index(batch: Batch, name: str) -> int:
+    return next((i for i, p in enumerate(batch.points) if name in p), 0)
+
+
+def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits) -> Plan:
+    """What this push does to the table, or a 400 naming each problem."""
+    if schema is None:
+        order = [*batch.key_fields, *(n for n in batch.kinds if n not in batch.key_fields)]
+        kinds = {name: batch.kinds[name] for name in order}
+        plan = Plan(batch.table, True, batch.key_fields, kinds,
+                    add=[Column(n, k) for n, k in kinds.items()])
+        _check_width(plan, limits)
+        return plan
+
+    reasons: list[str] = []
+    if frozenset(batch.key_fields) != frozenset(schema.key_fields):
+        reasons.append(
+            f"data point 0: keys {list(batch.key_fields)} differ from the key fields of table "
+            f"{schema.name!r}, {list(schema.key_fields)}; a table's key fields are fixed by its first push"
+        )
+    kinds = {name: col.kind for name, col in schema.columns.items()}
+    plan = Plan(schema.name, False, schema.key_fields, kinds)
+    lower = schema.lower_names()
+    for name, kind in batch.kinds.items():
+        current = kinds.get(name)
+        if current is None:
+            other = lower.get(name.lower())
+            if other is not None:
+                reasons.append(
+                    f"data point {_first_index(batch, name)}: field {name!r} differs only in case "
+                    f"from column {other!r} of table {schema.name!r}; use the column's spelling"
+                )
+                continue
+            kinds[name] = kind
+            plan.add.append(Column(name, kind))
+        elif (wider := join(current, kind)) is not current:
+            kinds[name] = wider
+            plan.widen.append((name, current, wider))
+    if reasons:
+        raise BadRequest(*reasons)
+    _check_width(plan, limits)
+    return plan
+
+
+def _check_width(plan: Plan, limits: Limits) -> None:
+    if len(plan.kinds) > limits.max_columns:
+        raise BadRequest(
+            f"table {plan.table!r} would have {len(plan.kinds)} columns; at most "
+            f"{limits.max_columns} are allowed (key columns included)"
+        )
+
+
+@dataclass
+class Rows:
+    """Rows ready to bind: one per distinct key, the last data point for it winning."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    keys: list[tuple[Any, ...]]
+    point_keys: list[tuple[Any, ...]]
+
+
+def prepare_rows(plan: Plan, batch: Batch) -> Rows:
+    columns = list(plan.kinds)
+    kinds = list(plan.kinds.values())
+    key_index = [columns.index(k) for k in plan.key_fields]
+    by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    point_keys = []
+    for point in batch.points:
+        get = point.get
+        row = tuple([to_storage(get(name), kind) for name, kind in zip(columns, kinds)])
+        key = tuple([row[i] for i in key_index])
+        point_keys.append(key)
+        by_key[key] = row
+    return Rows(columns, list(by_key.values()), list(by_key), point_keys)
+
+
+def count_changes(point_keys: list[tuple[Any, ...]], existing: set[tuple[Any, ...]]) -> tuple[int, int]:
+    """(inserted, replaced), counted per data point in request order."""
+    seen = set(existing)
+    inserted = 0
+    for key in point_keys:
+        if key not in seen:
+            inserted += 1
+            seen.add(key)
+    return inserted, len(point_keys) - inserted

@@ -1,0 +1,160 @@
+"""The storage interface and the plain records it hands out.
+
+Pushes go through ``submit``, which returns a ``concurrent.futures.Future`` so that a
+backend can group concurrent pushes into one transaction (group commit) while the server
+awaits each answer and the command line simply blocks on it.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from importapi.records import Batch, Limits
+from importapi.schema import TableSchema
+
+DEFAULT_DATABASE = "sqlite:///importapi-data"
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_database_url(url: str) -> tuple[str, str]:
+    """``("sqlite", folder)`` or ``("postgresql", url)``; a bare path means a SQLite folder."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if not path:
+            raise ValueError("sqlite:/// needs a folder: sqlite:///importapi-data")
+        return "sqlite", path
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql", url
+    if "://" in url:
+        raise ValueError(
+            f"unknown database URL {url!r}: use sqlite:///FOLDER or postgresql://..."
+        )
+    return "sqlite", url
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    client_id: int
+    name: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    key_id: str
+    client_id: int
+    digest: bytes
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    client_id: int
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "client_id": self.client_id,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+@dataclass
+class TableInfo:
+    schema: TableSchema
+    row_count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.schema.name,
+            "key_fields": list(self.schema.key_fields),
+            "columns": [
+                {"name": c.name, "type": c.kind.label, "widened_at": c.widened_at}
+                for c in self.schema.columns.values()
+            ],
+            "row_count": self.row_count,
+            "created_at": self.schema.created_at,
+        }
+
+
+@dataclass
+class PushResult:
+    table: str
+    inserted: int
+    replaced: int
+    plan: dict[str, Any] = field(default_factory=dict)
+
+
+class Storage(abc.ABC):
+    """What the server and the command line need from a warehouse backend."""
+
+    limits: Limits
+
+    # -- clients and keys -------------------------------------------------
+    @abc.abstractmethod
+    def create_client(self, name: str, client_id: int | None = None) -> ClientInfo: ...
+
+    @abc.abstractmethod
+    def get_client(self, client_id: int) -> ClientInfo | None: ...
+
+    @abc.abstractmethod
+    def list_clients(self) -> list[ClientInfo]: ...
+
+    @abc.abstractmethod
+    def create_key(self, client_id: int) -> tuple[KeyInfo, str]:
+        """A new key for the client: its record and the key itself, shown once."""
+
+    @abc.abstractmethod
+    def list_keys(self, client_id: int) -> list[KeyInfo]: ...
+
+    @abc.abstractmethod
+    def revoke_key(self, key_id: str) -> KeyInfo: ...
+
+    @abc.abstractmethod
+    def find_key(self, key_id: str) -> StoredKey | None: ...
+
+    @abc.abstractmethod
+    def touch_keys(self, last_used: dict[str, str]) -> None:
+        """Record when keys were last used (written in batches, off the request path)."""
+
+    @abc.abstractmethod
+    def catalog_version(self) -> int:
+        """A number that changes whenever another process changes clients or keys."""
+
+    # -- data -------------------------------------------------------------
+    @abc.abstractmethod
+    def submit(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> Future[PushResult]:
+        """Apply (or, in the sandbox, plan) a validated push; resolves after the commit."""
+
+    @abc.abstractmethod
+    def tables(self, client_id: int) -> list[TableInfo]: ...
+
+    @abc.abstractmethod
+    def query(self, client_id: int, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run read-only SQL on a client's data; a write statement is refused."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless the warehouse can take writes."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,568 @@
+"""The embedded warehouse: SQLite files under one data folder.
+
+    catalog.sqlite3        clients and hashed keys
+    client_<id>.sqlite3    one per client: its tables, plus the schema metadata
+                           (_importapi_tables, _importapi_columns) kept in the same file so a
+                           schema change commits atomically with the rows that caused it
+
+Each client file has one writer thread. Pushes queue up for it and are applied together in
+one transaction, each in a SAVEPOINT of its own (group commit): a refused push rolls back
+alone, and every push is answered only after the transaction holding it has committed.
+All files are in WAL mode, so readers (the command line, SQL clients) never block the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from importapi import apikeys
+from importapi.errors import BadRequest, ImportApiError, NotFound, ServerError, StorageUnavailable
+from importapi.kinds import Kind, widen_stored
+from importapi.records import Batch, Limits
+from importapi.schema import Column, Plan, TableSchema, count_changes, make_plan, prepare_rows
+from importapi.storage.base import (
+    ClientInfo,
+    KeyInfo,
+    PushResult,
+    Storage,
+    StoredKey,
+    TableInfo,
+    utcnow,
+)
+
+log = logging.getLogger("importapi.storage")
+
+SQL_TYPES = {
+    Kind.BOOLEAN: "BOOLEAN",
+    Kind.INTEGER: "INTEGER",
+    Kind.DOUBLE: "REAL",
+    Kind.DECIMAL: "TEXT",
+    Kind.TEXT: "TEXT",
+    Kind.JSON: "TEXT",
+}
+MAX_GROUP = 64
+BUSY_TIMEOUT_MS = 10_000
+
+CATALOG_DDL = """
+CREATE TABLE IF NOT EXISTS clients (
+    client_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    client_id INTEGER NOT NULL REFERENCES clients (client_id),
+    digest BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+"""
+
+CLIENT_DDL = """
+CREATE TABLE IF NOT EXISTS _importapi_tables (
+    name TEXT PRIMARY KEY,
+    key_fields TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_push_at TEXT
+);
+CREATE TABLE IF NOT EXISTS _importapi_columns (
+    table_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    widened_at TEXT,
+    PRIMARY KEY (table_name, name)
+);
+"""
+
+
+def quote(name: str) -> str:
+    """The one place identifiers are quoted: every name is a quoted identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _connect(path: Path | str, synchronous: str = "FULL", **kwargs: Any) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, **kwargs)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    return conn
+
+
+def _storage_error(exc: sqlite3.Error) -> ImportApiError:
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError) and any(
+        w in text for w in ("locked", "busy", "disk", "full", "unable to open", "readonly")
+    ):
+        return StorageUnavailable(f"the warehouse cannot take writes right now ({exc})")
+    return ServerError()
+
+
+def _widen_function(value: Any, old: str, new: str) -> Any:
+    return widen_stored(value, Kind.from_label(old), Kind.from_label(new))
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
+    schemas: dict[str, TableSchema] = {}
+    for name, key_fields, created_at in conn.execute(
+        "SELECT name, key_fields, created_at FROM _importapi_tables"
+    ):
+        schemas[name] = TableSchema(name, tuple(json.loads(key_fields)), {}, created_at)
+    for table, name, kind, widened_at in conn.execute(
+        "SELECT table_name, name, kind, widened_at FROM _importapi_columns ORDER BY table_name, position"
+    ):
+        schemas[table].columns[name] = Column(name, Kind.from_label(kind), widened_at)
+    return schemas
+
+
+@dataclass
+class _Job:
+    batch: Batch
+    sandbox: bool
+    future: Future[PushResult]
+
+
+class _TableSQL:
+    """Statements for one table at one schema, built once and reused."""
+
+    def __init__(self, schema: TableSchema, max_points: int) -> None:
+        t = quote(schema.name)
+        cols = list(schema.columns)
+        keys = list(schema.key_fields)
+        col_list = ", ".join(quote(c) for c in cols)
+        marks = ", ".join("?" for _ in cols)
+        others = [c for c in cols if c not in schema.key_fields]
+        conflict = ", ".join(quote(k) for k in keys)
+        if others:
+            update = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in others)
+            action = f"DO UPDATE SET {update}"
+        else:
+            action = "DO NOTHING"
+        self.columns = cols
+        self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
+        key_cols = ", ".join(quote(k) for k in keys)
+        if len(keys) == 1:
+            probe = ", ".join("?" for _ in range(max_points))
+            self.existing = f"SELECT {key_cols} FROM {t} WHERE {key_cols} IN ({probe})"
+        else:
+            row = "(" + ", ".join("?" for _ in keys) + ")"
+            probe = ", ".join(row for _ in range(max_points))
+            self.existing = f"SELECT {key_cols} FROM {t} WHERE ({key_cols}) IN (VALUES {probe})"
+        self.key_width = len(keys)
+        self.max_points = max_points
+
+
+class ClientWriter:
+    """The single writer of one client's file; applies queued pushes by group commit."""
+
+    def __init__(self, path: Path, limits: Limits, synchronous: str) -> None:
+        self.path = path
+        self.limits = limits
+        self.synchronous = synchronous
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.schemas: dict[str, TableSchema] = {}
+        self.sql: dict[str, _TableSQL] = {}
+        self.schema_version = -1
+        self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
+        self.thread.start()
+
+    def submit(self, batch: Batch, sandbox: bool) -> Future[PushResult]:
+        future: Future[PushResult] = Future()
+        self.jobs.put(_Job(batch, sandbox, future))
+        return future
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=30)
+
+    # -- the writer thread --------------------------------------------------
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                break
+            group = [job]
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.jobs.put(None)
+                    break
+                group.append(nxt)
+            try:
+                if conn is None:
+                    conn = _connect(self.path, self.synchronous)
+                    conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
+                self._apply_group(conn, group)
+            except sqlite3.Error as exc:
+                log.exception("storage error on %s", self.path.name)
+                error = _storage_error(exc)
+                for j in group:
+                    if not j.future.done():
+                        j.future.set_exception(error)
+                self._forget()
+        if conn is not None:
+            conn.close()
+
+    def _forget(self) -> None:
+        self.schemas, self.sql, self.schema_version = {}, {}, -1
+
+    def _refresh(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        if version != self.schema_version:
+            self.schemas = load_schemas(conn)
+            self.sql = {}
+            self.schema_version = version
+
+    def _apply_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        results: list[tuple[_Job, PushResult | BaseException]] = []
+        try:
+            self._refresh(conn)
+            for n, job in enumerate(group):
+                results.append((job, self._apply_one(conn, job, n)))
+            self.schema_version = conn.execute("PRAGMA schema_version").fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for job, outcome in results:
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+    def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> PushResult | BaseException:
+        batch = job.batch
+        try:
+            schema = self.schemas.get(batch.table)
+            plan = make_plan(schema, batch, self.limits)
+            rows = prepare_rows(plan, batch)
+            existing = self._existing(conn, schema, plan, rows.keys)
+            inserted, replaced = count_changes(rows.point_keys, existing)
+            result = PushResult(batch.table, inserted, replaced, plan.describe())
+            if job.sandbox:
+                return result
+        except ImportApiError as exc:
+            return exc
+        conn.execute(f"SAVEPOINT push{n}")
+        try:
+            if plan.changes_schema:
+                self._change_schema(conn, schema, plan)
+            conn.executemany(self.sql[batch.table].upsert, rows.rows)
+            conn.execute(
+                "UPDATE _importapi_tables SET last_push_at = ? WHERE name = ?", (utcnow(), batch.table)
+            )
+        except sqlite3.IntegrityError as exc:
+            conn.execute(f"ROLLBACK TO push{n}")
+            conn.execute(f"RELEASE push{n}")
+            self.schema_version = -1
+            self._refresh(conn)
+            return BadRequest(
+                f"table {batch.table!r}: widening a key column would make two rows share a key ({exc})"
+            )
+        conn.execute(f"RELEASE push{n}")
+        return result
+
+    def _statements(self, schema: TableSchema) -> _TableSQL:
+        sql = self.sql.get(schema.name)
+        if sql is None:
+            sql = self.sql[schema.name] = _TableSQL(schema, self.limits.max_points)
+        return sql
+
+    def _existing(
+        self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, keys: list[tuple[Any, ...]]
+    ) -> set[tuple[Any, ...]]:
+        """Which of these keys the table already holds, as values of the planned key kinds."""
+        if schema is None:
+            return set()
+        sql = self._statements(schema)
+        params: list[Any] = [v for key in keys for v in key]
+        params.extend([None] * (sql.max_points * sql.key_width - len(params)))
+        found = conn.execute(sql.existing, params).fetchall()
+        widened = {name: (old, new) for name, old, new in plan.widen if name in plan.key_fields}
+        if widened:
+            kinds = [widened.get(k) for k in schema.key_fields]
+            found = [
+                tuple(v if w is None else widen_stored(v, *w) for v, w in zip(row, kinds))
+                for row in found
+            ]
+        return set(found)
+
+    def _change_schema(self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan) -> None:
+        now = utcnow()
+        t = quote(plan.table)
+        if schema is None:
+            defs = ", ".join(
+                f"{quote(c.name)} {SQL_TYPES[c.kind]}" + (" NOT NULL" if c.name in plan.key_fields else "")
+                for c in plan.add
+            )
+            conn.execute(f"CREATE TABLE {t} ({defs})")
+            self._create_key_index(conn, plan)
+            conn.execute(
+                "INSERT INTO _importapi_tables (name, key_fields, created_at) VALUES (?, ?, ?)",
+                (plan.table, json.dumps(list(plan.key_fields)), now),
+            )
+            schema = TableSchema(plan.table, plan.key_fields, {}, now)
+        else:
+            schema = TableSchema(schema.name, schema.key_fields, dict(schema.columns), schema.created_at)
+            for c in plan.add:
+                conn.execute(f"ALTER TABLE {t} ADD COLUMN {quote(c.name)} {SQL_TYPES[c.kind]}")
+        position = len(schema.columns)
+        for c in plan.add:
+            conn.execute(
+                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (plan.table, c.name, c.kind.label, position, now),
+            )
+            schema.columns[c.name] = Column(c.name, c.kind)
+            position += 1
+        if plan.widen:
+            for name, _old, new in plan.widen:
+                schema.columns[name] = Column(name, new, now)
+                conn.execute(
+                    "UPDATE _importapi_columns SET kind = ?, widened_at = ? WHERE table_name = ? AND name = ?",
+                    (new.label, now, plan.table, name),
+                )
+            self._rebuild(conn, schema, plan)
+        self.schemas[plan.table] = schema
+        self.sql.pop(plan.table, None)
+        self._statements(schema)
+
+    def _create_key_index(self, conn: sqlite3.Connection, plan: Plan) -> None:
+        keys = ", ".join(quote(k) for k in plan.key_fields)
+        index = quote(f"_importapi_key_{plan.table}")
+        conn.execute(f"CREATE UNIQUE INDEX {index} ON {quote(plan.table)} ({keys})")
+
+    def _rebuild(self, conn: sqlite3.Connection, schema: TableSchema, plan: Plan) -> None:
+        """Widen columns: SQLite cannot change a column's type, so the table is rebuilt."""
+        t, tmp = quote(plan.table), quote(f"_importapi_rebuild_{plan.table}")
+        widened = {name: (old, new) for name, old, new in plan.widen}
+        defs = ", ".join(
+            f"{quote(c.name)} {SQL_TYPES[c.kind]}" + (" NOT NULL" if c.name in plan.key_fields else "")
+            for c in schema.columns.values()
+        )
+        cols = ", ".join(quote(c) for c in schema.columns)
+        exprs = ", ".join(
+            f"_importapi_widen({quote(c)}, '{widened[c][0].label}', '{widened[c][1].label}')"
+            if c in widened
+            else quote(c)
+            for c in schema.columns
+        )
+        conn.execute(f"CREATE TABLE {tmp} ({defs})")
+        conn.execute(f"INSERT INTO {tmp} ({cols}) SELECT {exprs} FROM {t} ORDER BY rowid")
+        conn.execute(f"DROP TABLE {t}")
+        conn.execute(f"ALTER TABLE {tmp} RENAME TO {t}")
+        self._create_key_index(conn, plan)
+
+
+class SQLiteStorage(Storage):
+    def __init__(self, folder: str | os.PathLike[str], limits: Limits | None = None,
+                 synchronous: str = "FULL") -> None:
+        self.folder = Path(folder)
+        self.limits = limits or Limits()
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._catalog = _connect(self.folder / "catalog.sqlite3", self.synchronous)
+            _execute_script(self._catalog, CATALOG_DDL)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageUnavailable(f"cannot open the warehouse in {str(self.folder)!r}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._writers: dict[int, ClientWriter] = {}
+        self._local_changes = 0
+
+    def _client_path(self, client_id: int) -> Path:
+        return self.folder / f"client_{client_id}.sqlite3"
+
+    def _catalog_call(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._catalog.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _storage_error(exc) from exc
+
+    # -- clients and keys -------------------------------------------------
+    def create_client(self, name: str, client_id: int | None = None) -> ClientInfo:
+        now = utcnow()
+        with self._lock:
+            try:
+                rows = self._catalog.execute(
+                    "INSERT INTO clients (client_id, name, created_at) VALUES (?, ?, ?) RETURNING client_id",
+                    (client_id, name, now),
+                ).fetchall()
+            except sqlite3.IntegrityError as exc:
+                raise BadRequest(f"client {client_id} already exists") from exc
+            except sqlite3.Error as exc:
+                raise _storage_error(exc) from exc
+        info = ClientInfo(rows[0][0], name, now)
+        conn = _connect(self._client_path(info.client_id), self.synchronous)
+        try:
+            _execute_script(conn, CLIENT_DDL)
+        finally:
+            conn.close()
+        return info
+
+    def get_client(self, client_id: int) -> ClientInfo | None:
+        rows = self._catalog_call(
+            "SELECT client_id, name, created_at FROM clients WHERE client_id = ?", (client_id,)
+        )
+        return ClientInfo(*rows[0]) if rows else None
+
+    def list_clients(self) -> list[ClientInfo]:
+        rows = self._catalog_call("SELECT client_id, name, created_at FROM clients ORDER BY client_id")
+        return [ClientInfo(*r) for r in rows]
+
+    def _require_client(self, client_id: int) -> None:
+        if self.get_client(client_id) is None:
+            raise NotFound(f"client {client_id} does not exist")
+
+    def create_key(self, client_id: int) -> tuple[KeyInfo, str]:
+        self._require_client(client_id)
+        key = apikeys.new_key()
+        now = utcnow()
+        self._catalog_call(
+            "INSERT INTO api_keys (key_id, client_id, digest, created_at) VALUES (?, ?, ?, ?)",
+            (key.key_id, client_id, key.digest, now),
+        )
+        return KeyInfo(key.key_id, client_id, now, None, None), key.api_key
+
+    def list_keys(self, client_id: int) -> list[KeyInfo]:
+        self._require_client(client_id)
+        rows = self._catalog_call(
+            "SELECT key_id, client_id, created_at, last_used_at, revoked_at FROM api_keys"
+            " WHERE client_id = ? ORDER BY created_at, key_id",
+            (client_id,),
+        )
+        return [KeyInfo(*r) for r in rows]
+
+    def revoke_key(self, key_id: str) -> KeyInfo:
+        rows = self._catalog_call(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE key_id = ?"
+            " RETURNING key_id, client_id, created_at, last_used_at, revoked_at",
+            (utcnow(), key_id),
+        )
+        if not rows:
+            raise NotFound(f"key {key_id!r} does not exist")
+        self._local_changes += 1
+        return KeyInfo(*rows[0])
+
+    def find_key(self, key_id: str) -> StoredKey | None:
+        rows = self._catalog_call(
+            "SELECT key_id, client_id, digest, revoked_at IS NOT NULL FROM api_keys WHERE key_id = ?",
+            (key_id,),
+        )
+        return StoredKey(rows[0][0], rows[0][1], rows[0][2], bool(rows[0][3])) if rows else None
+
+    def touch_keys(self, last_used: dict[str, str]) -> None:
+        with self._lock:
+            try:
+                self._catalog.execute("BEGIN IMMEDIATE")
+                self._catalog.executemany(
+                    "UPDATE api_keys SET last_used_at = ? WHERE key_id = ?",
+                    [(ts, key_id) for key_id, ts in last_used.items()],
+                )
+                self._catalog.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._catalog.in_transaction:
+                    self._catalog.execute("ROLLBACK")
+                raise _storage_error(exc) from exc
+
+    def catalog_version(self) -> int:
+        (version,) = self._catalog_call("PRAGMA data_version")[0]
+        return int(version) + self._local_changes
+
+    # -- data -------------------------------------------------------------
+    def _writer(self, client_id: int) -> ClientWriter:
+        writer = self._writers.get(client_id)
+        if writer is None:
+            with self._lock:
+                writer = self._writers.get(client_id)
+                if writer is None:
+                    path = self._client_path(client_id)
+                    if not path.exists():
+                        raise NotFound(f"client {client_id} has no warehouse file")
+                    writer = ClientWriter(path, self.limits, self.synchronous)
+                    self._writers[client_id] = writer
+        return writer
+
+    def submit(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> Future[PushResult]:
+        return self._writer(client_id).submit(batch, sandbox)
+
+    def _reader(self, client_id: int) -> sqlite3.Connection:
+        self._require_client(client_id)
+        path = self._client_path(client_id)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    def tables(self, client_id: int) -> list[TableInfo]:
+        conn = self._reader(client_id)
+        try:
+            conn.execute("BEGIN")
+            schemas = load_schemas(conn)
+            return [
+                TableInfo(s, conn.execute(f"SELECT count(*) FROM {quote(s.name)}").fetchone()[0])
+                for s in sorted(schemas.values(), key=lambda s: s.name)
+            ]
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from exc
+        finally:
+            conn.close()
+
+    def query(self, client_id: int, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        conn = self._reader(client_id)
+        try:
+            cursor = conn.execute(sql)
+            columns = [d[0] for d in cursor.description or ()]
+            return columns, cursor.fetchall()
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                raise BadRequest(f"query is read-only; this statement would write ({exc})") from exc
+            raise BadRequest(f"query failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise BadRequest(f"query failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    def ping(self) -> None:
+        self._catalog_call("SELECT 1")
+        if not os.access(self.folder, os.W_OK):
+            raise StorageUnavailable(f"the data folder {str(self.folder)!r} is not writable")
+
+    def close(self) -> None:
+        for writer in list(self._writers.values()):
+            writer.stop()
+        self._writers.clear()
+        with self._lock:
+            self._catalog.close()
