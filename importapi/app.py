@@ -12,6 +12,7 @@ Every answer is a JSON object starting with ``code`` and ``message``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -39,6 +40,9 @@ Send = Callable[[Message], Awaitable[None]]
 V1_DEPRECATION = b"@1451606400"  # 2016-01-01: v2 has been the current version since
 _encode = msgspec.json.Encoder().encode
 _DATA_METHODS = ("POST", "PUT")
+# Request ids: unique per process start (random prefix) without a system call per request.
+_RID_PREFIX = secrets.token_hex(5)
+_rid_counter = itertools.count(1)
 
 
 class _Answer:
@@ -56,7 +60,7 @@ class _Request:
     __slots__ = ("rid", "method", "headers", "sandbox", "version", "client_id", "table", "points")
 
     def __init__(self, scope: Scope) -> None:
-        self.rid = secrets.token_hex(8)
+        self.rid = f"{_RID_PREFIX}{next(_rid_counter):06x}"
         self.method: str = scope["method"]
         self.headers = dict(scope["headers"])
         host = self.headers.get(b"host", b"")
@@ -101,10 +105,11 @@ class ImportApi:
             answer = _Answer(exc.status, exc.envelope())
             if isinstance(exc, MethodNotAllowed):
                 answer.headers.append((b"allow", ", ".join(exc.allow).encode()))
+            elif isinstance(exc, ServerError):  # raised by storage, which logged the cause
+                answer = _server_error(req)
         except Exception:
             log.exception("request %s failed", req.rid)
-            error = ServerError(f"something went wrong on our side; quote request id {req.rid} when reporting it")
-            answer = _Answer(500, {**error.envelope(), "request_id": req.rid})
+            answer = _server_error(req)
         await self._send(req, answer, send)
         if self.settings.access_log:
             self._log(req, answer, started)
@@ -189,6 +194,11 @@ class ImportApi:
             body["sandbox"] = True
             body["plan"] = {**result.plan, "inserted": result.inserted, "replaced": result.replaced}
         return _Answer(201, body)
+
+
+def _server_error(req: _Request) -> _Answer:
+    error = ServerError(f"something went wrong on our side; quote request id {req.rid} when reporting it")
+    return _Answer(500, {**error.envelope(), "request_id": req.rid})
 
 
 def _allow(method: str, allowed: tuple[str, ...]) -> None:

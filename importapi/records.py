@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from importapi.errors import BadRequest
-from importapi.kinds import Kind, join, kind_of
+from importapi.kinds import INT64_MAX, INT64_MIN, Kind, join, kind_of
 
 TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
 RESERVED_TABLE_PREFIXES = ("sqlite_", "_importapi", "pg_")
@@ -39,6 +39,8 @@ class Batch:
     key_fields: tuple[str, ...]
     points: list[dict[str, Any]]
     kinds: dict[str, Kind] = field(default_factory=dict)
+    mixed: set[str] = field(default_factory=set)
+    """Fields whose values in this request are of more than one kind."""
 
 
 def table_name(raw: str) -> str:
@@ -159,6 +161,102 @@ def _v1_id(point: dict[str, Any], i: int, out: _Collector) -> bool:
     return True
 
 
+class _Validator:
+    """Walks the data points once. Points of a shape already seen (same field names, same
+    value types) skip the per-name checks: only what varies with the value itself (integer
+    range, nesting depth) is looked at again."""
+
+    def __init__(self, version: int, limits: Limits) -> None:
+        self.version = version
+        self.limits = limits
+        self.out = _Collector()
+        self.kinds: dict[str, Kind] = {}
+        self.mixed: set[str] = set()
+        self.lower_names: dict[str, str] = {}
+        self.seen: set[str] = set()
+        self.keys: tuple[str, ...] | None = None
+        self.key_set: frozenset[str] = frozenset()
+        self.keys_list: list[str] = []
+        self.shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], tuple[list[int], list[int]]] = {}
+
+    def point(self, i: int, point: dict[str, Any]) -> None:
+        keys = self._keys(i, point)
+        if keys is not None:
+            if self.keys is None:
+                self.keys, self.key_set, self.keys_list = keys, frozenset(keys), list(keys)
+            elif keys != self.keys and frozenset(keys) != self.key_set:
+                self.out.add(i, f"keys {list(keys)} differ from {list(self.keys)} named by an earlier "
+                             "data point; a table has one set of key fields")
+        names = tuple(point)
+        types = tuple(map(type, point.values()))
+        shape = self.shapes.get((names, types))
+        if shape is None:
+            if self._fields(i, point):
+                ints = [j for j, t in enumerate(types) if t is int]
+                nested = [j for j, t in enumerate(types) if t is dict or t is list]
+                self.shapes[(names, types)] = (ints, nested)
+            return
+        ints, nested = shape
+        if ints or nested:
+            values = list(point.values())
+            for j in ints:
+                if not INT64_MIN <= values[j] <= INT64_MAX:
+                    self._kind(names[j], Kind.DECIMAL)
+            for j in nested:
+                self._depth_ok(i, names[j], values[j])
+
+    def _keys(self, i: int, point: dict[str, Any]) -> tuple[str, ...] | None:
+        if self.version == 1:
+            point.pop("keys", None)
+            return ("_id",) if _v1_id(point, i, self.out) else None
+        raw = point.pop("keys", _MISSING)
+        if self.keys is not None and type(raw) is list and raw == self.keys_list:
+            for k in raw:  # the common case: the same keys as the data point before
+                v = point.get(k)
+                if v is None or type(v) is dict or type(v) is list:
+                    break
+            else:
+                return self.keys
+        if raw is not _MISSING:
+            point["keys"] = raw
+        keys = _v2_keys(point, i, self.limits, self.out)
+        point.pop("keys", None)
+        return keys
+
+    def _fields(self, i: int, point: dict[str, Any]) -> bool:
+        ok = True
+        for name, value in point.items():
+            if name not in self.seen:
+                problem = _name_problem(name, self.lower_names)
+                if problem:
+                    self.out.add(i, problem)
+                    ok = False
+                    continue
+                self.seen.add(name)
+            kind = kind_of(value)
+            if kind is None:
+                continue
+            if kind is Kind.JSON and not self._depth_ok(i, name, value):
+                ok = False
+                continue
+            self._kind(name, kind)
+        return ok
+
+    def _kind(self, name: str, kind: Kind) -> None:
+        known = self.kinds.get(name)
+        if known is None:
+            self.kinds[name] = kind
+        elif known is not kind:
+            self.kinds[name] = join(known, kind)
+            self.mixed.add(name)
+
+    def _depth_ok(self, i: int, name: str, value: Any) -> bool:
+        if 1 + _depth(value) > self.limits.max_depth:
+            self.out.add(i, f"field {name!r} is nested deeper than {self.limits.max_depth} levels")
+            return False
+        return True
+
+
 def validate(body: Any, table: str, *, version: int = 2, limits: Limits = Limits()) -> Batch:
     """Check a decoded body against everything the request alone can tell."""
     points = body if type(body) is list else [body]
@@ -168,45 +266,12 @@ def validate(body: Any, table: str, *, version: int = 2, limits: Limits = Limits
         raise BadRequest(
             f"the body has {len(points)} data points; at most {limits.max_points} are allowed per request"
         )
-    out = _Collector()
-    kinds: dict[str, Kind] = {}
-    lower_names: dict[str, str] = {}
-    seen: set[str] = set()
-    batch_keys: tuple[str, ...] | None = None
-    key_set: frozenset[str] = frozenset()
-    clean: list[dict[str, Any]] = []
+    v = _Validator(version, limits)
     for i, point in enumerate(points):
-        if type(point) is not dict:
-            out.add(i, f"is {_type_name(point)}; a data point must be an object")
-            continue
-        if version == 1:
-            point.pop("keys", None)
-            keys: tuple[str, ...] | None = ("_id",) if _v1_id(point, i, out) else None
+        if type(point) is dict:
+            v.point(i, point)
         else:
-            keys = _v2_keys(point, i, limits, out)
-            point.pop("keys", None)
-        if keys is not None:
-            if batch_keys is None:
-                batch_keys, key_set = keys, frozenset(keys)
-            elif frozenset(keys) != key_set:
-                out.add(i, f"keys {list(keys)} differ from {list(batch_keys)} named by an earlier "
-                        "data point; a table has one set of key fields")
-        for name, value in point.items():
-            if name not in seen:
-                problem = _name_problem(name, lower_names)
-                if problem:
-                    out.add(i, problem)
-                    continue
-                seen.add(name)
-            kind = kind_of(value)
-            if kind is None:
-                continue
-            if kind is Kind.JSON and 1 + _depth(value) > limits.max_depth:
-                out.add(i, f"field {name!r} is nested deeper than {limits.max_depth} levels")
-                continue
-            known = kinds.get(name)
-            kinds[name] = kind if known is None else join(known, kind)
-        clean.append(point)
-    out.raise_if_any()
-    assert batch_keys is not None
-    return Batch(table=table, key_fields=batch_keys, points=clean, kinds=kinds)
+            v.out.add(i, f"is {_type_name(point)}; a data point must be an object")
+    v.out.raise_if_any()
+    assert v.keys is not None
+    return Batch(table=table, key_fields=v.keys, points=points, kinds=v.kinds, mixed=v.mixed)

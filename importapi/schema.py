@@ -10,6 +10,8 @@ wins within the request. Backends share both, so they cannot disagree on a decis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from importapi.errors import BadRequest
@@ -113,30 +115,47 @@ def _check_width(plan: Plan, limits: Limits) -> None:
 
 @dataclass
 class Rows:
-    """Rows ready to bind: one per distinct key, the last data point for it winning."""
+    """Rows ready to bind: one per distinct key, the last data point for it winning.
+
+    A key is the key column's value for a single-field key, else a tuple of values."""
 
     columns: list[str]
-    rows: list[tuple[Any, ...]]
-    keys: list[tuple[Any, ...]]
-    point_keys: list[tuple[Any, ...]]
+    rows: list[Sequence[Any]]
+    keys: list[Any]
+    point_keys: list[Any]
+
+
+_AS_BOUND = (Kind.BOOLEAN, Kind.INTEGER, Kind.DOUBLE, Kind.TEXT)
 
 
 def prepare_rows(plan: Plan, batch: Batch) -> Rows:
     columns = list(plan.kinds)
-    kinds = list(plan.kinds.values())
-    key_index = [columns.index(k) for k in plan.key_fields]
-    by_key: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    # A column needs converting only where its values are not already what it stores:
+    # the driver binds str, int, float and bool as they are.
+    convert = [
+        (j, kind) for j, (name, kind) in enumerate(plan.kinds.items())
+        if name in batch.kinds
+        and (kind not in _AS_BOUND or name in batch.mixed or batch.kinds[name] is not kind)
+    ]
+    key_of = itemgetter(*[columns.index(k) for k in plan.key_fields])
+    by_key: dict[Any, Sequence[Any]] = {}
     point_keys = []
     for point in batch.points:
-        get = point.get
-        row = tuple([to_storage(get(name), kind) for name, kind in zip(columns, kinds)])
-        key = tuple([row[i] for i in key_index])
+        if convert:
+            values = list(map(point.get, columns))
+            for j, kind in convert:
+                if values[j] is not None:
+                    values[j] = to_storage(values[j], kind)
+            row: Sequence[Any] = values
+        else:
+            row = tuple(map(point.get, columns))
+        key = key_of(row)
         point_keys.append(key)
         by_key[key] = row
     return Rows(columns, list(by_key.values()), list(by_key), point_keys)
 
 
-def count_changes(point_keys: list[tuple[Any, ...]], existing: set[tuple[Any, ...]]) -> tuple[int, int]:
+def count_changes(point_keys: list[Any], existing: set[Any]) -> tuple[int, int]:
     """(inserted, replaced), counted per data point in request order."""
     seen = set(existing)
     inserted = 0

@@ -298,15 +298,16 @@ class ClientWriter:
         return sql
 
     def _existing(
-        self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, keys: list[tuple[Any, ...]]
-    ) -> set[tuple[Any, ...]]:
+        self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, keys: list[Any]
+    ) -> set[Any]:
         """Which of these keys the table already holds, as values of the planned key kinds."""
         if schema is None:
             return set()
         sql = self._statements(schema)
-        params: list[Any] = [v for key in keys for v in key]
+        single = sql.key_width == 1
+        params: list[Any] = list(keys) if single else [v for key in keys for v in key]
         params.extend([None] * (sql.max_points * sql.key_width - len(params)))
-        found = conn.execute(sql.existing, params).fetchall()
+        found: list[Any] = conn.execute(sql.existing, params).fetchall()
         widened = {name: (old, new) for name, old, new in plan.widen if name in plan.key_fields}
         if widened:
             kinds = [widened.get(k) for k in schema.key_fields]
@@ -314,7 +315,7 @@ class ClientWriter:
                 tuple(v if w is None else widen_stored(v, *w) for v, w in zip(row, kinds))
                 for row in found
             ]
-        return set(found)
+        return {row[0] for row in found} if single else set(found)
 
     def _change_schema(self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan) -> None:
         now = utcnow()
