@@ -63,7 +63,7 @@ class _Request:
         self.rid = f"{_RID_PREFIX}{next(_rid_counter):06x}"
         self.method: str = scope["method"]
         self.headers = dict(scope["headers"])
-        host = self.headers.get(b"host", b"")
+        host = self.headers.get(b"host", b"").lower()  # host names are case-insensitive
         self.sandbox = host.startswith((b"sandbox-", b"sandbox."))
         self.version = 0
         self.client_id: int | None = None
