@@ -54,21 +54,46 @@ class _Answer:
         self.headers = headers or []
 
 
-class _Request:
-    """What the access log and the answer need to know about one request."""
+class Request:
+    """One request as the answer, the access log and other observers see it."""
 
-    __slots__ = ("rid", "method", "headers", "sandbox", "version", "client_id", "table", "points")
+    __slots__ = ("rid", "method", "route", "headers", "sandbox", "version", "client_id", "key_id",
+                 "table", "points", "inserted", "replaced", "status", "reasons", "duration_ms")
 
     def __init__(self, scope: Scope) -> None:
         self.rid = f"{_RID_PREFIX}{next(_rid_counter):06x}"
         self.method: str = scope["method"]
+        self.route = "other"  # "status", "authenticate" or "data" once routed
         self.headers = dict(scope["headers"])
         host = self.headers.get(b"host", b"").lower()  # host names are case-insensitive
         self.sandbox = host.startswith((b"sandbox-", b"sandbox."))
         self.version = 0
         self.client_id: int | None = None
+        self.key_id: str | None = None
         self.table: str | None = None
         self.points = 0
+        self.inserted = 0
+        self.replaced = 0
+        self.status = 0
+        self.reasons: list[str] = []
+        self.duration_ms = 0.0
+
+    def log_fields(self) -> dict[str, Any]:
+        """The access log's fields: never a key, only the key's id."""
+        return {
+            "request_id": self.rid, "method": self.method, "route": self.route,
+            "version": self.version or None, "sandbox": self.sandbox, "client_id": self.client_id,
+            "key_id": self.key_id, "table": self.table, "data_points": self.points,
+            "inserted": self.inserted, "replaced": self.replaced, "status": self.status,
+            "duration_ms": self.duration_ms,
+        }
+
+
+Observer = Callable[[Request], None]
+
+
+def log_access(req: Request) -> None:
+    access_log.info("%s", _encode(req.log_fields()).decode())
 
 
 class ImportApi:
@@ -76,6 +101,8 @@ class ImportApi:
         self.storage = storage
         self.settings = settings or Settings()
         self.auth = Authenticator(storage, self.settings.key_touch_seconds, self._in_thread)
+        # Called with every finished request, after its answer is sent; keep them cheap.
+        self.observers: list[Observer] = [log_access] if self.settings.access_log else []
 
     def _in_thread(self, fn: Callable[[], None]) -> None:
         asyncio.get_running_loop().run_in_executor(None, fn)
@@ -98,7 +125,7 @@ class ImportApi:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        req = _Request(scope)
+        req = Request(scope)
         try:
             answer = await self._route(req, scope, receive)
         except ImportApiError as exc:
@@ -111,10 +138,16 @@ class ImportApi:
             log.exception("request %s failed", req.rid)
             answer = _server_error(req)
         await self._send(req, answer, send)
-        if self.settings.access_log:
-            self._log(req, answer, started)
+        req.status = answer.status
+        req.reasons = answer.body.get("reasons", [])
+        req.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        for observer in self.observers:
+            try:
+                observer(req)
+            except Exception:
+                log.exception("observer %r failed on request %s", observer, req.rid)
 
-    async def _send(self, req: _Request, answer: _Answer, send: Send) -> None:
+    async def _send(self, req: Request, answer: _Answer, send: Send) -> None:
         body = _encode(answer.body)
         needle = req.headers.get(b"user-agent", b"").startswith(b"Needle/")
         headers = [
@@ -131,23 +164,13 @@ class ImportApi:
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if req.method == "HEAD" else body})
 
-    def _log(self, req: _Request, answer: _Answer, started: float) -> None:
-        access_log.info(
-            "%s",
-            _encode({
-                "request_id": req.rid, "method": req.method, "version": req.version or None,
-                "sandbox": req.sandbox, "client_id": req.client_id, "table": req.table,
-                "data_points": req.points, "status": answer.status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            }).decode(),
-        )
-
-    async def _route(self, req: _Request, scope: Scope, receive: Receive) -> _Answer:
+    async def _route(self, req: Request, scope: Scope, receive: Receive) -> _Answer:
         path: str = scope["path"]
         if path == "/sandbox" or path.startswith("/sandbox/"):
             req.sandbox = True
             path = path[len("/sandbox"):] or "/"
         if path == "/":
+            req.route = "status"
             _allow(req.method, ("GET", "HEAD"))
             self.storage.ping()
             return _Answer(200, {"code": 200, "message": "OK", "service": "importapi",
@@ -161,24 +184,26 @@ class ImportApi:
         if not (cid.isascii() and cid.isdigit() and int(cid) > 0):
             raise NotFound(f"client id {cid!r} is not a positive integer")
         if len(parts) == 5 and parts[4] == "authenticate":
+            req.route = "authenticate"
             _allow(req.method, ("GET", "HEAD"))
             return self._authenticate(req, scope, int(cid))
         if len(parts) == 7 and parts[4] == "table" and parts[6] == "data":
+            req.route = "data"
             _allow(req.method, _DATA_METHODS)
             return await self._upsert(req, scope, receive, int(cid), parts[5])
         raise NotFound(f"no such resource: {path}")
 
-    def _check_key(self, req: _Request, scope: Scope, client_id: int) -> None:
+    def _check_key(self, req: Request, scope: Scope, client_id: int) -> None:
         key = presented_key(scope["query_string"], req.headers.get(b"authorization"))
-        self.auth.check(key, client_id, sandbox=req.sandbox)
+        req.key_id = self.auth.check(key, client_id, sandbox=req.sandbox).key_id
         req.client_id = client_id
 
-    def _authenticate(self, req: _Request, scope: Scope, client_id: int) -> _Answer:
+    def _authenticate(self, req: Request, scope: Scope, client_id: int) -> _Answer:
         self._check_key(req, scope, client_id)
         return _Answer(200, {"code": 200, "message": "OK", "client_id": client_id,
                              "sandbox": req.sandbox})
 
-    async def _upsert(self, req: _Request, scope: Scope, receive: Receive, client_id: int,
+    async def _upsert(self, req: Request, scope: Scope, receive: Receive, client_id: int,
                       raw_table: str) -> _Answer:
         self._check_key(req, scope, client_id)
         table = req.table = table_name(raw_table)
@@ -188,6 +213,7 @@ class ImportApi:
         batch = validate(decode_json(raw), table, version=req.version, limits=limits)
         req.points = len(batch.points)
         result = await asyncio.wrap_future(self.storage.submit(client_id, batch, sandbox=req.sandbox))
+        req.inserted, req.replaced = result.inserted, result.replaced
         body: dict[str, Any] = {"code": 201, "message": "Created", "table": table,
                                 "inserted": result.inserted, "replaced": result.replaced}
         if req.sandbox:
@@ -196,7 +222,7 @@ class ImportApi:
         return _Answer(201, body)
 
 
-def _server_error(req: _Request) -> _Answer:
+def _server_error(req: Request) -> _Answer:
     error = ServerError(f"something went wrong on our side; quote request id {req.rid} when reporting it")
     return _Answer(500, {**error.envelope(), "request_id": req.rid})
 
