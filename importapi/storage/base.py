@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,7 @@ class KeyInfo:
 class TableInfo:
     schema: TableSchema
     row_count: int
+    last_push_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,28 @@ class TableInfo:
             "row_count": self.row_count,
             "created_at": self.schema.created_at,
         }
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One finished API request, as the console's Activity page lists it."""
+
+    at: str
+    request_id: str
+    route: str
+    client_id: int | None
+    key_id: str | None
+    table: str | None
+    points: int
+    inserted: int
+    replaced: int
+    sandbox: bool
+    status: int
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return self.status >= 400
 
 
 @dataclass
@@ -145,6 +169,35 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def query(self, client_id: int, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run read-only SQL on a client's data; a write statement is refused."""
+
+    @abc.abstractmethod
+    def read_rows(
+        self, client_id: int, table: str, *, descending: bool = False, offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+        """A table's columns (schema order) and its rows ordered by the key fields.
+
+        Values come back as the JSON values they hold (``kinds.from_storage``). The rows are
+        read lazily (an export streams them); an unknown table is a NotFound."""
+
+    # -- the console: owner settings and the activity window --------------
+    @abc.abstractmethod
+    def get_setting(self, name: str) -> str | None:
+        """One of the warehouse's own settings (the owner's password hash, the session secret)."""
+
+    @abc.abstractmethod
+    def set_setting(self, name: str, value: str, *, replace: bool = True) -> str:
+        """Store a setting and return the value now stored; ``replace=False`` keeps an
+        existing value, so processes racing to create one agree on it."""
+
+    @abc.abstractmethod
+    def record_activity(self, events: Sequence[Activity], keep: int) -> None:
+        """Append finished requests, then keep only the newest ``keep`` pushes and the
+        newest ``keep`` refusals (``Activity.refused``)."""
+
+    @abc.abstractmethod
+    def recent_activity(self, limit: int, *, refused: bool) -> list[Activity]:
+        """The newest recorded pushes, or refusals, newest first."""
 
     @abc.abstractmethod
     def ping(self) -> None:

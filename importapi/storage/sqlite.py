@@ -1,6 +1,8 @@
 """The embedded warehouse: SQLite files under one data folder.
 
-    catalog.sqlite3        clients and hashed keys
+    catalog.sqlite3        clients, hashed keys and the owner's settings
+    activity.sqlite3       the console's rolling window of latest pushes and refusals (a
+                           file of its own, so its frequent writes leave the catalog alone)
     client_<id>.sqlite3    one per client: its tables, plus the schema metadata
                            (_importapi_tables, _importapi_columns) kept in the same file so a
                            schema change commits atomically with the rows that caused it
@@ -19,6 +21,7 @@ import os
 import queue
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +29,11 @@ from typing import Any
 
 from importapi import apikeys
 from importapi.errors import BadRequest, ImportApiError, NotFound, ServerError, StorageUnavailable
-from importapi.kinds import Kind, widen_stored
+from importapi.kinds import Kind, from_storage, widen_stored
 from importapi.records import Batch, Limits
 from importapi.schema import Column, Plan, TableSchema, count_changes, make_plan, prepare_rows
 from importapi.storage.base import (
+    Activity,
     ClientInfo,
     KeyInfo,
     PushResult,
@@ -66,7 +70,35 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used_at TEXT,
     revoked_at TEXT
 );
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+ACTIVITY_DDL = """
+CREATE TABLE IF NOT EXISTS activity (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    refused BOOLEAN NOT NULL,
+    at TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    client_id INTEGER,
+    key_id TEXT,
+    table_name TEXT,
+    points INTEGER NOT NULL,
+    inserted INTEGER NOT NULL,
+    replaced INTEGER NOT NULL,
+    sandbox BOOLEAN NOT NULL,
+    status INTEGER NOT NULL,
+    reasons TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS activity_by_kind ON activity (refused, seq);
+"""
+_ACTIVITY_COLUMNS = (
+    "at, request_id, route, client_id, key_id, table_name, points, inserted, replaced, sandbox,"
+    " status, reasons"
+)
 
 CLIENT_DDL = """
 CREATE TABLE IF NOT EXISTS _importapi_tables (
@@ -143,6 +175,17 @@ class _Job:
     batch: Batch
     sandbox: bool
     future: Future[PushResult]
+
+
+def _stream(conn: sqlite3.Connection, cursor: sqlite3.Cursor, kinds: list[Kind]) -> Iterator[tuple[Any, ...]]:
+    try:
+        while chunk := cursor.fetchmany(500):
+            for row in chunk:
+                yield tuple(from_storage(v, k) for v, k in zip(row, kinds))
+    except sqlite3.Error as exc:
+        raise _storage_error(exc) from exc
+    finally:
+        conn.close()
 
 
 class _TableSQL:
@@ -396,9 +439,13 @@ class SQLiteStorage(Storage):
             self.folder.mkdir(parents=True, exist_ok=True)
             self._catalog = _connect(self.folder / "catalog.sqlite3", self.synchronous)
             _execute_script(self._catalog, CATALOG_DDL)
+            # A log, not the warehouse: losing its last second to a power cut is acceptable.
+            self._activity = _connect(self.folder / "activity.sqlite3", "NORMAL")
+            _execute_script(self._activity, ACTIVITY_DDL)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open the warehouse in {str(self.folder)!r}: {exc}") from exc
         self._lock = threading.Lock()
+        self._activity_lock = threading.Lock()
         self._writers: dict[int, ClientWriter] = {}
         self._local_changes = 0
 
@@ -522,7 +569,8 @@ class SQLiteStorage(Storage):
     def _reader(self, client_id: int) -> sqlite3.Connection:
         self._require_client(client_id)
         path = self._client_path(client_id)
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)  # read_rows' stream may move threads
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = ON")
         return conn
@@ -532,8 +580,10 @@ class SQLiteStorage(Storage):
         try:
             conn.execute("BEGIN")
             schemas = load_schemas(conn)
+            pushed = dict(conn.execute("SELECT name, last_push_at FROM _importapi_tables").fetchall())
             return [
-                TableInfo(s, conn.execute(f"SELECT count(*) FROM {quote(s.name)}").fetchone()[0])
+                TableInfo(s, conn.execute(f"SELECT count(*) FROM {quote(s.name)}").fetchone()[0],
+                          pushed.get(s.name))
                 for s in sorted(schemas.values(), key=lambda s: s.name)
             ]
         except sqlite3.Error as exc:
@@ -556,6 +606,78 @@ class SQLiteStorage(Storage):
         finally:
             conn.close()
 
+    def read_rows(
+        self, client_id: int, table: str, *, descending: bool = False, offset: int = 0,
+        limit: int | None = None,
+    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+        conn = self._reader(client_id)
+        try:
+            conn.execute("BEGIN")  # one snapshot for the schema and every row
+            schema = load_schemas(conn).get(table)
+            if schema is None:
+                raise NotFound(f"client {client_id} has no table {table!r}")
+            direction = " DESC" if descending else ""
+            order = ", ".join(quote(k) + direction for k in schema.key_fields)
+            cursor = conn.execute(
+                f"SELECT {', '.join(quote(c) for c in schema.columns)} FROM {quote(table)}"
+                f" ORDER BY {order} LIMIT ? OFFSET ?",
+                (-1 if limit is None else limit, offset),
+            )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _storage_error(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        kinds = [c.kind for c in schema.columns.values()]
+        return list(schema.columns), _stream(conn, cursor, kinds)
+
+    # -- the console --------------------------------------------------------
+    def get_setting(self, name: str) -> str | None:
+        rows = self._catalog_call("SELECT value FROM settings WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_setting(self, name: str, value: str, *, replace: bool = True) -> str:
+        action = "DO UPDATE SET value = excluded.value" if replace else "DO NOTHING"
+        self._catalog_call(f"INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) {action}",
+                           (name, value))
+        stored = self.get_setting(name)
+        assert stored is not None
+        return stored
+
+    def record_activity(self, events: Sequence[Activity], keep: int) -> None:
+        rows = [
+            (e.refused, e.at, e.request_id, e.route, e.client_id, e.key_id, e.table, e.points,
+             e.inserted, e.replaced, e.sandbox, e.status, json.dumps(list(e.reasons)))
+            for e in events
+        ]
+        prune = ("DELETE FROM activity WHERE refused = ? AND seq <= (SELECT seq FROM activity"
+                 " WHERE refused = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)")
+        with self._activity_lock:
+            conn = self._activity
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(f"INSERT INTO activity (refused, {_ACTIVITY_COLUMNS}) VALUES"
+                                 " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                for refused in {bool(r[0]) for r in rows}:
+                    conn.execute(prune, (refused, refused, keep))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise _storage_error(exc) from exc
+
+    def recent_activity(self, limit: int, *, refused: bool) -> list[Activity]:
+        with self._activity_lock:
+            try:
+                rows = self._activity.execute(
+                    f"SELECT {_ACTIVITY_COLUMNS} FROM activity WHERE refused = ? ORDER BY seq DESC LIMIT ?",
+                    (refused, limit),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise _storage_error(exc) from exc
+        return [Activity(*r[:9], bool(r[9]), r[10], tuple(json.loads(r[11]))) for r in rows]
+
     def ping(self) -> None:
         self._catalog_call("SELECT 1")
         if not os.access(self.folder, os.W_OK):
@@ -567,3 +689,5 @@ class SQLiteStorage(Storage):
         self._writers.clear()
         with self._lock:
             self._catalog.close()
+        with self._activity_lock:
+            self._activity.close()
