@@ -147,12 +147,12 @@ def start_server(data_dir: Path, log_path: Path, extra_env: dict[str, str] | Non
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("IMPORTAPI_DATABASE", None)
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "importapi", "serve", "--port", str(port),
-         "--database", f"sqlite:///{data_dir}"],
-        stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-    )
+    with log_path.open("w") as log:  # the child keeps its own handle
+        process = subprocess.Popen(
+            [sys.executable, "-m", "importapi", "serve", "--port", str(port),
+             "--database", f"sqlite:///{data_dir}"],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
