@@ -6,7 +6,8 @@
 
 The sandbox is the same routes under ``/sandbox`` or on a host named ``sandbox-*`` or
 ``sandbox.*``. Handlers stay thin: authenticate, read, validate, hand to storage, answer.
-Every answer is a JSON object starting with ``code`` and ``message``.
+Every answer is a JSON object starting with ``code`` and ``message``. The owner's web
+console, when mounted (``create_app`` mounts it), answers under ``/console``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 V1_DEPRECATION = b"@1451606400"  # 2016-01-01: v2 has been the current version since
 _encode = msgspec.json.Encoder().encode
@@ -57,12 +59,13 @@ class _Answer:
 class Request:
     """One request as the answer, the access log and other observers see it."""
 
-    __slots__ = ("rid", "method", "route", "headers", "sandbox", "version", "client_id", "key_id",
+    __slots__ = ("rid", "method", "path", "route", "headers", "sandbox", "version", "client_id", "key_id",
                  "table", "points", "inserted", "replaced", "status", "reasons", "duration_ms")
 
     def __init__(self, scope: Scope) -> None:
         self.rid = f"{_RID_PREFIX}{next(_rid_counter):06x}"
         self.method: str = scope["method"]
+        self.path: str = scope["path"]
         self.route = "other"  # "status", "authenticate" or "data" once routed
         self.headers = dict(scope["headers"])
         host = self.headers.get(b"host", b"").lower()  # host names are case-insensitive
@@ -103,12 +106,18 @@ class ImportApi:
         self.auth = Authenticator(storage, self.settings.key_touch_seconds, self._in_thread)
         # Called with every finished request, after its answer is sent; keep them cheap.
         self.observers: list[Observer] = [log_access] if self.settings.access_log else []
+        self.console: ASGIApp | None = None  # the web console, answering under /console
+        self.on_shutdown: list[Callable[[], None]] = []  # run before the storage closes
 
     def _in_thread(self, fn: Callable[[], None]) -> None:
         asyncio.get_running_loop().run_in_executor(None, fn)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            path: str = scope["path"]
+            if self.console is not None and (path == "/console" or path.startswith("/console/")):
+                await self.console(scope, receive, send)
+                return
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -119,6 +128,8 @@ class ImportApi:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for hook in self.on_shutdown:
+                    await asyncio.get_running_loop().run_in_executor(None, hook)
                 await asyncio.get_running_loop().run_in_executor(None, self.storage.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -236,4 +247,8 @@ def _allow(method: str, allowed: tuple[str, ...]) -> None:
 def create_app(settings: Settings | None = None) -> ImportApi:
     """The application for the configured warehouse (an ASGI factory for server workers)."""
     settings = settings or Settings.from_env()
-    return ImportApi(open_storage(settings.database, **settings.storage_options()), settings)
+    app = ImportApi(open_storage(settings.database, **settings.storage_options()), settings)
+    from importapi.console import mount
+
+    mount(app)
+    return app

@@ -75,6 +75,7 @@ def main() -> None:
 @errors_as_messages
 def serve(host: str, port: int, workers: int, database: str | None) -> None:
     """Start the API server (creates client 1 and prints its key on a first start)."""
+    from importapi.console.owner import set_first_password
     from importapi.server import run
 
     settings = Settings.from_env(database=database)
@@ -88,10 +89,37 @@ def serve(host: str, port: int, workers: int, database: str | None) -> None:
                 "It is shown only this once. More keys: importapi keys create "
                 f"{client.client_id}\n"
             )
+        password = set_first_password(storage)
     base = f"http://{host}:{port}"
+    if password:
+        click.echo(f"The web console at {base}/console has the owner password\n\n    {password}\n\n"
+                   "It is shown only this once. Change it: importapi admin set-password\n")
     click.echo(f"importapi {__version__} on {base}/v2 (sandbox: {base}/sandbox/v2), "
-               f"warehouse {settings.database}")
+               f"console {base}/console, warehouse {settings.database}")
     run(settings, host=host, port=port, workers=workers)
+
+
+@main.group()
+def admin() -> None:
+    """The owner's account for the web console."""
+
+
+@admin.command("set-password")
+@database_option
+@errors_as_messages
+def admin_set_password(database: str | None) -> None:
+    """Set the console's owner password (asked twice; read from one line of stdin when piped).
+
+    Every console session opened with the old password is signed out."""
+    from importapi.console.owner import set_password
+
+    if sys.stdin.isatty():
+        password = click.prompt("New console password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    with storage_for(database) as storage:
+        set_password(storage, password)
+    click.echo("The console password is set.")
 
 
 @main.group()

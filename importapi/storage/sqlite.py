@@ -676,7 +676,12 @@ class SQLiteStorage(Storage):
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise _storage_error(exc) from exc
-        return [Activity(*r[:9], bool(r[9]), r[10], tuple(json.loads(r[11]))) for r in rows]
+        return [
+            Activity(at, rid, route, cid, key_id, table, points, inserted, replaced, bool(sandbox),
+                     status, tuple(json.loads(reasons)))
+            for at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, reasons
+            in rows
+        ]
 
     def ping(self) -> None:
         self._catalog_call("SELECT 1")

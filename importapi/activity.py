@@ -1,0 +1,112 @@
+"""The activity window: the latest pushes and refusals, for the console's Activity page.
+
+``ActivityRecorder`` is an observer of the API (``ImportApi.observers``). On the request
+path it only appends a tuple to a bounded in-memory queue; a background thread writes the
+queue to the warehouse (``Storage.record_activity``) a moment later, in one transaction,
+and the warehouse keeps only the newest ``keep`` pushes and ``keep`` refusals. Because the
+window lives in the warehouse, every server process records into it and the console of any
+process shows all of them.
+
+What is recorded: every push (data route), sandbox pushes included and marked, and every
+refusal of an API route (a bad key on authenticate, a 404 under ``/v1`` or ``/v2``).
+Status probes and successful authentications are not activity.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from importapi.storage import Storage
+from importapi.storage.base import Activity
+
+if TYPE_CHECKING:
+    from importapi.app import Request
+
+log = logging.getLogger("importapi.activity")
+
+KEEP = 200  # pushes, and as many refusals, kept in the window
+FLUSH_SECONDS = 0.25
+_API_PREFIXES = ("/v1/", "/v2/", "/sandbox/v1/", "/sandbox/v2/")
+
+
+def _stamp(seconds: float) -> str:
+    moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _from_path(path: str) -> tuple[int | None, str | None]:
+    """The client id and table a refused request was aimed at, read from its path (a
+    refusal may come before the key check that would otherwise tell)."""
+    parts = path.removeprefix("/sandbox").split("/")
+    cid = int(parts[3]) if len(parts) > 3 and parts[3].isascii() and parts[3].isdigit() else None
+    table = parts[5].lower() if len(parts) > 6 and parts[4] == "table" and parts[5] else None
+    return cid, table[:63] if table else None
+
+
+class ActivityRecorder:
+    """Observer that queues finished requests and writes them in the background."""
+
+    def __init__(self, storage: Storage, keep: int = KEEP, flush_seconds: float = FLUSH_SECONDS) -> None:
+        self.storage = storage
+        self.keep = keep
+        self.flush_seconds = flush_seconds
+        # Bounded: under a flood only the newest requests matter to the window anyway.
+        self._pending: deque[tuple[Any, ...]] = deque(maxlen=4 * keep)
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._flushing = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="activity-writer", daemon=True)
+        self._thread.start()
+
+    def __call__(self, req: Request) -> None:
+        """The hot path: one check and one append, nothing else."""
+        route = req.route
+        if route != "data" and (req.status < 400 or route == "status" or (
+                route == "other" and not req.path.startswith(_API_PREFIXES))):
+            return
+        self._pending.append((time.time(), req.rid, route, req.client_id, req.key_id, req.table,
+                              req.points, req.inserted, req.replaced, req.sandbox, req.status,
+                              req.reasons, req.path))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait()
+            # Gather what arrives in the next moment into the same transaction.
+            self._closing.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything queued so far (the writer thread calls this; so does close)."""
+        with self._flushing:
+            events = []
+            while self._pending:
+                events.append(self._event(self._pending.popleft()))
+            if not events:
+                return
+            try:
+                self.storage.record_activity(events, self.keep)
+            except Exception:
+                log.warning("could not record %d activity events", len(events), exc_info=True)
+
+    @staticmethod
+    def _event(item: tuple[Any, ...]) -> Activity:
+        at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, reasons, path = item
+        if status >= 400 and cid is None:
+            cid, table = _from_path(path)
+        return Activity(_stamp(at), rid, route, cid, key_id, table, points, inserted, replaced,
+                        sandbox, status, tuple(reasons))
+
+    def close(self) -> None:
+        """Stop the writer and write what is still queued."""
+        self._closing.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.flush()

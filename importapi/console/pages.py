@@ -1,0 +1,153 @@
+"""The console's pages: Data (Connections, Tables) and Activity.
+
+Data -> Connections lists the clients and their data sources (API keys); "Add a Data
+Source" -> "Data Import API" creates a key and shows it once, with snippets that use it.
+Tables shows every table's key fields, typed columns, row count and last push, and a page
+of its rows. Activity shows the latest pushes and refusals. Handlers stay thin: read the
+request, call storage, render.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+
+from importapi.activity import KEEP
+from importapi.console.exports import csv_text
+from importapi.console.web import form, int_param, page, refuse, render, see_other, storage_of
+from importapi.errors import NotFound
+from importapi.storage.base import ClientInfo, TableInfo
+
+ROWS_PER_PAGE = 50
+SOURCES = {"import-api": "Data Import API"}
+SAMPLE_TABLE = "orders"
+SAMPLE_RECORD = ('{"keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": "pending", '
+                 '"created_at": "2012-08-01 14:22:32"}')
+
+
+def _client(request: Request) -> ClientInfo:
+    client = storage_of(request).get_client(request.path_params["cid"])
+    if client is None:
+        raise NotFound(f"client {request.path_params['cid']} does not exist")
+    return client
+
+
+@page
+def home(request: Request) -> Response:
+    return see_other("/data")
+
+
+@page
+def data(request: Request) -> Response:
+    storage = storage_of(request)
+    clients = storage.list_clients()
+    keys = [k for c in clients for k in storage.list_keys(c.client_id)]
+    tables = [t for c in clients for t in storage.tables(c.client_id)]
+    return render(request, "data.html", section="data", clients=clients,
+                  live_keys=sum(1 for k in keys if k.revoked_at is None), tables=tables)
+
+
+@page
+def connections(request: Request) -> Response:
+    storage = storage_of(request)
+    clients = [(c, storage.list_keys(c.client_id)) for c in storage.list_clients()]
+    return render(request, "connections.html", section="connections", clients=clients)
+
+
+@form
+def create_client(request: Request, data: FormData) -> Response:
+    name = str(data.get("name") or "").strip()
+    if not name or len(name) > 100:
+        request.session["flash"] = "A client needs a name of 1 to 100 characters."
+        return see_other("/data/connections")
+    client = storage_of(request).create_client(name)
+    return see_other("/data/connections", f"Created client {client.client_id} ({client.name}). "
+                     "Add a data source to get its API key.", request)
+
+
+@page
+def choose_source(request: Request) -> Response:
+    return render(request, "add_source.html", section="connections", client=_client(request),
+                  sources=SOURCES)
+
+
+@form
+def add_source(request: Request, data: FormData) -> Response:
+    client = _client(request)
+    if data.get("source") not in SOURCES:
+        return refuse(request, 400, "Unknown data source", "Choose one of the listed data sources.")
+    info, api_key = storage_of(request).create_key(client.client_id)
+    base = str(request.base_url).rstrip("/")
+    return render(request, "source_created.html", section="connections", client=client, key=info,
+                  api_key=api_key, production=f"{base}/v2", sandbox=f"{base}/sandbox/v2",
+                  table=SAMPLE_TABLE, record=SAMPLE_RECORD)
+
+
+@form
+def revoke_key(request: Request, data: FormData) -> Response:
+    client = _client(request)
+    key_id = request.path_params["key_id"]
+    if key_id not in {k.key_id for k in storage_of(request).list_keys(client.client_id)}:
+        raise NotFound(f"client {client.client_id} has no key {key_id}")
+    storage_of(request).revoke_key(key_id)
+    return see_other("/data/connections", f"Revoked key {key_id} of client {client.client_id}: "
+                     "pushes with it are refused from now on.", request)
+
+
+@page
+def tables(request: Request) -> Response:
+    storage = storage_of(request)
+    clients = [(c, storage.tables(c.client_id)) for c in storage.list_clients()]
+    return render(request, "tables.html", section="tables", clients=clients)
+
+
+def _table_info(request: Request, client: ClientInfo) -> TableInfo:
+    name = request.path_params["table"]
+    for info in storage_of(request).tables(client.client_id):
+        if info.schema.name == name:
+            return info
+    raise NotFound(f"client {client.client_id} has no table {name!r}")
+
+
+@page
+def table(request: Request) -> Response:
+    client = _client(request)
+    info = _table_info(request, client)
+    descending = request.query_params.get("order") == "desc"
+    pages = max(1, -(-info.row_count // ROWS_PER_PAGE))
+    number = min(int_param(request.query_params.get("page"), 1), pages)
+    columns, rows = storage_of(request).read_rows(
+        client.client_id, info.schema.name, descending=descending,
+        offset=(number - 1) * ROWS_PER_PAGE, limit=ROWS_PER_PAGE)
+    return render(request, "table.html", section="tables", client=client, info=info,
+                  columns=columns, rows=[_cells(row) for row in rows], page=number, pages=pages,
+                  order="desc" if descending else "asc", per_page=ROWS_PER_PAGE)
+
+
+def _cells(row: tuple[Any, ...]) -> list[tuple[str, str]]:
+    """Each value as (text, css class): nulls, booleans and JSON look different from text."""
+    out = []
+    for value in row:
+        if value is None:
+            out.append(("null", "null"))
+        elif isinstance(value, bool):
+            out.append((csv_text(value), "bool"))
+        elif isinstance(value, (int, float)):
+            out.append((csv_text(value), "num"))
+        elif isinstance(value, (dict, list)):
+            out.append((csv_text(value), "json"))
+        else:
+            out.append((str(value), ""))
+    return out
+
+
+@page
+def activity(request: Request) -> Response:
+    storage = storage_of(request)
+    names = {c.client_id: c.name for c in storage.list_clients()}
+    return render(request, "activity.html", section="activity", names=names, window=KEEP,
+                  pushes=storage.recent_activity(100, refused=False),
+                  refusals=storage.recent_activity(100, refused=True))
