@@ -25,7 +25,11 @@ import msgspec
 from importapi import __version__
 from importapi.auth import Authenticator, presented_key
 from importapi.body import decode_json, encoding_of, read_body
-from importapi.errors import ImportApiError, MethodNotAllowed, NotFound, ServerError
+from importapi.errors import ImportApiError, MethodNotAllowed, NotFound, RequestTimeout, ServerError
+from importapi.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from importapi.metrics import Metrics
+from importapi.openapi import build as build_openapi
+from importapi.ratelimit import ConcurrencyLimit, RateLimiter
 from importapi.records import table_name, validate
 from importapi.settings import Settings
 from importapi.storage import Storage, open_storage
@@ -47,20 +51,27 @@ _RID_PREFIX = secrets.token_hex(5)
 _rid_counter = itertools.count(1)
 
 
-class _Answer:
-    __slots__ = ("status", "body", "headers")
+# Service routes answer however busy the server is: they are cheap, and probes need them.
+_SERVICE_PATHS = frozenset(("/", "/ready", "/metrics", "/openapi.json"))
 
-    def __init__(self, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None):
+
+class _Answer:
+    __slots__ = ("status", "body", "headers", "raw", "content_type")
+
+    def __init__(self, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None,
+                 raw: bytes | None = None, content_type: bytes | None = None):
         self.status = status
         self.body = body
         self.headers = headers or []
+        self.raw = raw  # a body sent as is (metrics, the OpenAPI description) instead of ``body``
+        self.content_type = content_type
 
 
 class Request:
     """One request as the answer, the access log and other observers see it."""
 
     __slots__ = ("rid", "method", "path", "route", "headers", "sandbox", "version", "client_id", "key_id",
-                 "table", "points", "inserted", "replaced", "status", "reasons", "duration_ms")
+                 "table", "points", "inserted", "replaced", "status", "reasons", "duration_ms", "error")
 
     def __init__(self, scope: Scope) -> None:
         self.rid = f"{_RID_PREFIX}{next(_rid_counter):06x}"
@@ -80,6 +91,7 @@ class Request:
         self.status = 0
         self.reasons: list[str] = []
         self.duration_ms = 0.0
+        self.error: str | None = None  # the class name of the exception that ended the request
 
     def log_fields(self) -> dict[str, Any]:
         """The access log's fields: never a key, only the key's id."""
@@ -106,6 +118,11 @@ class ImportApi:
         self.auth = Authenticator(storage, self.settings.key_touch_seconds, self._in_thread)
         # Called with every finished request, after its answer is sent; keep them cheap.
         self.observers: list[Observer] = [log_access] if self.settings.access_log else []
+        self.metrics = Metrics()
+        self.observers.append(self.metrics.observe)
+        self.rate_limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
+        self.in_progress = ConcurrencyLimit(self.settings.max_concurrent)
+        self._openapi = _encode(build_openapi(self.settings.limits))
         self.console: ASGIApp | None = None  # the web console, answering under /console
         self.on_shutdown: list[Callable[[], None]] = []  # run before the storage closes
 
@@ -137,18 +154,34 @@ class ImportApi:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         req = Request(scope)
+        entered = False
         try:
+            if scope["path"] not in _SERVICE_PATHS:
+                self.in_progress.enter()
+                entered = True
             answer = await self._route(req, scope, receive)
         except ImportApiError as exc:
+            req.error = type(exc).__name__
             answer = _Answer(exc.status, exc.envelope())
             if isinstance(exc, MethodNotAllowed):
                 answer.headers.append((b"allow", ", ".join(exc.allow).encode()))
             elif isinstance(exc, ServerError):  # raised by storage, which logged the cause
                 answer = _server_error(req)
-        except Exception:
+            if exc.retry_after is not None:
+                answer.headers.append((b"retry-after", str(exc.retry_after).encode()))
+        except Exception as exc:
+            req.error = type(exc).__name__
             log.exception("request %s failed", req.rid)
             answer = _server_error(req)
-        await self._send(req, answer, send)
+        except BaseException:
+            if entered:
+                self.in_progress.leave()
+            raise
+        try:
+            await self._send(req, answer, send)
+        finally:
+            if entered:
+                self.in_progress.leave()
         req.status = answer.status
         req.reasons = answer.body.get("reasons", [])
         req.duration_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -159,10 +192,11 @@ class ImportApi:
                 log.exception("observer %r failed on request %s", observer, req.rid)
 
     async def _send(self, req: Request, answer: _Answer, send: Send) -> None:
-        body = _encode(answer.body)
+        body = _encode(answer.body) if answer.raw is None else answer.raw
         needle = req.headers.get(b"user-agent", b"").startswith(b"Needle/")
+        content_type = b"text/plain; charset=utf-8" if needle else b"application/json"
         headers = [
-            (b"content-type", b"text/plain; charset=utf-8" if needle else b"application/json"),
+            (b"content-type", answer.content_type or content_type),
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", req.rid.encode()),
             *answer.headers,
@@ -170,7 +204,8 @@ class ImportApi:
         if req.version == 1:
             headers.append((b"deprecation", V1_DEPRECATION))
             headers.append((b"link", b'</v2>; rel="successor-version"'))
-        if req.headers.get(b"connection", b"").lower() == b"close":
+        # A body left unread (too slow) cannot be skipped safely: the connection ends too.
+        if req.headers.get(b"connection", b"").lower() == b"close" or answer.status == 408:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if req.method == "HEAD" else body})
@@ -186,6 +221,8 @@ class ImportApi:
             self.storage.ping()
             return _Answer(200, {"code": 200, "message": "OK", "service": "importapi",
                                  "version": __version__, "sandbox": req.sandbox})
+        if path in _SERVICE_PATHS and not req.sandbox:
+            return await self._service(req, path)
         parts = path.split("/")
         # ['', 'v2', 'client', cid, 'authenticate'] or [..., cid, 'table', name, 'data']
         if len(parts) < 5 or parts[0] or parts[1] not in ("v1", "v2") or parts[2] != "client":
@@ -204,10 +241,22 @@ class ImportApi:
             return await self._upsert(req, scope, receive, int(cid), parts[5])
         raise NotFound(f"no such resource: {path}")
 
+    async def _service(self, req: Request, path: str) -> _Answer:
+        """Readiness, metrics and the API's description: for operators, not clients."""
+        req.route = path.strip("/").removesuffix(".json")
+        _allow(req.method, ("GET", "HEAD"))
+        if path == "/ready":
+            await asyncio.get_running_loop().run_in_executor(None, self.storage.check_writable)
+            return _Answer(200, {"code": 200, "message": "Ready"})
+        if path == "/metrics":
+            return _Answer(200, {}, raw=self.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+        return _Answer(200, {}, raw=self._openapi)
+
     def _check_key(self, req: Request, scope: Scope, client_id: int) -> None:
         key = presented_key(scope["query_string"], req.headers.get(b"authorization"))
         req.key_id = self.auth.check(key, client_id, sandbox=req.sandbox).key_id
         req.client_id = client_id
+        self.rate_limiter.check(req.key_id)
 
     def _authenticate(self, req: Request, scope: Scope, client_id: int) -> _Answer:
         self._check_key(req, scope, client_id)
@@ -220,7 +269,13 @@ class ImportApi:
         table = req.table = table_name(raw_table)
         limits = self.settings.limits
         encoding = encoding_of(req.headers.get(b"content-encoding"))
-        raw = await read_body(receive, encoding, req.headers.get(b"content-length"), limits.max_body_bytes)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                raw = await read_body(receive, encoding, req.headers.get(b"content-length"),
+                                      limits.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeout(f"the body did not arrive within {self.settings.body_timeout:g} seconds; "
+                                 "send it whole, promptly") from None
         batch = validate(decode_json(raw), table, version=req.version, limits=limits)
         req.points = len(batch.points)
         result = await asyncio.wrap_future(self.storage.submit(client_id, batch, sandbox=req.sandbox))

@@ -5,14 +5,17 @@
     ├── Unauthorized          401
     ├── NotFound              404
     ├── MethodNotAllowed      405
+    ├── RequestTimeout        408
     ├── PayloadTooLarge       413
     ├── UnsupportedEncoding   415
     ├── TooManyRequests       429
     ├── ServerError           500
-    └── StorageUnavailable    503
+    ├── StorageUnavailable    503
+    └── Overloaded            503  (too many requests in progress; with Retry-After)
 
 Storage wraps driver errors in these (``raise ... from exc``) so no driver exception
 reaches the HTTP layer; the HTTP layer turns them into ``{"code", "message", "reasons"}``.
+
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections.abc import Sequence
 class ImportApiError(Exception):
     status = 500
     message = "Server Error"
+    retry_after: int | None = None
+    """Seconds to wait before trying again, sent as ``Retry-After`` when set."""
 
     def __init__(self, *reasons: str, extra: Sequence[str] = ()) -> None:
         self.reasons: list[str] = [*reasons, *extra] or [self.message]
@@ -56,6 +61,11 @@ class MethodNotAllowed(ImportApiError):
         self.allow = tuple(allow)
 
 
+class RequestTimeout(ImportApiError):
+    status = 408
+    message = "Request Timeout"
+
+
 class PayloadTooLarge(ImportApiError):
     status = 413
     message = "Payload Too Large"
@@ -70,6 +80,10 @@ class TooManyRequests(ImportApiError):
     status = 429
     message = "Too Many Requests"
 
+    def __init__(self, *reasons: str, retry_after: int = 1) -> None:
+        super().__init__(*reasons)
+        self.retry_after = retry_after
+
 
 class ServerError(ImportApiError):
     status = 500
@@ -79,3 +93,13 @@ class ServerError(ImportApiError):
 class StorageUnavailable(ImportApiError):
     status = 503
     message = "Service Unavailable"
+
+
+class Overloaded(ImportApiError):
+    status = 503
+    message = "Service Unavailable"
+
+    def __init__(self, *reasons: str, retry_after: int = 1) -> None:
+        super().__init__(*reasons)
+        self.retry_after = retry_after
+

@@ -22,6 +22,20 @@ def _int(name: str, default: int) -> int:
     return value
 
 
+def _number(name: str, default: float) -> float:
+    """A number of zero or more (zero turns the feature off where the setting says so)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be zero or positive, not {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     database: str = DEFAULT_DATABASE
@@ -29,6 +43,14 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     key_touch_seconds: int = 60
     access_log: bool = True
+    rate_limit: float = 0.0
+    """Requests per second per key; 0 turns rate limiting off (the default)."""
+    rate_burst: int = 0
+    """Requests a key may send at once; 0 means one second's worth."""
+    max_concurrent: int = 256
+    """Requests in progress per server process; more are answered 503 with Retry-After."""
+    body_timeout: float = 60.0
+    """Seconds a client has to send a whole request body; a slower one is answered 408."""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -44,6 +66,10 @@ class Settings:
             sqlite_synchronous=os.environ.get("IMPORTAPI_SQLITE_SYNCHRONOUS") or "FULL",
             key_touch_seconds=_int("IMPORTAPI_KEY_TOUCH_SECONDS", 60),
             access_log=os.environ.get("IMPORTAPI_ACCESS_LOG", "1") not in ("0", "false", "no"),
+            rate_limit=_number("IMPORTAPI_RATE_LIMIT", 0.0),
+            rate_burst=int(_number("IMPORTAPI_RATE_BURST", 0)),
+            max_concurrent=_int("IMPORTAPI_MAX_CONCURRENT", 256),
+            body_timeout=_number("IMPORTAPI_BODY_TIMEOUT", 60.0) or 60.0,
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings  # type: ignore[arg-type]

@@ -203,6 +203,15 @@ class Storage(abc.ABC):
     def ping(self) -> None:
         """Raise StorageUnavailable unless the warehouse can take writes."""
 
+    def check_writable(self) -> None:
+        """Readiness: raise StorageUnavailable unless a write would go through now.
+
+        Slower than ``ping`` (a backend may take its write lock and sync a file), so it
+        serves readiness probes, not every request. Backends override it to exercise
+        their real write path; this default only pings.
+        """
+        self.ping()
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

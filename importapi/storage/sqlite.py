@@ -688,6 +688,27 @@ class SQLiteStorage(Storage):
         if not os.access(self.folder, os.W_OK):
             raise StorageUnavailable(f"the data folder {str(self.folder)!r} is not writable")
 
+    def check_writable(self) -> None:
+        """Write and sync a file in the data folder, and take the catalog's write lock."""
+        self.ping()
+        probe = self.folder / f".ready-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"ready")
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write to the data folder {str(self.folder)!r}: {exc}") from exc
+        with self._lock:
+            try:
+                self._catalog.execute("BEGIN IMMEDIATE")
+                self._catalog.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                if self._catalog.in_transaction:
+                    self._catalog.execute("ROLLBACK")
+                raise _storage_error(exc) from exc
+
     def close(self) -> None:
         for writer in list(self._writers.values()):
             writer.stop()
