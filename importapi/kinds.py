@@ -38,6 +38,7 @@ class Kind(enum.IntEnum):
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+DOUBLE_EXACT = 2**53  # integers beyond this magnitude are not all doubles
 _encode_json = msgspec.json.Encoder().encode
 _decode_json = msgspec.json.Decoder().decode
 

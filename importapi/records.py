@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from importapi.errors import BadRequest
-from importapi.kinds import INT64_MAX, INT64_MIN, Kind, join, kind_of
+from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, join, kind_of
 
 TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
 RESERVED_TABLE_PREFIXES = ("sqlite_", "_importapi", "pg_")
@@ -41,6 +41,8 @@ class Batch:
     kinds: dict[str, Kind] = field(default_factory=dict)
     mixed: set[str] = field(default_factory=set)
     """Fields whose values in this request are of more than one kind."""
+    inexact: set[str] = field(default_factory=set)
+    """Fields holding an integer that a double cannot hold exactly (beyond 2**53)."""
 
 
 def table_name(raw: str) -> str:
@@ -172,6 +174,7 @@ class _Validator:
         self.out = _Collector()
         self.kinds: dict[str, Kind] = {}
         self.mixed: set[str] = set()
+        self.inexact: set[str] = set()
         self.lower_names: dict[str, str] = {}
         self.seen: set[str] = set()
         self.keys: tuple[str, ...] | None = None
@@ -200,8 +203,8 @@ class _Validator:
         if ints or nested:
             values = list(point.values())
             for j in ints:
-                if not INT64_MIN <= values[j] <= INT64_MAX:
-                    self._kind(names[j], Kind.DECIMAL)
+                if not -DOUBLE_EXACT <= values[j] <= DOUBLE_EXACT:
+                    self._big_int(names[j], values[j])
             for j in nested:
                 self._depth_ok(i, names[j], values[j])
 
@@ -239,8 +242,15 @@ class _Validator:
             if kind is Kind.JSON and not self._depth_ok(i, name, value):
                 ok = False
                 continue
+            if kind is Kind.INTEGER and not -DOUBLE_EXACT <= value <= DOUBLE_EXACT:
+                self.inexact.add(name)
             self._kind(name, kind)
         return ok
+
+    def _big_int(self, name: str, value: int) -> None:
+        self.inexact.add(name)
+        if not INT64_MIN <= value <= INT64_MAX:
+            self._kind(name, Kind.DECIMAL)
 
     def _kind(self, name: str, kind: Kind) -> None:
         known = self.kinds.get(name)
@@ -274,4 +284,5 @@ def validate(body: Any, table: str, *, version: int = 2, limits: Limits = Limits
             v.out.add(i, f"is {_type_name(point)}; a data point must be an object")
     v.out.raise_if_any()
     assert v.keys is not None
-    return Batch(table=table, key_fields=v.keys, points=points, kinds=v.kinds, mixed=v.mixed)
+    return Batch(table=table, key_fields=v.keys, points=points, kinds=v.kinds, mixed=v.mixed,
+                 inexact=v.inexact)

@@ -10,7 +10,7 @@ wins within the request. Backends share both, so they cannot disagree on a decis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -65,11 +65,21 @@ def _first_index(batch: Batch, name: str) -> int:
     return next((i for i, p in enumerate(batch.points) if name in p), 0)
 
 
-def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits) -> Plan:
-    """What this push does to the table, or a 400 naming each problem."""
+def _exact(kind: Kind, name: str, batch: Batch) -> Kind:
+    """A double column cannot hold integers beyond 2**53 exactly: those need decimal."""
+    return Kind.DECIMAL if kind is Kind.DOUBLE and name in batch.inexact else kind
+
+
+def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits,
+              stored_inexact: Callable[[str], bool] | None = None) -> Plan:
+    """What this push does to the table, or a 400 naming each problem.
+
+    ``stored_inexact(column)`` says whether an integer column holds values beyond 2**53; it
+    is asked only when such a column would otherwise widen to double.
+    """
     if schema is None:
         order = [*batch.key_fields, *(n for n in batch.kinds if n not in batch.key_fields)]
-        kinds = {name: batch.kinds[name] for name in order}
+        kinds = {name: _exact(batch.kinds[name], name, batch) for name in order}
         plan = Plan(batch.table, True, batch.key_fields, kinds,
                     add=[Column(n, k) for n, k in kinds.items()])
         _check_width(plan, limits)
@@ -94,9 +104,13 @@ def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits) -> Plan:
                     f"from column {other!r} of table {schema.name!r}; use the column's spelling"
                 )
                 continue
-            kinds[name] = kind
+            kinds[name] = kind = _exact(kind, name, batch)
             plan.add.append(Column(name, kind))
-        elif (wider := join(current, kind)) is not current:
+            continue
+        wider = _exact(join(current, kind), name, batch)
+        if wider is Kind.DOUBLE and current is Kind.INTEGER and stored_inexact and stored_inexact(name):
+            wider = Kind.DECIMAL
+        if wider is not current:
             kinds[name] = wider
             plan.widen.append((name, current, wider))
     if reasons:

@@ -241,10 +241,6 @@ def test_over_http_a_repeated_request_is_all_replaced_and_changes_nothing(
             api_iter.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "integer -> double widening rounds 64-bit integers beyond 2**53 (contract §3: 'values "
-    "already stored keep their meaning', 'no value is ever dropped or truncated silently'); "
-    "kept strict so that it fails once fixed, or is removed if the contract means otherwise"))
 def test_widening_an_integer_column_to_double_keeps_every_digit() -> None:
     big = 2**60 + 1  # not a double
     with warehouse() as (storage, cid):

@@ -29,7 +29,7 @@ from typing import Any
 
 from importapi import apikeys
 from importapi.errors import BadRequest, ImportApiError, NotFound, ServerError, StorageUnavailable
-from importapi.kinds import Kind, from_storage, widen_stored
+from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, widen_stored
 from importapi.records import Batch, Limits
 from importapi.schema import Column, Plan, TableSchema, count_changes, make_plan, prepare_rows
 from importapi.storage.base import (
@@ -143,6 +143,13 @@ def _storage_error(exc: sqlite3.Error) -> ImportApiError:
 
 def _widen_function(value: Any, old: str, new: str) -> Any:
     return widen_stored(value, Kind.from_label(old), Kind.from_label(new))
+
+
+def _holds_inexact(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Does an integer column hold a value that a double would round?"""
+    c = quote(column)
+    sql = f"SELECT 1 FROM {quote(table)} WHERE {c} > ? OR {c} < ? LIMIT 1"
+    return conn.execute(sql, (DOUBLE_EXACT, -DOUBLE_EXACT)).fetchone() is not None
 
 
 def _execute_script(conn: sqlite3.Connection, script: str) -> None:
@@ -263,9 +270,9 @@ class ClientWriter:
                     conn = _connect(self.path, self.synchronous)
                     conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
                 self._apply_group(conn, group)
-            except sqlite3.Error as exc:
+            except Exception as exc:  # the writer must outlive any one group
                 log.exception("storage error on %s", self.path.name)
-                error = _storage_error(exc)
+                error = _storage_error(exc) if isinstance(exc, sqlite3.Error) else ServerError()
                 for j in group:
                     if not j.future.done():
                         j.future.set_exception(error)
@@ -306,7 +313,8 @@ class ClientWriter:
         batch = job.batch
         try:
             schema = self.schemas.get(batch.table)
-            plan = make_plan(schema, batch, self.limits)
+            plan = make_plan(schema, batch, self.limits,
+                             lambda column: _holds_inexact(conn, batch.table, column))
             rows = prepare_rows(plan, batch)
             existing = self._existing(conn, schema, plan, rows.keys)
             inserted, replaced = count_changes(rows.point_keys, existing)
