@@ -7,8 +7,11 @@ query string can hold an API key. The application writes its own access log inst
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 
 from importapi.settings import Settings
 
@@ -33,11 +36,25 @@ def _export(settings: Settings) -> None:
     })
 
 
+def _share_metrics(workers: int) -> None:
+    """Give the workers one folder for their counters, so /metrics sums them all.
+
+    prometheus_client reads the folder from the environment when it is imported, which
+    happens in each worker after this. An operator's own folder is used as it is.
+    """
+    if workers < 2 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="importapi-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 def run(settings: Settings, *, host: str, port: int, workers: int = 1, server: str | None = None) -> None:
     server = server or os.environ.get("IMPORTAPI_SERVER") or "uvicorn"
     if server not in SERVERS:
         raise ValueError(f"IMPORTAPI_SERVER must be one of {', '.join(SERVERS)}, not {server!r}")
     _export(settings)
+    _share_metrics(workers)
     configure_logging()
     if server == "granian":
         from granian import Granian
