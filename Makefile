@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: serve test check bench clean
+.PHONY: serve test check bench clean soak
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ check: $(BIN)/.installed
 	$(BIN)/pip install -q ruff mypy
 	$(BIN)/ruff check importapi tests bench
 	$(BIN)/mypy
+
+# Durability under SIGKILL, the long form: >= 10 minutes, >= 20 kills, then a calm stretch
+# that shows whether memory stops growing. Prints lost/half-applied/5xx counts and RSS.
+SOAK_ARGS ?= --minutes 12 --calm-minutes 4
+soak: $(BIN)/.installed
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.stack
