@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 
-.PHONY: serve test check bench clean soak
+.PHONY: serve test check bench bench-stack clean soak
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,14 @@ SOAK_ARGS ?= --minutes 12 --calm-minutes 4
 soak: $(BIN)/.installed
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
+# The benchmark: importapi against Datasette and the in-process SQLite limit (bench/RESULTS.md).
 bench: $(BIN)/.installed
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Which HTTP server and JSON library carry the hot path best.
+bench-stack: $(BIN)/.installed
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.stack
 
 clean:

@@ -1,8 +1,11 @@
--- wrk script: POST bodies of 100 realistic records with ascending (or random) new keys.
--- usage: wrk -s bench/push.lua URL -- PATH [random]
+-- wrk script: POST bodies of 100 realistic records (six fields of mixed types).
+-- usage: wrk -s bench/push.lua URL -- PATH FORMAT MIX BASE PREFILLED [TOKEN]
+--   FORMAT     importapi (an array of data points with "keys") | datasette ({"rows": [...]})
+--   MIX        ascending (new keys in order) | random (new keys in random order)
+--              | replace (half the records replace one of PREFILLED existing keys)
+--   BASE       the first new key
 local counter = 0
 local threads = 0
-local order = "ascending"
 
 function setup(thread)
   thread:set("tid", threads)
@@ -11,30 +14,44 @@ end
 
 function init(args)
   path = args[1]
-  if args[2] then order = args[2] end
+  format = args[2] or "importapi"
+  mix = args[3] or "ascending"
+  base = tonumber(args[4] or "0")
+  prefilled = tonumber(args[5] or "0")
+  token = args[6] or ""
   nthreads = 2
-  math.randomseed(tid * 7919 + 1)
+  math.randomseed(tid * 7919 + base + 1)
+  keys = (format == "importapi") and '"keys":["id"],' or ""
 end
 
 local function record(id)
   return string.format(
-    '{"keys":["id"],"id":%d,"name":"customer %d","email":"user%d@example.com","amount":%d.25,"active":%s,"created_at":"2024-05-%02d 12:34:56","visits":%d}',
-    id, id, id, id % 1000, (id % 2 == 0) and "true" or "false", id % 28 + 1, id % 97)
+    '{%s"id":%d,"name":"customer %d","email":"user%d@example.com","amount":%d.25,"active":%s,"created_at":"2024-05-%02d 12:34:56"}',
+    keys, id, id, id, id % 1000, (id % 2 == 0) and "true" or "false", id % 28 + 1)
 end
 
 function request()
   local parts = {}
+  local step = ((counter * nthreads) + tid) * 100
   for i = 0, 99 do
     local id
-    if order == "random" then
-      id = math.random(1, 2000000000)
+    if mix == "random" then
+      id = base + math.random(1, 2000000000)
+    elseif mix == "replace" and i % 2 == 0 then
+      id = math.random(0, prefilled - 1)
     else
-      id = ((counter * nthreads) + tid) * 100 + i
+      id = base + step + i
     end
     parts[#parts + 1] = record(id)
   end
   counter = counter + 1
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, "[" .. table.concat(parts, ",") .. "]")
+  local body = "[" .. table.concat(parts, ",") .. "]"
+  local headers = {["Content-Type"] = "application/json"}
+  if format == "datasette" then
+    body = '{"rows":' .. body .. '}'
+    headers["Authorization"] = "Bearer " .. token
+  end
+  return wrk.format("POST", path, headers, body)
 end
 
 function done(summary, latency, requests)

@@ -1,0 +1,84 @@
+"""The storage limit: the same upserts done in process straight into SQLite, no HTTP.
+
+The table is created by importapi's own storage (so the schema and indexes are exactly the
+server's), then the server's own upsert statement runs with one transaction per 100
+records, with the server's default durability (WAL, synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.records import COLUMNS, ids_for, record
+from importapi.records import validate
+from importapi.storage.sqlite import SQLiteStorage, _TableSQL, load_schemas
+
+REQUESTS = 1500
+
+
+def _row(i: int) -> tuple[Any, ...]:
+    r = record(i)
+    return tuple(r[c] for c in COLUMNS)
+
+
+def _warehouse() -> tuple[Path, Path]:
+    folder = Path(tempfile.mkdtemp(prefix="bench-limit-"))
+    storage = SQLiteStorage(folder)
+    storage.create_client("bench")
+    storage.submit(1, validate([{"keys": ["id"], **record(-1)}], "bench")).result()
+    storage.close()
+    return folder, folder / "client_1.sqlite3"
+
+
+def _connect(path: Path) -> tuple[sqlite3.Connection, str]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    schema = load_schemas(conn)["bench"]
+    assert tuple(schema.columns) == COLUMNS, schema.columns
+    return conn, _TableSQL(schema, 100).upsert
+
+
+def _bulk(conn: sqlite3.Connection, sql: str, ids: range) -> None:
+    conn.execute("PRAGMA synchronous = OFF")
+    for start in range(ids.start, ids.stop, 100_000):
+        conn.execute("BEGIN")
+        conn.executemany(sql, (_row(i) for i in range(start, min(start + 100_000, ids.stop))))
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA synchronous = FULL")
+
+
+def measure(mix: str, prefilled: int, requests: int = REQUESTS) -> dict[str, float]:
+    folder, path = _warehouse()
+    try:
+        conn, sql = _connect(path)
+        if mix == "replace":
+            _bulk(conn, sql, range(prefilled))
+        rng = random.Random(7)
+        batches = [[_row(i) for i in ids_for(mix, n, 10**9, prefilled, rng)] for n in range(requests)]
+        started = time.perf_counter()
+        for rows in batches:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        conn.close()
+        return {"records_per_s": requests * 100 / elapsed}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def prefilled_warehouse(rows: int) -> Path:
+    """A warehouse whose table ``bench`` already holds ``rows`` rows (ids 0..rows-1)."""
+    folder, path = _warehouse()
+    conn, sql = _connect(path)
+    _bulk(conn, sql, range(rows))
+    conn.close()
+    return folder

@@ -1,0 +1,199 @@
+"""``make bench``: importapi against Datasette and against the storage limit, side by side.
+
+    python -m bench.run [--seconds 8] [--rounds 2] [--growth-rows 10000000] [--quick]
+
+For each mix (new keys ascending, new keys in random order, half replacements) it runs, in
+alternation A/B/A/B, importapi and Datasette under wrk (2 threads, 32 connections, 100
+records per request), then the same upserts in process straight into SQLite (the limit).
+It reports medians of records/s acknowledged, latency at full load and at half of that rate
+(open loop), errors and peak memory; then a growth run into a table of --growth-rows rows.
+Prints one table, writes bench/results/latest.json and compares with the previous run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import limit, loadgen, targets
+
+HERE = Path(__file__).parent
+MIXES = ("ascending", "random", "replace")
+PREFILL = 100_000
+NEW_KEYS_BASE = 10**9
+
+
+def wrk(target: targets.Running, mix: str, seconds: int, base: int = NEW_KEYS_BASE,
+        prefilled: int = PREFILL) -> dict[str, float]:
+    cmd = ["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(HERE / "push.lua"), target.base, "--",
+           target.path, target.fmt, mix, str(base), str(prefilled), target.token]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"RESULT requests=(\d+) errors=(\d+) non2xx=(\d+) duration_us=(\d+) "
+                  r"p50=(\d+) p95=(\d+) p99=(\d+)", out)
+    if not m:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    req, err, bad, dur, p50, p95, p99 = map(int, m.groups())
+    return {"records_per_s": (req - bad) * 100 / (dur / 1e6), "errors": err + bad,
+            "p50_ms": p50 / 1000, "p95_ms": p95 / 1000, "p99_ms": p99 / 1000}
+
+
+class MemorySampler:
+    """Samples a server's resident memory once a second while a run goes on."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.samples, self._stop = pid, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(targets.rss_mb(self.pid))
+
+    def __enter__(self) -> MemorySampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join()
+
+
+def one_run(system: str, mix: str, seconds: int) -> dict[str, Any]:
+    start = targets.importapi if system == "importapi" else targets.datasette
+    with start() as target:
+        if mix == "replace":
+            targets.prefill(target, PREFILL)
+        with MemorySampler(target.pid) as mem:
+            result = wrk(target, mix, seconds)
+        result["peak_rss_mb"] = targets.rss_mb(target.pid, "VmHWM")
+        result["rss_samples_mb"] = [round(s, 1) for s in mem.samples]
+    return result
+
+
+def half_rate(system: str, mix: str, max_records_per_s: float, seconds: int) -> dict[str, float]:
+    start = targets.importapi if system == "importapi" else targets.datasette
+    with start() as target:
+        if mix == "replace":
+            targets.prefill(target, PREFILL)
+        return loadgen.fixed_rate("127.0.0.1", target.port, target.path, fmt=target.fmt, mix=mix,
+                                  base=NEW_KEYS_BASE, prefilled=PREFILL, headers=target.headers(),
+                                  rate=max_records_per_s / 2 / 100, seconds=seconds)
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["runs"] = runs
+    return out
+
+
+def growth(rows: int, seconds: int) -> dict[str, Any]:
+    """Ascending new keys into a table that already holds ``rows`` rows."""
+    folder = limit.prefilled_warehouse(rows)
+    try:
+        with targets.importapi(folder) as target:
+            result = wrk(target, "ascending", seconds, base=rows + NEW_KEYS_BASE)
+            result["peak_rss_mb"] = targets.rss_mb(target.pid, "VmHWM")
+        result["table_rows"] = rows
+        return result
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"importapi benchmark, {results['when']}: wrk 2 threads / 32 connections, 100 records per "
+             f"request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds",
+             "",
+             f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
+             f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'errors':>6} {'peak MB':>8}"]
+    for mix in results["mixes"]:
+        r = results["mixes"][mix]
+        for system in ("importapi", "datasette", "limit"):
+            s = r[system]
+            hr = s.get("half_rate", {})
+            lat = (f"{s['p50_ms']:7.1f} {s['p95_ms']:7.1f} {s['p99_ms']:7.1f}" if "p50_ms" in s
+                   else f"{'':7} {'':7} {'':7}")
+            half = (f"{hr['p50_ms']:10.1f} {hr['p95_ms']:7.1f} {hr['p99_ms']:7.1f}" if hr
+                    else f"{'':10} {'':7} {'':7}")
+            peak = f"{s['peak_rss_mb']:8.0f}" if "peak_rss_mb" in s else f"{'':8}"
+            errors = f"{s.get('errors', 0):6.0f}"
+            name = "sqlite limit" if system == "limit" else system
+            lines.append(f"{mix:10} {name:12} {s['records_per_s']:10.0f} {lat} {half} {errors} {peak}")
+        lines.append(f"{'':10} {'ratios':12} importapi/datasette {r['ratio_peer']:.1f}x, "
+                     f"importapi/limit {r['ratio_limit'] * 100:.0f}%")
+    if "growth" in results:
+        g = results["growth"]
+        lines += ["", f"growth: ascending into a table of {g['table_rows']:,} rows: "
+                  f"{g['records_per_s']:.0f} records/s, {g['ratio_empty'] * 100:.0f}% of the empty-table "
+                  f"rate; p99 {g['p99_ms']:.1f} ms; peak {g['peak_rss_mb']:.0f} MB"]
+    mem = results["mixes"]["ascending"]["importapi"]["runs"][0]["rss_samples_mb"]
+    if mem:
+        lines.append(f"memory under sustained load (importapi, ascending, MB once a second): "
+                     f"first {mem[0]:.0f}, last {mem[-1]:.0f}, max {max(mem):.0f}")
+    return "\n".join(lines)
+
+
+def compare(previous: dict[str, Any], results: dict[str, Any]) -> str:
+    lines = ["", "against the previous run (importapi records/s):"]
+    for mix, r in results["mixes"].items():
+        old = previous.get("mixes", {}).get(mix, {}).get("importapi", {}).get("records_per_s")
+        if old:
+            new = r["importapi"]["records_per_s"]
+            lines.append(f"  {mix:10} {old:10.0f} -> {new:10.0f}  ({(new / old - 1) * 100:+.0f}%)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--half-rate-seconds", type=int, default=6)
+    parser.add_argument("--growth-rows", type=int, default=10_000_000, help="0 skips the growth run")
+    parser.add_argument("--mixes", default=",".join(MIXES))
+    parser.add_argument("--quick", action="store_true", help="short runs, one round, no growth run")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.half_rate_seconds, args.growth_rows = 4, 1, 3, 0
+
+    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": args.seconds,
+                               "rounds": args.rounds, "mixes": {}}
+    for mix in args.mixes.split(","):
+        runs: dict[str, list[dict[str, Any]]] = {"importapi": [], "datasette": [], "limit": []}
+        for _ in range(args.rounds):
+            for system in ("importapi", "datasette"):
+                runs[system].append(one_run(system, mix, args.seconds))
+                print(f"  {mix} {system}: {runs[system][-1]['records_per_s']:.0f} records/s", flush=True)
+            runs["limit"].append(limit.measure(mix, PREFILL))
+        r = {system: median_of(v) for system, v in runs.items()}
+        for system in ("importapi", "datasette"):
+            r[system]["half_rate"] = half_rate(system, mix, r[system]["records_per_s"], args.half_rate_seconds)
+        r["ratio_peer"] = r["importapi"]["records_per_s"] / r["datasette"]["records_per_s"]
+        r["ratio_limit"] = r["importapi"]["records_per_s"] / r["limit"]["records_per_s"]
+        results["mixes"][mix] = r
+    if args.growth_rows and "ascending" in results["mixes"]:
+        g = growth(args.growth_rows, args.seconds)
+        g["ratio_empty"] = g["records_per_s"] / results["mixes"]["ascending"]["importapi"]["records_per_s"]
+        results["growth"] = g
+
+    text = report(results)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    latest = out_dir / "latest.json"
+    if latest.exists():
+        text += compare(json.loads(latest.read_text()), results)
+        latest.replace(out_dir / "previous.json")
+    latest.write_text(json.dumps(results, indent=2))
+    print()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
