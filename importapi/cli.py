@@ -255,6 +255,38 @@ def query(client_id: int, sql: str, fmt: str, database: str | None) -> None:
         click.echo(_table(columns, rows))
 
 
+@main.command()
+@click.argument("table")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--keys", metavar="FIELD[,FIELD]", help="Key fields, set on every record (needed for CSV).")
+@click.option("--url", envvar="IMPORTAPI_URL", default="http://127.0.0.1:8080", show_default=True,
+              help="The server.")
+@click.option("--client-id", envvar="IMPORTAPI_CLIENT_ID", type=click.IntRange(1), default=1,
+              show_default=True)
+@click.option("--api-key", envvar="IMPORTAPI_API_KEY", required=True, help="Or IMPORTAPI_API_KEY.")
+@click.option("--sandbox", is_flag=True, help="Check everything, store nothing.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Requests in flight.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl"]),
+              help="Input format (default: from the extension; needed for stdin).")
+@click.option("--infer-types", is_flag=True, help="CSV: integers, numbers, booleans, empty as null.")
+@click.option("--skip", type=click.IntRange(0), default=0, help="Skip the first N records (to resume).")
+@click.option("--gzip", is_flag=True, help="Compress requests.")
+@click.option("--progress-interval", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Seconds between progress lines when not on a terminal.")
+@json_option
+@errors_as_messages
+def push(table: str, files: tuple[str, ...], keys: str | None, url: str, client_id: int, api_key: str,
+         sandbox: bool, concurrency: int, fmt: str | None, infer_types: bool, skip: int, gzip: bool,
+         progress_interval: float, as_json: bool) -> None:
+    """Push records from CSV, JSON or JSON Lines files (or - for stdin) into TABLE."""
+    from importapi.loader import Load, parse_keys, run
+
+    load = Load(table, list(files), api_key, parse_keys(keys), url, client_id, sandbox, concurrency, fmt,
+                infer_types, skip, gzip, as_json, progress_interval)
+    sys.exit(run(load, sys.stdout, sys.stderr))
+
+
 def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
