@@ -15,7 +15,13 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from importapi.console.owner import PASSWORD_SETTING, LoginThrottle, check_password, fingerprint
+from importapi.console.owner import (
+    PASSWORD_SETTING,
+    LoginThrottle,
+    check_password,
+    end_sessions,
+    owner_fingerprint,
+)
 from importapi.console.web import (
     PREFIX,
     csrf_ok,
@@ -32,7 +38,7 @@ HOME = "/data"
 
 def _safe_next(raw: object) -> str:
     """Where to go after signing in: only a console page, never another site."""
-    if isinstance(raw, str) and raw.startswith(PREFIX + "/") and not raw.startswith("//") \
+    if isinstance(raw, str) and raw.startswith(PREFIX + "/") \
             and "\\" not in raw and not raw.startswith(PREFIX + "/login"):
         return raw
     return PREFIX + HOME
@@ -85,12 +91,13 @@ def _login(request: Request, data: FormData) -> Response:
         return _form(request, 401, "That password is not right.", next_url)
     throttle.succeeded(who)
     request.session.clear()  # a fresh session: new CSRF token, nothing carried over
-    request.session["owner"] = fingerprint(request.app.state.secret, stored)
+    request.session["owner"] = owner_fingerprint(storage_of(request), request.app.state.secret)
     request.session["csrf"] = secrets.token_urlsafe(24)
     return RedirectResponse(_safe_next(next_url), status_code=303)
 
 
 @form
 def logout(request: Request, data: FormData) -> Response:
+    end_sessions(storage_of(request))  # a copy of this cookie stops working too
     request.session.clear()
     return see_other("/login", "You are signed out.", request)

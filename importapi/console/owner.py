@@ -2,8 +2,9 @@
 
 The password is stored only as a scrypt hash (a slow, memory-hard hash from the standard
 library) with its parameters, so they can be raised later without breaking old hashes.
-Sessions carry a fingerprint of the stored hash: setting a new password signs every
-session out. Failed logins are counted per address; after a few, each further attempt
+Sessions carry a fingerprint of the stored hash and of the session epoch: setting a new
+password, or signing out (which starts a new epoch), ends every open session, so a copied
+cookie is worthless after the owner signs out. Failed logins are counted per address; after a few, each further attempt
 must wait twice as long as the last, up to five minutes. This module imports no web code,
 so the command line uses it too.
 """
@@ -23,6 +24,7 @@ from importapi.storage import Storage
 
 PASSWORD_SETTING = "console.password"
 SECRET_SETTING = "console.session_secret"
+EPOCH_SETTING = "console.session_epoch"
 MIN_PASSWORD_LENGTH = 8
 # scrypt at N=2**15, r=8: 32 MiB and about a tenth of a second per check.
 _N, _R, _P = 2**15, 8, 1
@@ -82,11 +84,22 @@ def session_secret(storage: Storage) -> str:
     return storage.set_setting(SECRET_SETTING, secrets.token_urlsafe(32), replace=False)
 
 
-def fingerprint(secret: str, stored_hash: str | None) -> str:
-    """What a session remembers of the password it was opened with."""
+def fingerprint(secret: str, stored_hash: str | None, epoch: str | None) -> str:
+    """What a session remembers of the password and the epoch it was opened in."""
     if stored_hash is None:
         return ""
-    return hmac.new(secret.encode(), stored_hash.encode(), hashlib.sha256).hexdigest()[:32]
+    message = f"{stored_hash}\n{epoch or ''}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def owner_fingerprint(storage: Storage, secret: str) -> str:
+    """The fingerprint a session must carry now to be the owner's."""
+    return fingerprint(secret, storage.get_setting(PASSWORD_SETTING), storage.get_setting(EPOCH_SETTING))
+
+
+def end_sessions(storage: Storage) -> None:
+    """Sign every session out (a new epoch)."""
+    storage.set_setting(EPOCH_SETTING, secrets.token_urlsafe(12))
 
 
 class LoginThrottle:

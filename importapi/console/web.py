@@ -26,7 +26,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from importapi.console.owner import PASSWORD_SETTING, fingerprint
+from importapi.console.owner import owner_fingerprint
 from importapi.errors import ImportApiError
 from importapi.storage import Storage
 
@@ -111,15 +111,11 @@ def csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
             and hmac.compare_digest(given.encode(), expected.encode()))
 
 
-def owner_fingerprint(request: Request) -> str:
-    return fingerprint(request.app.state.secret, storage_of(request).get_setting(PASSWORD_SETTING))
-
-
 def signed_in(request: Request) -> bool:
     """Is this session the owner's, opened with the password that is current now?"""
     remembered = request.session.get("owner")
     ok = isinstance(remembered, str) and bool(remembered) and hmac.compare_digest(
-        remembered.encode(), owner_fingerprint(request).encode())
+        remembered.encode(), owner_fingerprint(storage_of(request), request.app.state.secret).encode())
     request.scope["importapi.owner"] = ok
     return ok
 
