@@ -28,6 +28,7 @@ serve: $(BIN)/.installed
 	$(BIN)/importapi serve --host $(HOST) --port $(PORT) --database $(DATABASE)
 
 test: $(BIN)/.installed $(LEGACY_VENV)/bin/.installed
+	bash scripts/ensure-chromium.sh
 	IMPORTAPI_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: $(BIN)/.installed

@@ -35,15 +35,15 @@ PREFIX = "/console"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def when(stamp: str | None) -> str:
-    """An ISO time as the pages show it: ``2026-05-01 14:22 UTC``."""
+def when(stamp: str | None, short: bool = False) -> str:
+    """An ISO time as the pages show it: ``2026-05-01 14:22:05 UTC`` (short: to the minute)."""
     if not stamp:
         return "never"
     try:
         moment = dt.datetime.fromisoformat(stamp)
     except ValueError:
         return stamp
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC" if short else "%Y-%m-%d %H:%M:%S UTC")
 
 
 def _context(request: Request) -> dict[str, Any]:
