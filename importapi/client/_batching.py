@@ -36,9 +36,11 @@ def identity(record: Any) -> Identity | None:
     Values are compared as text, so ``1`` and ``"1"`` count as the same key: that can
     only make the client wait when it need not, never let two writes of a key overtake.
     """
-    if not isinstance(record, Mapping):
+    if type(record) is not dict and not isinstance(record, Mapping):
         return None
     names = record.get("keys")
+    if type(names) is list and len(names) == 1 and type(names[0]) is str:  # the common case
+        return (names[0], str(record.get(names[0])))
     if not isinstance(names, (list, tuple)):
         return None
     try:
@@ -69,16 +71,20 @@ class Batcher:
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"record {self.index} cannot be sent as JSON: {exc}") from None
         done: tuple[Batch, ...] = ()
+        parts = self._parts
+        size = self._size + len(encoded) + (1 if parts else 0)
         # A record too big for any request still goes alone: the server's answer says why.
-        if self._parts and self._size + 1 + len(encoded) > self.max_bytes:
+        if size > self.max_bytes and parts:
             done = (self._cut(),)
-        self._size += len(encoded) + (1 if self._parts else 0)
-        self._parts.append(encoded)
+            parts = self._parts
+            size = 2 + len(encoded)
+        parts.append(encoded)
+        self._size = size
         ident = identity(record)
         if ident is not None:
             self._identities.add(ident)
         self.index += 1
-        if len(self._parts) >= self.max_points:
+        if len(parts) >= self.max_points:
             done = (*done, self._cut())
         return done
 
