@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -414,3 +415,20 @@ def test_streaming_100000_records_from_a_generator_keeps_memory_bounded(real_ser
     # a few requests' worth at a time.
     assert n * record_bytes > 5_000_000
     assert peak < 3_000_000, f"peak {peak} bytes"
+
+
+def test_the_readme_python_examples_run_as_written(real_server: Server) -> None:
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Pushing from Python and from files", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 3
+    outputs = []
+    for code in blocks:
+        done = subprocess.run([sys.executable, "-c", code.replace("imp_...", real_server.key)],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "IMPORTAPI_URL": real_server.base})
+        assert done.returncode == 0, f"{code}\n{done.stderr}"
+        outputs.append(done.stdout.split())
+    requests, records, inserted, replaced, retries = map(int, outputs[1])
+    assert (requests, records, inserted + replaced, retries) == (100, 10_000, 10_000, 0)
+    assert outputs[2] == ["1"]
