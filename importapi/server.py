@@ -71,4 +71,7 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 1, server: s
         "importapi.app:create_app", factory=True, host=host, port=port, workers=workers,
         access_log=False, proxy_headers=False, server_header=False, log_config=None,
         timeout_graceful_shutdown=10,
+        # Slow clients: a request's head has a deadline (importapi.protocol), its body one
+        # too (IMPORTAPI_BODY_TIMEOUT, in the app), and an idle connection is closed after 5 s.
+        http="importapi.protocol:HeaderDeadlineProtocol", timeout_keep_alive=5,
     )
