@@ -97,7 +97,33 @@ def decode_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8") from None
     _refuse_repeated_names(body, value)
+    if b"\\u0000" in body:  # JSON can carry a NUL only escaped; look closer only then
+        _refuse_nul(value)
     return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if type(value) is str:
+        return "\x00" in value
+    if type(value) is list:
+        return any(_holds_nul(v) for v in value)
+    if type(value) is dict:
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    return False
+
+
+def _refuse_nul(value: Any) -> None:
+    """Text with a NUL character (U+0000) cannot be stored by PostgreSQL (text or jsonb), so
+    neither backend takes it; a field name with one is refused by validation."""
+    points = value if type(value) is list else [value]
+    try:
+        bad = [i for i, p in enumerate(points)
+               if _holds_nul(list(p.values()) if type(p) is dict else p)]
+    except RecursionError:
+        return  # validation refuses the nesting
+    if bad:
+        raise BadRequest(*(f"data point {i}: a string holds the character U+0000 (NUL), which the"
+                           " warehouse cannot store" for i in bad))
 
 
 _SPACE_BEFORE_COLON = (b" :", b"\t:", b"\n:", b"\r:")

@@ -255,6 +255,20 @@ def query(client_id: int, sql: str, fmt: str, database: str | None) -> None:
         click.echo(_table(columns, rows))
 
 
+@main.command("copy")
+@click.option("--from", "source", required=True, metavar="URL", help="The warehouse to copy.")
+@click.option("--to", "target", required=True, metavar="URL", help="An empty warehouse to fill.")
+@errors_as_messages
+def copy_(source: str, target: str) -> None:
+    """Copy a whole warehouse (clients, keys, tables, rows), e.g. SQLite to PostgreSQL."""
+    from importapi.storage.copy import copy_warehouse
+
+    with storage_for(source) as src, storage_for(target) as dst:
+        done = copy_warehouse(src, dst, lambda line: click.echo(line, err=True))
+    click.echo(f"Copied {done.clients} clients, {done.keys} keys, {done.tables} tables and "
+               f"{done.rows} rows from {source} to {target}.")
+
+
 @main.command()
 @click.argument("table")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True))

@@ -14,6 +14,7 @@ means what the pushed values meant.
 from __future__ import annotations
 
 import enum
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -39,7 +40,9 @@ class Kind(enum.IntEnum):
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 DOUBLE_EXACT = 2**53  # integers beyond this magnitude are not all doubles
-_encode_json = msgspec.json.Encoder().encode
+# Object keys sorted: PostgreSQL's jsonb keeps no key order, so neither backend does, and a
+# warehouse copied from one to the other and back reads the same.
+_encode_json = msgspec.json.Encoder(order="sorted").encode
 _decode_json = msgspec.json.Decoder().decode
 
 
@@ -88,7 +91,8 @@ def to_storage(value: Any, kind: Kind) -> Any:
         return float(value)
     if kind is Kind.DECIMAL:
         if t is float:
-            return _float_text(value)
+            # the shortest digits, without an exponent: the text PostgreSQL's numeric keeps
+            return format(Decimal(_float_text(value or 0.0)), "f")
         return str(int(value))
     return _encode_json(value).decode()
 

@@ -19,6 +19,8 @@ from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, join, kind
 TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
 RESERVED_TABLE_PREFIXES = ("sqlite_", "_importapi", "pg_")
 MAX_NAME_BYTES = 63
+# PostgreSQL's system columns: no table can have a column of these names.
+SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 MAX_REASONS = 50
 
 
@@ -65,6 +67,8 @@ def field_name_problem(name: str) -> str | None:
         return f"field name {name!r} contains a NUL character"
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         return f"field name {name[:20]!r}... is longer than {MAX_NAME_BYTES} bytes"
+    if name.lower() in SYSTEM_COLUMNS:
+        return f"field name {name!r} is reserved: the database keeps it for a system column"
     return None
 
 

@@ -23,6 +23,7 @@ from importapi.app import ImportApi
 from importapi.records import Limits
 from importapi.settings import Settings
 from importapi.storage import Storage, open_storage
+from tests.backends import BACKENDS, insertion_order, warehouse
 
 EXAMPLE_1 = {
     "keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": "pending",
@@ -43,9 +44,24 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "warehouse"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses a warehouse (``database``, ``storage``, ``api``) runs on each
+    backend; ``@pytest.mark.backends("sqlite")`` narrows that for a backend-specific test."""
+    if "database" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("database", marker.args if marker else BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def storage(data_dir: Path) -> Iterator[Storage]:
-    with open_storage(str(data_dir)) as s:
+def database(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str]:
+    """The URL of an empty warehouse: a SQLite folder, or a PostgreSQL database of its own."""
+    with warehouse(request.param, data_dir) as url:
+        yield url
+
+
+@pytest.fixture
+def storage(database: str) -> Iterator[Storage]:
+    with open_storage(database) as s:
         yield s
 
 
@@ -104,11 +120,13 @@ class Api:
         return self.http.post(self.url(table, **kw), json=data)  # type: ignore[arg-type]
 
     def rows(self, table: str = "orders", order: str = "rowid") -> list[dict[str, object]]:
+        if order == "rowid":
+            order = insertion_order(self.storage)
         columns, rows = self.storage.query(self.client_id, f'SELECT * FROM "{table}" ORDER BY {order}')
         return [dict(zip(columns, r)) for r in rows]
 
 
-def make_api(data_dir: Path, limits: Limits | None = None) -> Iterator[Api]:
+def make_api(data_dir: Path | str, limits: Limits | None = None) -> Iterator[Api]:
     settings = Settings(database=str(data_dir), limits=limits or Limits(), access_log=False)
     storage = open_storage(settings.database, **settings.storage_options())
     client = storage.create_client("test")
@@ -122,8 +140,8 @@ def make_api(data_dir: Path, limits: Limits | None = None) -> Iterator[Api]:
 
 
 @pytest.fixture
-def api(data_dir: Path) -> Iterator[Api]:
-    yield from make_api(data_dir)
+def api(database: str) -> Iterator[Api]:
+    yield from make_api(database)
 
 
 def free_port() -> int:

@@ -22,6 +22,14 @@ from importapi.app import ImportApi
 from importapi.records import Limits
 from importapi.settings import Settings
 from importapi.storage import open_storage
+from tests.backends import (
+    backend_of,
+    break_schema_table,
+    every_row_as_text,
+    refusing_connections,
+    sql_objects,
+)
+from tests.backends import user_tables as backend_user_tables
 from tests.conftest import EXAMPLE_1, Api, InProcessClient, make_api
 
 # -- helpers shared by the contract tests ------------------------------------------------
@@ -56,7 +64,7 @@ def pushed(r: httpx.Response) -> dict[str, Any]:
 def snapshot(api: Api) -> dict[str, Any]:
     """Everything a push could change in the client's warehouse: the SQL objects (with their
     DDL), the schema as the storage reports it, and every row of every table."""
-    _, objects = api.storage.query(api.client_id, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    objects = sql_objects(api.storage, api.client_id)
     tables = {}
     for info in api.storage.tables(api.client_id):
         d = info.as_dict()
@@ -66,13 +74,8 @@ def snapshot(api: Api) -> dict[str, Any]:
 
 
 def user_tables(api: Api) -> list[str]:
-    """Tables in the client's SQLite file that are not the system's own."""
-    _, rows = api.storage.query(
-        api.client_id,
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_importapi%' ESCAPE '\\'"
-        " ORDER BY name",
-    )
-    return [r[0] for r in rows]
+    """Tables in the client's warehouse that are not the system's own."""
+    return backend_user_tables(api.storage, api.client_id)
 
 
 def kinds(api: Api, table: str = "orders") -> dict[str, str]:
@@ -369,22 +372,22 @@ def test_revoked_key_is_401_and_other_keys_still_work(api: Api) -> None:
     assert api.rows()[0]["status"] == "rotated"
 
 
-def test_key_revoked_by_another_process_is_refused(api: Api, data_dir: Path) -> None:
+def test_key_revoked_by_another_process_is_refused(api: Api, database: str) -> None:
     """A key revoked through another connection to the warehouse (as `importapi keys revoke`
     does) is refused by the running server."""
     envelope(api.http.get(auth_url(api, api.key)), 200)
     key_id = api.storage.list_keys(api.client_id)[0].key_id
-    with open_storage(str(data_dir)) as other:
+    with open_storage(database) as other:
         other.revoke_key(key_id)
     error_reasons(api.http.get(auth_url(api, api.key)), 401)
     error_reasons(api.push(EXAMPLE_1), 401)
     assert user_tables(api) == []
 
 
-def test_key_created_by_another_process_works(api: Api, data_dir: Path) -> None:
+def test_key_created_by_another_process_works(api: Api, database: str) -> None:
     """A key created through another connection (as `importapi keys create` does) works."""
     envelope(api.http.get(auth_url(api, api.key)), 200)
-    with open_storage(str(data_dir)) as other:
+    with open_storage(database) as other:
         _, key2 = other.create_key(api.client_id)
     envelope(api.http.get(auth_url(api, key2)), 200)
 
@@ -413,17 +416,20 @@ def test_several_keys_per_client_all_work(api: Api) -> None:
     assert len(api.storage.list_keys(api.client_id)) == 3
 
 
-def test_keys_are_stored_only_as_hashes(api: Api, data_dir: Path) -> None:
-    """No file of the warehouse holds a key (or its secret part) in plain text, after keys
-    were created, used and revoked."""
+def test_keys_are_stored_only_as_hashes(api: Api, data_dir: Path, database: str) -> None:
+    """No file of the warehouse (PostgreSQL: no row of any of its tables) holds a key (or
+    its secret part) in plain text, after keys were created, used and revoked."""
     _, key2 = api.storage.create_key(api.client_id)
     envelope(api.http.get(auth_url(api, api.key)), 200)
     pushed(api.push(EXAMPLE_1))
     pushed(api.push(EXAMPLE_1, key=key2))
     api.storage.revoke_key(key2.split("_")[1])
-    files = [p for p in data_dir.rglob("*") if p.is_file()]
-    blob = b"".join(p.read_bytes() for p in files)
-    assert any(p.name.startswith("catalog") for p in files)
+    if backend_of(api.storage) == "sqlite":
+        files = [p for p in data_dir.rglob("*") if p.is_file()]
+        blob = b"".join(p.read_bytes() for p in files)
+        assert any(p.name.startswith("catalog") for p in files)
+    else:
+        blob = every_row_as_text(database)
     # the scan does see the catalog: the key ids, which are not secret, are there
     assert key2.split("_")[1].encode() in blob
     for key in (api.key, key2):
@@ -477,6 +483,7 @@ def test_error_envelope_is_locked(api: Api, status: int) -> None:
     assert r.headers["content-type"] == "application/json"
 
 
+@pytest.mark.backends("sqlite")
 def test_status_is_503_when_the_storage_cannot_be_reached(api: Api, data_dir: Path) -> None:
     """GET / answers 503 (with the error envelope) while the data folder is gone, as when its
     volume is unmounted, and 200 again once it is back."""
@@ -492,6 +499,32 @@ def test_status_is_503_when_the_storage_cannot_be_reached(api: Api, data_dir: Pa
     envelope(api.http.get("/"), 200)
 
 
+@pytest.mark.backends("postgresql")
+def test_status_is_503_while_the_database_refuses_connections(api: Api, database: str) -> None:
+    """GET / answers 503 while the database server takes no connections (here: it refuses
+    them for this database and has dropped the open ones), and 200 again once it does."""
+    envelope(api.http.get("/"), 200)
+    with refusing_connections(database):
+        r = api.http.get("/")
+        assert list(r.json()) == ["code", "message", "reasons"]
+        error_reasons(r, 503)
+    wait_until(lambda: api.http.get("/").status_code == 200, timeout=30)
+
+
+@pytest.mark.backends("postgresql")
+def test_database_error_is_500_with_request_id_and_no_internals(api: Api, database: str) -> None:
+    """A storage failure (here a client's schema table broken behind the server's back) is
+    a 500 with the envelope and a request id, nothing of the driver's message; keys still work."""
+    pushed(api.push(EXAMPLE_1))
+    break_schema_table(database, api.client_id)
+    r = api.http.post(api.url(), json=EXAMPLE_1)
+    reasons = error_reasons(r, 500)
+    assert r.json()["request_id"] in " ".join(reasons)
+    assert "Traceback" not in r.text and "psycopg" not in r.text and "column" not in r.text
+    envelope(api.http.get(auth_url(api, api.key)), 200)
+
+
+@pytest.mark.backends("sqlite")
 def test_server_error_is_500_with_request_id_and_no_traceback(api: Api, data_dir: Path) -> None:
     """A storage failure (here a corrupt client file) is a 500 with the envelope and a
     request id matching the X-Request-Id header, and no stack trace; nothing else breaks."""

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.backends import DECLARED, STORED, backend_of, value_types
+from tests.backends import declared_types as backend_declared_types
 from tests.conftest import EXAMPLE_1, EXAMPLE_2, Api
 from tests.test_contract import (
     envelope,
@@ -25,7 +27,6 @@ from tests.test_contract import (
     limited_api,
     pushed,
     snapshot,
-    sql,
     user_tables,
 )
 
@@ -43,12 +44,13 @@ def refused(api: Api, data: Any, table: str = "orders", **kw: Any) -> list[str]:
 
 
 def typeof(api: Api, column: str, table: str = "orders") -> list[str]:
-    quoted = '"' + column.replace('"', '""') + '"'
-    return [r[0] for r in sql(api, f'SELECT typeof({quoted}) FROM "{table}" ORDER BY rowid')]
+    """The storage type of each value of a column, in key order (SQLite: ``typeof``)."""
+    return value_types(api.storage, api.client_id, table, column, '"id"')
 
 
 def declared_types(api: Api, table: str = "orders") -> dict[str, str]:
-    return dict(sql(api, f"SELECT name, type FROM pragma_table_info('{table}')"))
+    """The SQL type each column is declared with."""
+    return backend_declared_types(api.storage, api.client_id, table)
 
 
 # -- body --------------------------------------------------------------------------------
@@ -329,12 +331,12 @@ def test_column_types_come_from_the_values(api: Api) -> None:
     pushed(api.push(point(1, s="x", i=5, d=1.5, d2=2.0, b=True, o={"k": [1, None]}, a=[1, "x"])))
     assert kinds(api) == {"id": "integer", "s": "text", "i": "integer", "d": "double", "d2": "double",
                           "b": "boolean", "o": "json", "a": "json"}
-    assert declared_types(api) == {"id": "INTEGER", "s": "TEXT", "i": "INTEGER", "d": "REAL", "d2": "REAL",
-                                   "b": "BOOLEAN", "o": "TEXT", "a": "TEXT"}
-    expected_storage = {"id": "integer", "s": "text", "i": "integer", "d": "real", "d2": "real",
-                        "b": "integer", "o": "text", "a": "text"}
-    for column, storage_class in expected_storage.items():
-        assert typeof(api, column) == [storage_class], column
+    # SQLite declares INTEGER, TEXT, REAL, BOOLEAN, TEXT; PostgreSQL bigint, text, double
+    # precision, boolean, jsonb (tests/backends.py: DECLARED and STORED)
+    backend = backend_of(api.storage)
+    assert declared_types(api) == {c: DECLARED[backend][k] for c, k in kinds(api).items()}
+    for column, kind in kinds(api).items():
+        assert typeof(api, column) == [STORED[backend][kind]], column
     (row,) = api.rows()
     assert (row["s"], row["i"], row["d"], row["d2"], row["b"]) == ("x", 5, 1.5, 2.0, 1)
     assert json.loads(row["o"]) == {"k": [1, None]} and json.loads(row["a"]) == [1, "x"]
@@ -375,7 +377,7 @@ def test_columns_widen_and_stored_values_keep_their_meaning(
     assert [r["v"] for r in rows] == [first_after, later_after]
     assert [type(r["v"]) for r in rows] == [type(first_after), type(later_after)]
     assert rows[0]["other"] == "kept"
-    storage_class = {"integer": "integer", "double": "real", "text": "text"}[kind]
+    storage_class = STORED[backend_of(api.storage)][kind]
     assert typeof(api, "v") == [storage_class, storage_class]
 
 
@@ -440,9 +442,9 @@ def test_an_integer_column_widens_to_decimal_for_a_big_integer(api: Api) -> None
 
 
 def test_no_value_is_dropped_or_truncated(api: Api) -> None:
-    """Long strings, unicode, NULs, doubles at full precision and extreme magnitudes come back
-    as pushed."""
-    values = {"long": "x" * 200_000, "uni": "naïve – 日本 🙂", "nul": "a\x00b", "prec": 0.1 + 0.2,
+    """Long strings, unicode, doubles at full precision and extreme magnitudes come back as
+    pushed."""
+    values = {"long": "x" * 200_000, "uni": "naïve – 日本 🙂", "prec": 0.1 + 0.2,
               "tiny": 5e-324, "huge": 1.7976931348623157e308, "neg0": -0.0}
     pushed(api.push(point(1, **values)))
     (row,) = api.rows()
@@ -450,6 +452,15 @@ def test_no_value_is_dropped_or_truncated(api: Api) -> None:
         assert row[name] == value, name
     pushed(api.push(point(2, prec="text now")))
     assert api.rows(order="id")[0]["prec"] == repr(0.1 + 0.2)
+
+
+@pytest.mark.parametrize("value", ["a\x00b", {"k": "\x00"}, ["x", ["\x00"]], {"a\x00": 1}])
+def test_text_with_a_nul_character_is_refused_not_cut(api: Api, value: Any) -> None:
+    """PostgreSQL cannot store U+0000 in text or JSON, so no backend takes it: a 400 naming
+    the data point, rather than a value silently cut at the NUL."""
+    reasons = refused(api, [point(1, v="fine"), point(2, v=value)])
+    assert reasons == [("data point 1: a string holds the character U+0000 (NUL), which the warehouse"
+                        " cannot store")]
 
 
 def test_null_never_decides_a_type(api: Api) -> None:

@@ -7,6 +7,7 @@ line and the tests all go through this interface; no caller sees a driver.
 from __future__ import annotations
 
 from importapi.storage.base import (
+    CatalogDump,
     ClientInfo,
     KeyInfo,
     PushResult,
@@ -23,12 +24,13 @@ def open_storage(url: str, **options: object) -> Storage:
         from importapi.storage.sqlite import SQLiteStorage
 
         return SQLiteStorage(target, **options)  # type: ignore[arg-type]
-    from importapi.errors import BadRequest
+    from importapi.storage.postgres import PostgresStorage
 
-    raise BadRequest(f"database {url!r}: PostgreSQL is not available in this build")
+    return PostgresStorage(target, **options)  # type: ignore[arg-type]
 
 
 __all__ = [
+    "CatalogDump",
     "ClientInfo",
     "KeyInfo",
     "PushResult",

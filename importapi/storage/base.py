@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +115,16 @@ class Activity:
 
 
 @dataclass
+class CatalogDump:
+    """A warehouse's catalog as ``importapi copy`` moves it: clients, keys (each with its
+    stored digest; the keys themselves are never stored) and the owner's settings."""
+
+    clients: list[ClientInfo]
+    keys: list[tuple[KeyInfo, bytes]]
+    settings: dict[str, str]
+
+
+@dataclass
 class PushResult:
     table: str
     inserted: int
@@ -198,6 +208,22 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def recent_activity(self, limit: int, *, refused: bool) -> list[Activity]:
         """The newest recorded pushes, or refusals, newest first."""
+
+    # -- copying a warehouse (importapi copy) -------------------------------
+    @abc.abstractmethod
+    def export_catalog(self) -> CatalogDump:
+        """Every client, key and setting, with their ids and times."""
+
+    @abc.abstractmethod
+    def restore_catalog(self, dump: CatalogDump) -> None:
+        """Recreate an exported catalog in a warehouse that has no clients yet."""
+
+    @abc.abstractmethod
+    def restore_table(self, client_id: int, schema: TableSchema, rows: Iterable[Sequence[Any]],
+                      last_push_at: str | None = None) -> int:
+        """Create a table with exactly this schema (column kinds, order, key fields, times)
+        and fill it with rows of JSON values in column order, as ``read_rows`` gives them;
+        the number of rows written. The table must not exist yet."""
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -21,7 +21,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +29,12 @@ from typing import Any
 
 from importapi import apikeys
 from importapi.errors import BadRequest, ImportApiError, NotFound, ServerError, StorageUnavailable
-from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, widen_stored
+from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, to_storage, widen_stored
 from importapi.records import Batch, Limits
 from importapi.schema import Column, Plan, TableSchema, count_changes, make_plan, prepare_rows
 from importapi.storage.base import (
     Activity,
+    CatalogDump,
     ClientInfo,
     KeyInfo,
     PushResult,
@@ -690,6 +691,70 @@ class SQLiteStorage(Storage):
             for at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, reasons
             in rows
         ]
+
+    # -- copying a warehouse ----------------------------------------------
+    def export_catalog(self) -> CatalogDump:
+        keys = self._catalog_call("SELECT key_id, client_id, created_at, last_used_at, revoked_at, digest"
+                                  " FROM api_keys ORDER BY created_at, key_id")
+        settings = self._catalog_call("SELECT name, value FROM settings ORDER BY name")
+        return CatalogDump(self.list_clients(), [(KeyInfo(*r[:5]), bytes(r[5])) for r in keys],
+                           {str(n): str(v) for n, v in settings})
+
+    def restore_catalog(self, dump: CatalogDump) -> None:
+        if self.list_clients():
+            raise BadRequest("the target warehouse already has clients; copy needs an empty one")
+        for c in dump.clients:
+            self._catalog_call("INSERT INTO clients (client_id, name, created_at) VALUES (?, ?, ?)",
+                               (c.client_id, c.name, c.created_at))
+            conn = _connect(self._client_path(c.client_id), self.synchronous)
+            try:
+                _execute_script(conn, CLIENT_DDL)
+            finally:
+                conn.close()
+        for k, digest in dump.keys:
+            self._catalog_call(
+                "INSERT INTO api_keys (key_id, client_id, digest, created_at, last_used_at, revoked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (k.key_id, k.client_id, digest, k.created_at, k.last_used_at, k.revoked_at),
+            )
+        for name, value in dump.settings.items():
+            self.set_setting(name, value)
+        self._local_changes += 1
+
+    def restore_table(self, client_id: int, schema: TableSchema, rows: Iterable[Sequence[Any]],
+                      last_push_at: str | None = None) -> int:
+        self._require_client(client_id)
+        t, keys = quote(schema.name), ", ".join(quote(k) for k in schema.key_fields)
+        columns = list(schema.columns.values())
+        defs = ", ".join(f"{quote(c.name)} {SQL_TYPES[c.kind]}"
+                         + (" NOT NULL" if c.name in schema.key_fields else "") for c in columns)
+        insert = (f"INSERT INTO {t} ({', '.join(quote(c.name) for c in columns)})"
+                  f" VALUES ({', '.join('?' for _ in columns)})")
+        conn = _connect(self._client_path(client_id), self.synchronous)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"CREATE TABLE {t} ({defs})")
+            conn.execute(f"CREATE UNIQUE INDEX {quote('_importapi_key_' + schema.name)} ON {t} ({keys})")
+            conn.execute("INSERT INTO _importapi_tables (name, key_fields, created_at, last_push_at)"
+                         " VALUES (?, ?, ?, ?)",
+                         (schema.name, json.dumps(list(schema.key_fields)), schema.created_at, last_push_at))
+            conn.executemany(
+                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, widened_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(schema.name, c.name, c.kind.label, i, schema.created_at, c.widened_at)
+                 for i, c in enumerate(columns)],
+            )
+            count = conn.executemany(insert, (
+                [to_storage(v, c.kind) for v, c in zip(row, columns)] for row in rows
+            )).rowcount
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise _storage_error(exc) from exc
+        finally:
+            conn.close()
+        return count
 
     def ping(self) -> None:
         self._catalog_call("SELECT 1")

@@ -1,0 +1,225 @@
+"""The SQL text of the PostgreSQL backend: the layout, the type mapping, widening, upserts.
+
+    importapi.clients, api_keys, settings, activity, catalog_state    the catalog
+    importapi.float_text(double precision)                            a double as Python writes it
+    client_<id>._importapi_tables, _importapi_columns                 a client's table schemas
+    client_<id>.<table>                                               a client's tables
+
+Everything here is text; ``postgres.py`` runs it. Identifiers go through ``quote`` only.
+"""
+
+from __future__ import annotations
+
+from importapi.kinds import Kind
+from importapi.schema import TableSchema
+
+CATALOG = "importapi"
+
+SQL_TYPES = {
+    Kind.BOOLEAN: "boolean",
+    Kind.INTEGER: "bigint",
+    Kind.DOUBLE: "double precision",
+    Kind.DECIMAL: "numeric",
+    Kind.TEXT: "text",
+    Kind.JSON: "jsonb",
+}
+
+
+def quote(name: str) -> str:
+    """The one place identifiers are quoted: every name is a quoted identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def client_schema(client_id: int) -> str:
+    return quote(f"client_{client_id}")
+
+
+def table_ref(client_id: int, table: str) -> str:
+    return f"{client_schema(client_id)}.{quote(table)}"
+
+
+# A double widened to text (or decimal, or JSON) is written exactly as Python's repr writes
+# it, so both backends store the same text. PostgreSQL's own output is the same shortest
+# digits laid out differently: no ".0" on integral values, an exponent from 1e15 (Python:
+# from 1e16), and every digit of integral values beyond 2**53.
+FLOAT_TEXT = r"""
+CREATE OR REPLACE FUNCTION importapi.float_text(x double precision) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET extra_float_digits = 1 AS $fn$
+DECLARE
+  s text := x::text;
+  n numeric;
+  c numeric;
+  d text;
+  m text;
+BEGIN
+  IF x <> trunc(x) OR abs(x) < 9007199254740992 THEN
+    IF s LIKE '%e+15' THEN
+      s := (s::numeric)::text;
+    ELSIF s LIKE '%e%' OR s LIKE '%.%' THEN
+      RETURN s;
+    END IF;
+    RETURN CASE WHEN s LIKE '%.%' THEN s ELSE s || '.0' END;
+  END IF;
+  n := abs(s::numeric);
+  FOR p IN 1..17 LOOP
+    c := round(n, p - length(n::text));
+    EXIT WHEN c < 1.797693134862315807e308 AND c::float8 = abs(x);
+  END LOOP;
+  d := c::text;
+  IF length(d) <= 16 THEN
+    m := d || '.0';
+  ELSE
+    m := rtrim(d, '0');
+    m := left(m, 1) || CASE WHEN length(m) > 1 THEN '.' || substr(m, 2) ELSE '' END
+         || 'e+' || CASE WHEN length(d) <= 10 THEN '0' ELSE '' END || (length(d) - 1)::text;
+  END IF;
+  RETURN CASE WHEN x < 0 THEN '-' || m ELSE m END;
+END
+$fn$
+"""
+
+CATALOG_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS importapi",
+    """CREATE TABLE IF NOT EXISTS importapi.clients (
+        client_id bigint PRIMARY KEY,
+        name text NOT NULL,
+        created_at timestamptz NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS importapi.api_keys (
+        key_id text PRIMARY KEY,
+        client_id bigint NOT NULL REFERENCES importapi.clients (client_id),
+        digest bytea NOT NULL,
+        created_at timestamptz NOT NULL,
+        last_used_at timestamptz,
+        revoked_at timestamptz
+    )""",
+    """CREATE TABLE IF NOT EXISTS importapi.settings (
+        name text PRIMARY KEY,
+        value text NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS importapi.activity (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        refused boolean NOT NULL,
+        at text NOT NULL,
+        request_id text NOT NULL,
+        route text NOT NULL,
+        client_id bigint,
+        key_id text,
+        table_name text,
+        points integer NOT NULL,
+        inserted integer NOT NULL,
+        replaced integer NOT NULL,
+        sandbox boolean NOT NULL,
+        status integer NOT NULL,
+        reasons jsonb NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS activity_by_kind ON importapi.activity (refused, seq)",
+    # One row: a number every process reads to know whether its key cache is stale.
+    """CREATE TABLE IF NOT EXISTS importapi.catalog_state (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        version bigint NOT NULL
+    )""",
+    "INSERT INTO importapi.catalog_state (version) VALUES (1) ON CONFLICT DO NOTHING",
+    FLOAT_TEXT,
+]
+
+
+def client_ddl(client_id: int) -> list[str]:
+    s = client_schema(client_id)
+    return [
+        f"CREATE SCHEMA {s}",
+        f"""CREATE TABLE {s}._importapi_tables (
+            name text PRIMARY KEY,
+            key_fields text[] NOT NULL,
+            created_at timestamptz NOT NULL,
+            last_push_at timestamptz,
+            version bigint NOT NULL
+        )""",
+        f"""CREATE TABLE {s}._importapi_columns (
+            table_name text NOT NULL REFERENCES {s}._importapi_tables (name),
+            name text NOT NULL,
+            kind text NOT NULL,
+            position integer NOT NULL,
+            created_at timestamptz NOT NULL,
+            widened_at timestamptz,
+            PRIMARY KEY (table_name, name)
+        )""",
+    ]
+
+
+def widen_expr(column: str, old: Kind, new: Kind) -> str:
+    """SQL that turns a stored value of ``old`` into ``new`` as ``kinds.widen_stored`` does."""
+    c = column
+    if new is Kind.JSON:
+        if old is Kind.DOUBLE:
+            return f"importapi.float_text({c})::jsonb"
+        return f"to_jsonb({c})"
+    if old is Kind.BOOLEAN:
+        return f"{c}::text" if new is Kind.TEXT else f"{c}::integer::{SQL_TYPES[new]}"
+    if old is Kind.INTEGER:
+        return f"{c}::{SQL_TYPES[new]}"
+    if old is Kind.DOUBLE:
+        text = f"importapi.float_text({c})"
+        return text if new is Kind.TEXT else f"{text}::numeric"
+    if old is Kind.DECIMAL and new is Kind.TEXT:
+        # an integral decimal reads back as an integer, any other as a double
+        return f"CASE WHEN scale({c}) = 0 THEN {c}::text ELSE importapi.float_text({c}::float8) END"
+    raise ValueError(f"no widening from {old.label} to {new.label}")
+
+
+def column_def(name: str, kind: Kind, key: bool) -> str:
+    return f"{quote(name)} {SQL_TYPES[kind]}" + (" NOT NULL" if key else "")
+
+
+def create_table(client_id: int, schema: TableSchema) -> str:
+    defs = [column_def(c.name, c.kind, c.name in schema.key_fields) for c in schema.columns.values()]
+    keys = ", ".join(quote(k) for k in schema.key_fields)
+    return f"CREATE TABLE {table_ref(client_id, schema.name)} ({', '.join(defs)}, PRIMARY KEY ({keys}))"
+
+
+class TableSQL:
+    """Statements for one table at one schema version, built once and reused.
+
+    The upsert binds one array per column and unnests them, so its text (and its prepared
+    plan) does not depend on how many rows a push has. It returns one boolean per row: true
+    when the row was inserted, false when it replaced one.
+    """
+
+    def __init__(self, client_id: int, schema: TableSchema, version: int) -> None:
+        self.version = version
+        self.schema = schema
+        t = table_ref(client_id, schema.name)
+        cols = list(schema.columns)
+        self.columns = cols
+        self.kinds = [c.kind for c in schema.columns.values()]
+        keys = ", ".join(quote(k) for k in schema.key_fields)
+        arrays = ", ".join(f"%s::{SQL_TYPES[k]}[]" for k in self.kinds)
+        others = [c for c in cols if c not in schema.key_fields]
+        if others:
+            sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
+            action = f"DO UPDATE SET {sets} RETURNING xmax = 0"
+        else:
+            action = "DO NOTHING RETURNING true"
+        self.upsert = (f"INSERT INTO {t} ({', '.join(quote(c) for c in cols)})"
+                       f" SELECT * FROM unnest({arrays}) ON CONFLICT ({keys}) {action}")
+        self.key_positions = [cols.index(k) for k in schema.key_fields]
+        self.all_keys = not others
+
+
+def probe_existing(client_id: int, schema: TableSchema, widen: dict[str, tuple[Kind, Kind]]) -> str:
+    """Which of the given keys a table holds, compared (and returned) as the planned kinds."""
+    exprs, arrays = [], []
+    for k in schema.key_fields:
+        kind = schema.columns[k].kind
+        if k in widen:
+            old, kind = widen[k]
+            exprs.append(f"({widen_expr(quote(k), old, kind)})")
+        else:
+            exprs.append(quote(k))
+        arrays.append(f"%s::{SQL_TYPES[kind]}[]")
+    t = table_ref(client_id, schema.name)
+    if len(exprs) == 1:
+        return f"SELECT {exprs[0]} FROM {t} WHERE {exprs[0]} = ANY({arrays[0]})"
+    names = ", ".join(f"k{i}" for i in range(len(exprs)))
+    return (f"SELECT {', '.join(exprs)} FROM {t} WHERE ({', '.join(exprs)}) IN"
+            f" (SELECT * FROM unnest({', '.join(arrays)}) AS probe ({names}))")
