@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from importapi.loader import InputError, Load, format_of, infer, parse_keys, run
 from tests.conftest import Api, Server, start_server, stop_server
 from tests.faults import FaultProxy, Faults, LoopTransport, faulty
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_until
 
 
 def jsonl(path: Path, records: list[Any]) -> Path:
@@ -277,3 +278,31 @@ def test_a_live_progress_bar_on_a_terminal(real_server: Server, tmp_path: Path) 
     assert "━" in screen and "100%" in screen
     assert re.search(r"3,000 records\s+[\d,]+ records/s", screen)
     assert "3,000 records pushed to tty in 30 requests" in screen
+
+
+def test_ctrl_c_stops_after_what_was_sent_and_says_how_to_resume(real_server: Server) -> None:
+    import signal
+    import sqlite3
+
+    def stored_rows() -> int:
+        try:
+            with closing(sqlite3.connect(f"file:{real_server.data_dir / 'client_1.sqlite3'}?mode=ro",
+                                         uri=True)) as db:
+                return int(db.execute("SELECT count(*) FROM interrupted").fetchone()[0])
+        except sqlite3.OperationalError:  # no table yet
+            return 0
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "importapi", "push", "interrupted", "-", "--format", "jsonl", "--keys", "id"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **cli_env(real_server)})
+    assert process.stdin is not None
+    # 250 records, and the pipe stays open: two requests go out, and the loader waits for more.
+    process.stdin.write("".join(json.dumps(r) + "\n" for r in people(250)))
+    process.stdin.flush()
+    wait_until(lambda: stored_rows() == 200, timeout=30, what="two requests stored")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "200 records pushed to interrupted in 2 requests" in out
+    assert "feeding it the same input" in err and err.rstrip().endswith("--skip 200")

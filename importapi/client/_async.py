@@ -102,6 +102,7 @@ class AsyncClient(ClientBase):
                     if pushing.stopped:
                         break
                     running[asyncio.ensure_future(drive(pushing.steps(batch), self._send))] = batch
+                    _reap(pushing, {t for t in running if t.done()}, running)  # done already
         except asyncio.CancelledError:
             for task in running:
                 task.cancel()
@@ -114,6 +115,10 @@ class AsyncClient(ClientBase):
 
 async def _collect(pushing: Pushing, running: dict[asyncio.Task[Outcome], Batch], when: str) -> None:
     done, _ = await asyncio.wait(running, return_when=when)
+    _reap(pushing, done, running)
+
+
+def _reap(pushing: Pushing, done: set[asyncio.Task[Outcome]], running: dict[asyncio.Task[Outcome], Batch]) -> None:
     for task in done:
         batch = running.pop(task)
         if not task.cancelled():

@@ -127,13 +127,15 @@ class Client(ClientBase):
                 if pushing.stopped:
                     break
                 running[self._pool.submit(drive, pushing.steps(batch), self._send)] = batch
+                _collect(pushing, running, FIRST_COMPLETED, timeout=0)  # whatever is done already
         finally:
             while running:  # what was sent is waited for, also on an error or Ctrl-C
                 _collect(pushing, running, ALL_COMPLETED)
         return pushing.result()
 
 
-def _collect(pushing: Pushing, running: dict[Future[Outcome], Batch], when: str) -> None:
-    done, _ = wait(running, return_when=when)
+def _collect(pushing: Pushing, running: dict[Future[Outcome], Batch], when: str,
+             timeout: float | None = None) -> None:
+    done, _ = wait(running, timeout, return_when=when)
     for future in done:
         pushing.finish(running.pop(future), future.result())
