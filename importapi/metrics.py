@@ -36,8 +36,8 @@ _BY_STATUS = {
 }
 # A 400's class, from its first reason (the texts live in records, body and schema).
 _BAD_REQUEST_CLASSES = (
-    ("unreadable_body", re.compile(r"not valid JSON|body is empty|nested too deeply to be read|gzip|"
-                                   r"Content-Length|disconnected")),
+    ("unreadable_body", re.compile(r"not valid (JSON|UTF-8|gzip)|body is empty|nested too deeply to be "
+                                   r"read|gzip body|Content-Length|disconnected|more than once in one")),
     ("invalid_table_name", re.compile(r"^table name")),
     ("point_count", re.compile(r"^the body (has \d+ data points|is an empty array)")),
     ("key_fields", re.compile(r"key field|\"keys\"|^keys ")),
