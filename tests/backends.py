@@ -36,7 +36,8 @@ def postgres_problem() -> str | None:
         with psycopg.connect(ADMIN_URL, connect_timeout=5, autocommit=True) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        return f"PostgreSQL is not reachable at {ADMIN_URL} ({str(exc).strip()}); start it with scripts/ensure-postgres.sh"
+        detail = " ".join(str(exc).split())
+        return f"PostgreSQL is not reachable at {ADMIN_URL} ({detail}); start it with scripts/ensure-postgres.sh"
     return None
 
 
