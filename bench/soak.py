@@ -225,12 +225,9 @@ class Pusher:
         """Compare the warehouse with what may be there; then narrow to what is."""
         size = self.h.group_size
         counts = self.h.counts
-        try:
+        rows: list[tuple[Any, ...]] = []
+        if self.table in {t.schema.name for t in storage.tables(self.client_id)}:
             _, rows = storage.query(self.client_id, f'SELECT id, grp, seq, v FROM "{self.table}"')
-        except Exception as exc:  # no table yet: nothing may have landed
-            if "no such table" not in str(exc):
-                raise
-            rows = []
         by_group: dict[int, list[tuple[Any, ...]]] = {}
         for row in rows:
             by_group.setdefault(row[1], []).append(row)
