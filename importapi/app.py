@@ -56,7 +56,7 @@ _SERVICE_PATHS = frozenset(("/", "/ready", "/metrics", "/openapi.json"))
 
 
 class _Answer:
-    __slots__ = ("status", "body", "headers", "raw", "content_type")
+    __slots__ = ("body", "content_type", "headers", "raw", "status")
 
     def __init__(self, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None,
                  raw: bytes | None = None, content_type: bytes | None = None):
@@ -70,8 +70,8 @@ class _Answer:
 class Request:
     """One request as the answer, the access log and other observers see it."""
 
-    __slots__ = ("rid", "method", "path", "route", "headers", "sandbox", "version", "client_id", "key_id",
-                 "table", "points", "inserted", "replaced", "status", "reasons", "duration_ms", "error")
+    __slots__ = ("client_id", "duration_ms", "error", "headers", "inserted", "key_id", "method", "path",
+                 "points", "reasons", "replaced", "rid", "route", "sandbox", "status", "table", "version")
 
     def __init__(self, scope: Scope) -> None:
         self.rid = f"{_RID_PREFIX}{next(_rid_counter):06x}"

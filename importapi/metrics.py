@@ -96,5 +96,5 @@ class Metrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

@@ -13,7 +13,7 @@ from importapi import __version__
 from importapi.records import Limits
 
 JSON = "application/json"
-SECURITY = [{"apikeyQuery": []}, {"bearer": []}]
+SECURITY: list[dict[str, list[str]]] = [{"apikeyQuery": []}, {"bearer": []}]
 ERROR_STATUSES = {
     "400": "The request is malformed; nothing was changed.",
     "401": "No key, a key that is not a live key of this client, or more than one key.",

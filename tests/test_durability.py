@@ -63,7 +63,7 @@ def test_every_acknowledged_push_survives_sigkill_and_none_is_half_applied(datab
     try:
         for _ in range(3):
             goal = harness.acked() + rng.randint(10, 40)
-            wait_until(lambda: harness.acked() >= goal, timeout=120, what=f"{goal} acknowledged pushes")
+            wait_until(lambda goal=goal: harness.acked() >= goal, timeout=120, what=f"{goal} acknowledged pushes")
             harness.kill_and_restart()
         goal = harness.acked() + 20
         wait_until(lambda: harness.acked() >= goal, timeout=120, what="pushes after the last restart")

@@ -12,7 +12,6 @@ import gzip
 import json
 import socket
 import zlib
-from pathlib import Path
 from typing import Any
 
 import httpx

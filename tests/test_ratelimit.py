@@ -64,7 +64,7 @@ def test_rate_limits_are_off_by_default_and_a_zero_rate_is_off() -> None:
 
 
 def test_full_buckets_are_forgotten_when_there_are_too_many(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importapi.ratelimit as ratelimit
+    from importapi import ratelimit
 
     monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 10)
     clock = Clock()
