@@ -137,3 +137,24 @@ def test_no_route_answers_with_stored_data_or_another_clients_identity(two: Two)
         assert "owner" not in answer.text
     metrics = api.http.get("/metrics").text
     assert "client" not in metrics and "orders" not in metrics and two.key_b.split("_")[1] not in metrics
+
+
+def test_keys_are_compared_in_constant_time_on_the_request_path(two: Two, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key check ends in hmac.compare_digest of two SHA-256 digests, never ``==``."""
+    import hmac
+
+    from importapi import apikeys
+
+    compared: list[tuple[bytes, bytes]] = []
+    original = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(apikeys.hmac, "compare_digest", recording)
+    api = two.api
+    forged = forged_keys(two)[1]  # B's key id with A's secret: found by id, refused by digest
+    assert api.http.get(f"/v2/client/{two.b}/authenticate?apikey={forged}").status_code == 401
+    assert api.http.get(f"/v2/client/{two.b}/authenticate?apikey={two.key_b}").status_code == 200
+    assert len(compared) == 2 and all(len(a) == len(b) == 32 for a, b in compared)
