@@ -41,7 +41,8 @@ def table_ref(client_id: int, table: str) -> str:
 # A double widened to text (or decimal, or JSON) is written exactly as Python's repr writes
 # it, so both backends store the same text. PostgreSQL's own output is the same shortest
 # digits laid out differently: no ".0" on integral values, an exponent from 1e15 (Python:
-# from 1e16), and every digit of integral values beyond 2**53.
+# from 1e16), and every digit of integral values beyond 2**53. A stored negative zero is
+# zero, as SQLite (which keeps no sign on a zero it stores) reads it.
 FLOAT_TEXT = r"""
 CREATE OR REPLACE FUNCTION importapi.float_text(x double precision) RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE SET extra_float_digits = 1 AS $fn$
@@ -52,6 +53,9 @@ DECLARE
   d text;
   m text;
 BEGIN
+  IF x = 0 THEN
+    RETURN '0.0';
+  END IF;
   IF x <> trunc(x) OR abs(x) < 9007199254740992 THEN
     IF s LIKE '%e+15' THEN
       s := (s::numeric)::text;

@@ -1,0 +1,165 @@
+"""The storage interface, on each backend (SQLite and PostgreSQL) alike.
+
+Widening converts stored values exactly as ``kinds.widen_stored`` does (on PostgreSQL that
+is SQL, so every kind of double is tried), read-only queries stay read-only, the key cache's
+catalog version follows other processes, and the PostgreSQL layout is what the docs say.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from importapi.errors import BadRequest
+from importapi.kinds import Kind, to_storage, widen_stored
+from importapi.records import validate
+from importapi.storage import PushResult, Storage, open_storage
+from tests.backends import backend_of
+
+
+def push(storage: Storage, table: str, points: list[dict[str, Any]], client_id: int = 1,
+         sandbox: bool = False) -> PushResult:
+    return storage.submit(client_id, validate([dict(p) for p in points], table), sandbox=sandbox).result(60)
+
+
+def rows(storage: Storage, table: str) -> dict[Any, dict[str, Any]]:
+    columns, found = storage.read_rows(1, table)
+    return {r[0]: dict(zip(columns, r)) for r in found}
+
+
+def _doubles() -> list[float]:
+    edges = [0.0, -0.0, 3.0, -3.0, 0.1 + 0.2, 1e15, 1.5e15, 9007199254740992.0, 9007199254740994.0,
+             9999999999999998.0, 1e16, 1.2345678901234567e16, 1e22, 1e23, 1e300, -1e300, 1e-4, 1e-5,
+             1.5e-7, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -1.7976931348623157e308,
+             123456789.125, 2.5, 0.5]
+    rng = random.Random(20)
+    bits = [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(250)]
+    scaled = [rng.random() * 10 ** rng.randint(-8, 20) * rng.choice([1, -1]) for _ in range(150)]
+    whole = [float(rng.randint(-(10**18), 10**18)) for _ in range(74)]
+    return [d for d in edges + bits + scaled + whole if d == d and abs(d) != float("inf")]
+
+
+@pytest.mark.parametrize("later", ["text", 2**70, {"a": 1}], ids=["to_text", "to_decimal", "to_json"])
+def test_widening_stored_doubles_writes_them_as_python_does(storage: Storage, later: Any) -> None:
+    """Every kind of double (tiny, huge, integral beyond 2**53, negative zero) widened to
+    text, decimal or JSON is stored as ``kinds.widen_stored`` says: on PostgreSQL this is
+    SQL in ALTER COLUMN ... USING, so it must agree with Python digit for digit. A stored
+    negative zero is zero (SQLite keeps no sign on a stored zero, so neither backend does)."""
+    storage.create_client("c")
+    doubles = _doubles()
+    for start in range(0, len(doubles), 100):
+        push(storage, "t", [{"keys": ["id"], "id": i, "v": d}
+                            for i, d in enumerate(doubles[start:start + 100], start)])
+    push(storage, "t", [{"keys": ["id"], "id": -1, "v": later}])
+    kind = {str: Kind.TEXT, int: Kind.DECIMAL, dict: Kind.JSON}[type(later)]
+    stored = rows(storage, "t")
+    _, raw = storage.query(1, 'SELECT "id", "v" FROM "t" WHERE "id" >= 0 ORDER BY "id"')
+    for (i, value), d in zip(raw, doubles):
+        expected = widen_stored(d or 0.0, Kind.DOUBLE, kind)
+        if kind is Kind.JSON:
+            # a JSON number is decimal: jsonb may give 1e+23 back as 100000000000000000000000,
+            # the same number, which reads as the same double
+            assert float(stored[i]["v"]) == d, d
+        else:
+            assert value == expected, (d, value, expected)
+
+
+def test_a_double_in_a_decimal_column_has_no_exponent() -> None:
+    assert to_storage(1e300, Kind.DECIMAL) == "1" + "0" * 300
+    assert to_storage(1.5e-7, Kind.DECIMAL) == "0.00000015"
+    assert to_storage(-0.0, Kind.DECIMAL) == "0.0" and to_storage(3.0, Kind.DECIMAL) == "3.0"
+
+
+@pytest.mark.parametrize(("first", "later", "after"), [
+    (True, 7, 1), (True, 2.5, 1.0), (True, 2**70, 1), (True, "s", "true"), (False, [1], False),
+    (5, 2.5, 5.0), (5, 2**70, 5), (5, "s", "5"), (5, {"a": 1}, 5),
+    (2.5, 2**70, 2.5), (2**70, "s", str(2**70)), ("s", {"a": 1}, "s"),
+])
+def test_every_widening_keeps_what_was_stored(storage: Storage, first: Any, later: Any, after: Any) -> None:
+    """Each step up the lattice, through the storage: the first value reads back (as JSON
+    values, ``read_rows``) as what it meant."""
+    storage.create_client("c")
+    push(storage, "t", [{"keys": ["id"], "id": 1, "v": first}])
+    push(storage, "t", [{"keys": ["id"], "id": 2, "v": later}])
+    got = rows(storage, "t")
+    assert got[1]["v"] == after and type(got[1]["v"]) is type(after)
+    assert got[2]["v"] == later
+
+
+@pytest.mark.parametrize("sql", [
+    'DELETE FROM "t"', 'DROP TABLE "t"', 'INSERT INTO "t" ("id") VALUES (9)', 'UPDATE "t" SET "v" = 0',
+    'COMMIT; DROP TABLE "t"', 'SELECT 1; DROP TABLE "t"', 'CREATE TABLE "x" ("a" TEXT)',
+])
+def test_queries_cannot_write(storage: Storage, sql: str) -> None:
+    storage.create_client("c")
+    push(storage, "t", [{"keys": ["id"], "id": 1, "v": 1}])
+    with pytest.raises(BadRequest):
+        storage.query(1, sql)
+    assert rows(storage, "t") == {1: {"id": 1, "v": 1}}
+    assert [t.schema.name for t in storage.tables(1)] == ["t"]
+    assert storage.query(1, "SELECT 'a%b' AS x")[1] == [("a%b",)]  # no placeholder parsing
+
+
+def test_catalog_version_follows_other_processes(storage: Storage, database: str) -> None:
+    client = storage.create_client("c")
+    info, _ = storage.create_key(client.client_id)
+    before = storage.catalog_version()
+    with open_storage(database) as other:
+        other.revoke_key(info.key_id)
+    assert storage.catalog_version() != before
+    stored = storage.find_key(info.key_id)
+    assert stored is not None and stored.revoked
+
+
+def test_racing_first_pushes_create_one_table_with_every_column(storage: Storage) -> None:
+    """Within one process too: many threads' first pushes to a new table, each with a column
+    of its own, make one table with all the columns and every row."""
+    storage.create_client("c")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: push(storage, "new", [{"keys": ["id"], "id": n, f"c{n}": n}]),
+                                range(16)))
+    assert sum(r.inserted for r in results) == 16
+    (info,) = storage.tables(1)
+    assert set(info.schema.columns) == {"id", *(f"c{n}" for n in range(16))} and info.row_count == 16
+
+
+def test_sandbox_counts_keys_of_a_widening_key_column(storage: Storage) -> None:
+    """The sandbox compares keys as the column will hold them after widening."""
+    storage.create_client("c")
+    push(storage, "t", [{"keys": ["id"], "id": n, "v": n} for n in (1, 2)])
+    plan = push(storage, "t", [{"keys": ["id"], "id": "1", "v": 0}, {"keys": ["id"], "id": "x", "v": 0}],
+                sandbox=True)
+    assert (plan.inserted, plan.replaced) == (1, 1)
+    assert plan.plan["widen_columns"] == [{"name": "id", "from": "integer", "to": "text"}]
+    assert storage.tables(1)[0].schema.columns["id"].kind is Kind.INTEGER
+
+
+@pytest.mark.backends("postgresql")
+def test_postgresql_layout_one_schema_per_client_and_real_types(storage: Storage) -> None:
+    """Client tables live in client_<id> with real column types and the key as primary key;
+    the catalog is in the schema importapi."""
+    assert backend_of(storage) == "postgresql"
+    storage.create_client("a")
+    storage.create_client("b")
+    push(storage, "orders", [{"keys": ["id", "at"], "id": 1, "at": "x", "b": True, "f": 1.5, "big": 2**70,
+                              "j": [1]}])
+    push(storage, "orders", [{"keys": ["id"], "id": 2}], client_id=2)
+    _, found = storage.query(1, "SELECT table_schema, table_name, column_name, data_type"
+                                " FROM information_schema.columns WHERE table_name = 'orders'"
+                                " ORDER BY table_schema, ordinal_position")
+    assert found == [
+        ("client_1", "orders", "id", "bigint"), ("client_1", "orders", "at", "text"),
+        ("client_1", "orders", "b", "boolean"), ("client_1", "orders", "f", "double precision"),
+        ("client_1", "orders", "big", "numeric"), ("client_1", "orders", "j", "jsonb"),
+        ("client_2", "orders", "id", "bigint"),
+    ]
+    _, keys = storage.query(1, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'client_1'"
+                               " AND tablename = 'orders'")
+    assert keys == [('CREATE UNIQUE INDEX orders_pkey ON client_1.orders USING btree (id, at)',)]
+    _, catalog = storage.query(1, "SELECT table_name FROM information_schema.tables"
+                                  " WHERE table_schema = 'importapi' ORDER BY 1")
+    assert [r[0] for r in catalog] == ["activity", "api_keys", "catalog_state", "clients", "settings"]
