@@ -206,6 +206,15 @@ def test_signing_out_ends_the_session_and_its_copies(owner: Console) -> None:
     assert owner.http.get("/console/data").status_code == 303
 
 
+def test_pages_are_not_cached_framed_or_allowed_other_sites_scripts(owner: Console) -> None:
+    for path in ("/console/data/tables", "/console/data", "/console/activity"):
+        headers = owner.http.get(path).headers
+        assert headers["cache-control"] == "no-store"
+        assert headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert "default-src 'self'" in headers["content-security-policy"]
+
+
 def test_a_new_password_signs_every_session_out(owner: Console) -> None:
     assert owner.http.get("/console/data").status_code == 200
     set_password(owner.storage, "another good password")

@@ -3,11 +3,15 @@ order (paged or streamed) with the values they were pushed as, and last-push tim
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from importapi.errors import NotFound
 from importapi.records import Limits, validate
-from importapi.storage import Storage
+from importapi.storage import Storage, open_storage
 from importapi.storage.base import Activity
 
 
@@ -80,3 +84,19 @@ def test_tables_carry_their_last_push(storage: Storage) -> None:
     push(storage, client.client_id, "t", [{"keys": ["n"], "n": 1}])
     (info,) = storage.tables(client.client_id)
     assert info.last_push_at is not None and info.last_push_at >= info.schema.created_at
+
+
+KEYS = st.tuples(st.integers(-5, 5), st.text("ab", max_size=2))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keys=st.lists(KEYS, min_size=1, max_size=40, unique=True), offset=st.integers(0, 45),
+       limit=st.integers(0, 45), descending=st.booleans())
+def test_any_page_is_that_slice_of_the_whole_table_in_key_order(
+        keys: list[tuple[int, str]], offset: int, limit: int, descending: bool) -> None:
+    with tempfile.TemporaryDirectory() as folder, open_storage(folder, synchronous="OFF") as storage:
+        client = storage.create_client("shop")
+        push(storage, client.client_id, "t", [{"keys": ["n", "s"], "n": n, "s": s} for n, s in keys])
+        whole = sorted(keys, reverse=descending)
+        _, rows = storage.read_rows(client.client_id, "t", descending=descending, offset=offset, limit=limit)
+        assert list(rows) == whole[offset:offset + limit]

@@ -32,6 +32,14 @@ from importapi.storage import Storage
 
 HERE = Path(__file__).parent
 PREFIX = "/console"
+# Pages load only the console's own stylesheet and script, and no other site may frame them.
+SECURITY_HEADERS = {
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'self'",
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+}
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -84,7 +92,7 @@ def storage_of(request: Request) -> Storage:
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     response = TEMPLATES.TemplateResponse(request, template, context, status_code=status)
-    response.headers["cache-control"] = "no-store"
+    response.headers.update(SECURITY_HEADERS)
     return response
 
 
