@@ -161,14 +161,16 @@ class Server:
     log_path: Path
 
 
-def start_server(data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None,
+                 database: str | None = None) -> Server:
+    """``database`` (a URL) replaces the SQLite folder ``data_dir`` when given."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("IMPORTAPI_DATABASE", None)
     with log_path.open("w") as log:  # the child keeps its own handle
         process = subprocess.Popen(
             [sys.executable, "-m", "importapi", "serve", "--port", str(port),
-             "--database", f"sqlite:///{data_dir}"],
+             "--database", database or f"sqlite:///{data_dir}"],
             stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
         )
     base = f"http://127.0.0.1:{port}"

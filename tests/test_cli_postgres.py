@@ -1,0 +1,58 @@
+"""Every command of the command line on a PostgreSQL warehouse, given as ``--database`` or as
+``IMPORTAPI_DATABASE``, run for real: serve (first start makes client 1 and its key), clients,
+keys, tables, query, copy. ``test_cli.py`` covers the same commands in depth on SQLite."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.backends import fresh_postgres
+from tests.conftest import EXAMPLE_2, start_server, stop_server
+from tests.helpers import cli_json, run_cli
+
+
+@pytest.fixture
+def pg() -> Iterator[str]:
+    with fresh_postgres() as url:
+        yield url
+
+
+def test_clients_keys_tables_and_query_on_postgresql(pg: str) -> None:
+    env = {"IMPORTAPI_DATABASE": pg}
+    made = run_cli("clients", "create", "shop", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout) == {"client_id": 1, "name": "shop"}
+    key = cli_json("keys", "create", "1", "--json", database=pg)
+    assert key["api_key"].startswith("imp_")
+    listed = cli_json("keys", "list", "1", "--json", database=pg)
+    assert [k["key_id"] for k in listed] == [key["key_id"]] and listed[0]["revoked_at"] is None
+    assert run_cli("keys", "revoke", key["key_id"], database=pg).returncode == 0
+    assert cli_json("keys", "list", "1", "--json", database=pg)[0]["revoked_at"]
+    assert cli_json("tables", "1", "--json", database=pg) == []
+    bad = run_cli("query", "1", 'DELETE FROM "importapi"."clients"', database=pg)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: query is read-only")
+    assert cli_json("clients", "list", "--json", database=pg)[0]["name"] == "shop"
+    missing = run_cli("tables", "7", database=pg)
+    assert missing.returncode == 1 and "client 7 does not exist" in missing.stderr
+
+
+def test_serve_on_postgresql_first_start_then_push_and_read(pg: str, tmp_path: Path) -> None:
+    server = start_server(tmp_path / "unused", tmp_path / "server.log", database=pg)
+    try:
+        assert server.key, server.log_path.read_text()
+        r = httpx.post(f"{server.base}/v2/client/1/table/orders/data", params={"apikey": server.key},
+                       json=EXAMPLE_2, timeout=30)
+        assert r.status_code == 201 and (r.json()["inserted"], r.json()["replaced"]) == (2, 1)
+    finally:
+        stop_server(server)
+    rows = cli_json("query", "1", 'SELECT "id", "status" FROM "orders" ORDER BY "id"', "--format", "json",
+                    database=pg)
+    assert rows == [{"id": 1, "status": "complete"}, {"id": 2, "status": "pending"}]
+    (table,) = cli_json("tables", "1", "--json", database=pg)
+    assert table["row_count"] == 2 and {c["name"]: c["type"] for c in table["columns"]} == {
+        "id": "integer", "email": "text", "status": "text", "created_at": "text"}
