@@ -32,6 +32,7 @@ def _export(settings: Settings) -> None:
         "IMPORTAPI_MAX_COLUMNS": str(limits.max_columns),
         "IMPORTAPI_SQLITE_SYNCHRONOUS": settings.sqlite_synchronous,
         "IMPORTAPI_KEY_TOUCH_SECONDS": str(settings.key_touch_seconds),
+        "IMPORTAPI_POOL_SIZE": str(settings.pool_size),
         "IMPORTAPI_ACCESS_LOG": "1" if settings.access_log else "0",
     })
 

@@ -51,6 +51,8 @@ class Settings:
     """Requests in progress per server process; more are answered 503 with Retry-After."""
     body_timeout: float = 60.0
     """Seconds a client has to send a whole request body; a slower one is answered 408."""
+    pool_size: int = 8
+    """PostgreSQL: connections per server process (pushes in progress at once)."""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -70,6 +72,7 @@ class Settings:
             rate_burst=int(_number("IMPORTAPI_RATE_BURST", 0)),
             max_concurrent=_int("IMPORTAPI_MAX_CONCURRENT", 256),
             body_timeout=_number("IMPORTAPI_BODY_TIMEOUT", 60.0) or 60.0,
+            pool_size=_int("IMPORTAPI_POOL_SIZE", 8),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings  # type: ignore[arg-type]
@@ -77,6 +80,7 @@ class Settings:
     def storage_options(self) -> dict[str, object]:
         options: dict[str, object] = {"limits": self.limits}
         if self.database.startswith(("postgresql://", "postgres://")):
+            options["pool_size"] = self.pool_size
             return options
         options["synchronous"] = self.sqlite_synchronous
         return options

@@ -164,3 +164,27 @@ def test_postgresql_layout_one_schema_per_client_and_real_types(storage: Storage
     _, catalog = storage.query(1, "SELECT table_name FROM information_schema.tables"
                                   " WHERE table_schema = 'importapi' ORDER BY 1")
     assert [r[0] for r in catalog] == ["activity", "api_keys", "catalog_state", "clients", "settings"]
+
+
+def test_another_process_changing_a_table_is_seen_by_queries_and_pushes(storage: Storage, database: str) -> None:
+    """A process that cached a table's statements (and the database its plans) reads and
+    writes the table as it is after another process added and widened columns."""
+    storage.create_client("c")
+    push(storage, "t", [{"keys": ["id"], "id": 1, "v": 1}])
+    for _ in range(6):  # often enough for statements to be prepared on the server
+        assert storage.query(1, 'SELECT * FROM "t"')[0] == ["id", "v"]
+        push(storage, "t", [{"keys": ["id"], "id": 1, "v": 1}])
+    with open_storage(database) as other:
+        push(other, "t", [{"keys": ["id"], "id": 2, "v": "x", "w": 1}])
+    result = push(storage, "t", [{"keys": ["id"], "id": 3, "v": 5}, {"keys": ["id"], "id": 2, "v": 6}])
+    assert (result.inserted, result.replaced) == (1, 1)
+    assert storage.query(1, 'SELECT * FROM "t" ORDER BY "id"') == (
+        ["id", "v", "w"], [(1, "1", None), (2, "6", None), (3, "5", None)])
+
+
+def test_rows_dropped_unread_give_their_connection_back(storage: Storage) -> None:
+    storage.create_client("c")
+    push(storage, "t", [{"keys": ["id"], "id": 1}])
+    for _ in range(30):  # more than a pool holds
+        storage.read_rows(1, "t")
+    assert list(storage.read_rows(1, "t")[1]) == [(1,)]

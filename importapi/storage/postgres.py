@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -441,11 +443,10 @@ class PostgresStorage(Storage):
             cur.execute(f"SET LOCAL search_path = {q.client_schema(client_id)}")
             try:
                 with conn.transaction():
-                    # prepared: the extended protocol runs exactly one statement, so no
-                    # "COMMIT; ..." can leave the read-only transaction
-                    cur.execute(sql.encode(), prepare=True)
-                    columns = [d.name for d in cur.description or ()]
-                    return columns, cur.fetchall() if cur.description else []
+                    # stream() runs the SQL through the extended protocol, which takes exactly
+                    # one statement: no "COMMIT; ..." can leave the read-only transaction
+                    found = [tuple(r) for r in cur.stream(sql.encode())]
+                    return [d.name for d in cur.description or ()], found
             except pg_errors.ReadOnlySqlTransaction as exc:
                 raise BadRequest(f"query is read-only; this statement would write ({exc})") from exc
             except psycopg.OperationalError:
@@ -474,7 +475,16 @@ class PostgresStorage(Storage):
         select = (f"SELECT {', '.join(q.quote(c) for c in schema.columns)} FROM {q.table_ref(client_id, table)}"
                   f" ORDER BY {order} LIMIT %s OFFSET %s")
         kinds = [c.kind for c in schema.columns.values()]
-        return list(schema.columns), self._stream(conn, select, (limit, offset), kinds)
+        released = threading.Event()
+
+        def release() -> None:  # once: when the rows are read, or dropped unread
+            if not released.is_set():
+                released.set()
+                self._putconn(conn)
+
+        rows = self._stream(conn, select, (limit, offset), kinds, release)
+        weakref.finalize(rows, release)
+        return list(schema.columns), rows
 
     def _getconn(self) -> psycopg.Connection[Any]:
         try:
@@ -488,7 +498,7 @@ class PostgresStorage(Storage):
         self._pool.putconn(conn)
 
     def _stream(self, conn: psycopg.Connection[Any], select: str, params: tuple[Any, ...],
-                kinds: list[Kind]) -> Iterator[tuple[Any, ...]]:
+                kinds: list[Kind], release: Callable[[], None]) -> Iterator[tuple[Any, ...]]:
         try:
             with conn.cursor(name="importapi_rows") as cur:
                 cur.execute(select, params)
@@ -498,7 +508,7 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise StorageUnavailable(f"reading rows failed ({exc})") from exc
         finally:
-            self._putconn(conn)
+            release()
 
     # -- the console --------------------------------------------------------
     def get_setting(self, name: str) -> str | None:
