@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from importapi import __version__
-from importapi.errors import ImportApiError
+from importapi.errors import BadRequest, ImportApiError
 from importapi.settings import Settings
 from importapi.storage import Storage, open_storage
 
@@ -80,8 +80,11 @@ def serve(host: str, port: int, workers: int, database: str | None) -> None:
 
     settings = Settings.from_env(database=database)
     with open_storage(settings.database, **settings.storage_options()) as storage:
-        if not storage.list_clients():
-            client = storage.create_client("default")
+        try:  # client 1, once: of servers starting together on a new warehouse, one makes it
+            client = storage.create_client("default", client_id=1) if not storage.list_clients() else None
+        except BadRequest:
+            client = None
+        if client is not None:
             info, api_key = storage.create_key(client.client_id)
             click.echo(
                 f"First start: created client {client.client_id} with the API key\n\n"

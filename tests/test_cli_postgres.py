@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.backends import fresh_postgres
+from tests.backends import fresh_postgres, warehouse
 from tests.conftest import EXAMPLE_2, start_server, stop_server
 from tests.helpers import cli_json, run_cli
 
@@ -56,3 +57,23 @@ def test_serve_on_postgresql_first_start_then_push_and_read(pg: str, tmp_path: P
     (table,) = cli_json("tables", "1", "--json", database=pg)
     assert table["row_count"] == 2 and {c["name"]: c["type"] for c in table["columns"]} == {
         "id": "integer", "email": "text", "status": "text", "created_at": "text"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_servers_starting_together_on_a_new_warehouse_make_one_client(backend: str, tmp_path: Path) -> None:
+    """Several `importapi serve` started at once on an empty warehouse: one makes client 1 and
+    prints its key, and that key works on all of them."""
+    with warehouse(backend, tmp_path / "warehouse") as database, ThreadPoolExecutor(3) as pool:
+        servers = list(pool.map(
+            lambda n: start_server(tmp_path / "unused", tmp_path / f"server{n}.log", database=database),
+            range(3)))
+        try:
+            keys = [s.key for s in servers if s.key]
+            assert len(keys) == 1, [s.log_path.read_text() for s in servers]
+            for s in servers:
+                r = httpx.get(f"{s.base}/v2/client/1/authenticate", params={"apikey": keys[0]}, timeout=30)
+                assert r.status_code == 200, r.text
+        finally:
+            for s in servers:
+                stop_server(s)
+        assert [c["client_id"] for c in cli_json("clients", "list", "--json", database=database)] == [1]
