@@ -257,7 +257,8 @@ class PostgresStorage(Storage):
         exclusive = False
         for _attempt in range(MAX_ATTEMPTS):
             try:
-                with self._connection() as conn:
+                # pipeline mode: BEGIN, the lock and the schema version go in one round trip
+                with self._connection() as conn, conn.pipeline():
                     return self._push_once(conn, client_id, batch, exclusive)
             except _Retry as retry:
                 exclusive = exclusive or retry.exclusive
