@@ -31,7 +31,7 @@ from importapi import apikeys
 from importapi.errors import BadRequest, ImportApiError, NotFound, ServerError, StorageUnavailable
 from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, to_storage, widen_stored
 from importapi.records import Batch, Limits
-from importapi.schema import Column, Plan, TableSchema, count_changes, make_plan, prepare_rows
+from importapi.schema import Column, Plan, Rows, TableSchema, count_changes, make_plan, prepare_rows
 from importapi.storage.base import (
     Activity,
     CatalogDump,
@@ -224,6 +224,12 @@ class _TableSQL:
             self.existing = f"SELECT {key_cols} FROM {t} WHERE ({key_cols}) IN (VALUES {probe})"
         self.key_width = len(keys)
         self.max_points = max_points
+        # New rows get rowids above the table's largest, so counting the rowids past the
+        # largest before an upsert counts the keys it inserted, without probing each key.
+        lower = {c.lower() for c in cols}
+        rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
+        self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
+        self.count_since = f"SELECT count(*) FROM {t} WHERE {rowid} > ?" if rowid else None
 
 
 class ClientWriter:
@@ -237,6 +243,7 @@ class ClientWriter:
         self.schemas: dict[str, TableSchema] = {}
         self.sql: dict[str, _TableSQL] = {}
         self.schema_version = -1
+        self.pushed: set[str] = set()  # tables written by the group in progress
         self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
         self.thread.start()
 
@@ -296,8 +303,12 @@ class ClientWriter:
         results: list[tuple[_Job, PushResult | BaseException]] = []
         try:
             self._refresh(conn)
+            self.pushed.clear()
             for n, job in enumerate(group):
                 results.append((job, self._apply_one(conn, job, n)))
+            now = utcnow()
+            for table in self.pushed:
+                conn.execute("UPDATE _importapi_tables SET last_push_at = ? WHERE name = ?", (now, table))
             self.schema_version = conn.execute("PRAGMA schema_version").fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
@@ -317,21 +328,17 @@ class ClientWriter:
             plan = make_plan(schema, batch, self.limits,
                              lambda column: _holds_inexact(conn, batch.table, column))
             rows = prepare_rows(plan, batch)
-            existing = self._existing(conn, schema, plan, rows.keys)
-            inserted, replaced = count_changes(rows.point_keys, existing)
-            result = PushResult(batch.table, inserted, replaced, plan.describe())
             if job.sandbox:
-                return result
+                existing = self._existing(conn, schema, plan, rows.keys)
+                inserted, replaced = count_changes(rows.point_keys, existing)
+                return PushResult(batch.table, inserted, replaced, plan.describe())
         except ImportApiError as exc:
             return exc
         conn.execute(f"SAVEPOINT push{n}")
         try:
             if plan.changes_schema:
                 self._change_schema(conn, schema, plan)
-            conn.executemany(self.sql[batch.table].upsert, rows.rows)
-            conn.execute(
-                "UPDATE _importapi_tables SET last_push_at = ? WHERE name = ?", (utcnow(), batch.table)
-            )
+            inserted = self._upsert(conn, self._statements(self.schemas[batch.table]), schema, plan, rows)
         except sqlite3.IntegrityError as exc:
             conn.execute(f"ROLLBACK TO push{n}")
             conn.execute(f"RELEASE push{n}")
@@ -341,7 +348,20 @@ class ClientWriter:
                 f"table {batch.table!r}: widening a key column would make two rows share a key ({exc})"
             )
         conn.execute(f"RELEASE push{n}")
-        return result
+        self.pushed.add(batch.table)
+        return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe())
+
+    def _upsert(self, conn: sqlite3.Connection, sql: _TableSQL, schema: TableSchema | None,
+                plan: Plan, rows: Rows) -> int:
+        """Write the rows; return how many distinct keys were new (data points inserted)."""
+        if sql.max_rowid is None or sql.count_since is None:  # every rowid alias is a column
+            existing = self._existing(conn, schema, plan, rows.keys)
+            conn.executemany(sql.upsert, rows.rows)
+            return count_changes(rows.point_keys, existing)[0]
+        (before,) = conn.execute(sql.max_rowid).fetchone()
+        conn.executemany(sql.upsert, rows.rows)
+        (inserted,) = conn.execute(sql.count_since, (before,)).fetchone()
+        return int(inserted)
 
     def _statements(self, schema: TableSchema) -> _TableSQL:
         sql = self.sql.get(schema.name)
