@@ -277,12 +277,17 @@ def test_a_refusal_with_requests_in_flight_still_reports_the_earliest(api: Api) 
     assert caught.value.summary.acknowledged == 400
 
 
-def test_400_is_not_retried_but_503_and_429_are(api: Api) -> None:
+def test_503_and_429_are_retried_and_400_is_not(api: Api) -> None:
+    data = list(rows(300))
+    data[250] = {"keys": ["id"], "id": {"not": "a key value"}}
     faults = Faults("503", "429", "pass", "503")
-    with client_for(api, faults) as client:
-        summary = client.push_data("orders", rows(200))
-    assert summary.retries == 3 and summary.records == 200 and count(api) == 200
-    assert [s.fault for s in faults.data_requests()] == ["503", "429", "pass", "503", "pass"]
+    with client_for(api, faults, concurrency=1) as client, pytest.raises(PushRefused) as caught:
+        client.push_data("orders", data)
+    # request 1: 503, 429, stored; request 2: 503, stored; request 3: refused once, not retried
+    assert [s.fault for s in faults.data_requests()] == ["503", "429", "pass", "503", "pass", "pass"]
+    assert caught.value.status == 400 and caught.value.records == range(200, 300)
+    assert caught.value.summary.retries == 3 and caught.value.summary.acknowledged == 200
+    assert count(api) == 200
 
 
 def test_retries_run_out(api: Api) -> None:
