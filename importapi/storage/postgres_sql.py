@@ -197,7 +197,8 @@ class TableSQL:
         self.columns = cols
         self.kinds = [c.kind for c in schema.columns.values()]
         keys = ", ".join(quote(k) for k in schema.key_fields)
-        arrays = ", ".join(f"%s::{SQL_TYPES[k]}[]" for k in self.kinds)
+        # %b: arrays go in binary, which costs a fraction of quoting every element as text
+        arrays = ", ".join(f"%b::{SQL_TYPES[k]}[]" for k in self.kinds)
         others = [c for c in cols if c not in schema.key_fields]
         if others:
             sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
