@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from bench import limit, loadgen, targets
 
@@ -55,7 +55,7 @@ class MemorySampler:
         while not self._stop.wait(1.0):
             self.samples.append(targets.rss_mb(self.pid))
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -109,11 +109,11 @@ def growth(rows: int, seconds: int) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"importapi benchmark, {results['when']}: wrk 2 threads / 32 connections, 100 records per "
-             f"request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds",
-             "",
-             f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
-             f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'errors':>6} {'peak MB':>8}"]
+    title = (f"importapi benchmark, {results['when']}: wrk 2 threads / 32 connections, 100 records "
+             f"per request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds")
+    header = (f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
+              f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'errors':>6} {'peak MB':>8}")
+    lines = [title, "", header]
     for mix in results["mixes"]:
         r = results["mixes"][mix]
         for system in ("importapi", "datasette", "limit"):
@@ -131,9 +131,9 @@ def report(results: dict[str, Any]) -> str:
                      f"importapi/limit {r['ratio_limit'] * 100:.0f}%")
     if "growth" in results:
         g = results["growth"]
-        lines += ["", f"growth: ascending into a table of {g['table_rows']:,} rows: "
-                  f"{g['records_per_s']:.0f} records/s, {g['ratio_empty'] * 100:.0f}% of the empty-table "
-                  f"rate; p99 {g['p99_ms']:.1f} ms; peak {g['peak_rss_mb']:.0f} MB"]
+        lines += ["", (f"growth: ascending into a table of {g['table_rows']:,} rows: "
+                       f"{g['records_per_s']:.0f} records/s, {g['ratio_empty'] * 100:.0f}% of the "
+                       f"empty-table rate; p99 {g['p99_ms']:.1f} ms; peak {g['peak_rss_mb']:.0f} MB")]
     mem = results["mixes"]["ascending"]["importapi"]["runs"][0]["rss_samples_mb"]
     if mem:
         lines.append(f"memory under sustained load (importapi, ascending, MB once a second): "

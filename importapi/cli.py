@@ -85,7 +85,7 @@ def serve(host: str, port: int, workers: int, database: str | None) -> None:
         except BadRequest:
             client = None
         if client is not None:
-            info, api_key = storage.create_key(client.client_id)
+            _, api_key = storage.create_key(client.client_id)
             click.echo(
                 f"First start: created client {client.client_id} with the API key\n\n"
                 f"    {api_key}\n\n"

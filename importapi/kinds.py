@@ -64,7 +64,7 @@ def kind_of(value: Any) -> Kind | None:
 
 def join(a: Kind, b: Kind) -> Kind:
     """The narrowest kind that holds values of both kinds (the lattice is a chain)."""
-    return a if a >= b else b
+    return max(a, b)
 
 
 def _float_text(value: float) -> str:

@@ -9,8 +9,8 @@ wins within the request. Backends share both, so they cannot disagree on a decis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
