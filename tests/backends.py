@@ -55,10 +55,23 @@ def url_for(database: str) -> str:
     return f"{base}/{database}"
 
 
+@functools.cache
+def _drop_leftovers() -> None:
+    """Drop test databases of test runs that were killed (their process is gone)."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        for (name,) in admin.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'importapi\\_test\\_%'"
+        ).fetchall():
+            pid = name.split("_")[2]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @contextmanager
 def fresh_postgres() -> Iterator[str]:
     """The URL of a new, empty database, dropped (with any connection left) afterwards."""
     require_postgres()
+    _drop_leftovers()
     name = f"importapi_test_{os.getpid()}_{next(_names)}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
