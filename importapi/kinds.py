@@ -94,6 +94,11 @@ def to_storage(value: Any, kind: Kind) -> Any:
             # the shortest digits, without an exponent: the text PostgreSQL's numeric keeps
             return format(Decimal(_float_text(value or 0.0)), "f")
         return str(int(value))
+    if t is float:
+        # with a fraction part, so it reads back as a double from PostgreSQL's jsonb too,
+        # which would write 1e+17 out as an integer
+        text = format(Decimal(_float_text(value or 0.0)), "f")
+        return text if "." in text else text + ".0"
     return _encode_json(value).decode()
 
 

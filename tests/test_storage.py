@@ -7,19 +7,23 @@ catalog version follows other processes, and the PostgreSQL layout is what the d
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from importapi.errors import BadRequest
 from importapi.kinds import Kind, to_storage, widen_stored
 from importapi.records import validate
 from importapi.storage import PushResult, Storage, open_storage
-from tests.backends import backend_of
+from tests.backends import backend_of, fresh_postgres
 
 
 def push(storage: Storage, table: str, points: list[dict[str, Any]], client_id: int = 1,
@@ -188,3 +192,67 @@ def test_rows_dropped_unread_give_their_connection_back(storage: Storage) -> Non
     for _ in range(30):  # more than a pool holds
         storage.read_rows(1, "t")
     assert list(storage.read_rows(1, "t")[1]) == [(1,)]
+
+
+# -- one behaviour: the same pushes on both backends give the same answers and tables -----
+
+SCALARS = (st.booleans() | st.integers(-5, 5) | st.integers(-(2**70), 2**70)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text("ab1 .", max_size=3))
+# A JSON number is decimal: jsonb writes out integral doubles beyond 2**53 as integers (the
+# same number, not the same double), so nested doubles stay below that.
+NESTED = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text("xy", max_size=2)
+    | st.floats(-(2.0**52), 2.0**52, allow_nan=False),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("kK", max_size=2), inner, max_size=2),
+    max_leaves=4,
+)
+POINT = st.tuples(
+    st.fixed_dictionaries({"id": st.integers(0, 4) | st.sampled_from(["0", "1", "x"])},
+                          optional={"a": st.none() | SCALARS, "b": st.none() | SCALARS | NESTED}),
+    st.integers(0, 9),
+).map(lambda p: {**p[0], "B": 1} if p[1] == 0 else p[0])  # now and then a name that only differs in case
+REQUESTS = st.lists(st.lists(POINT, min_size=1, max_size=5), min_size=1, max_size=5)
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Storage, Storage]]:
+    with fresh_postgres() as url, open_storage(str(tmp_path_factory.mktemp("sqlite"))) as lite, \
+            open_storage(url) as pg:
+        lite.create_client("c")
+        pg.create_client("c")
+        yield lite, pg
+
+
+_tables = itertools.count()
+
+
+def _outcome(storage: Storage, table: str, points: list[dict[str, Any]], sandbox: bool) -> Any:
+    try:
+        r = push(storage, table, [{"keys": ["id"], **p} for p in points], sandbox=sandbox)
+    except BadRequest as exc:
+        return ("refused", exc.reasons)
+    return (r.inserted, r.replaced, r.plan)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=REQUESTS)
+def test_the_same_pushes_give_the_same_answers_and_tables_on_both_backends(
+    both: tuple[Storage, Storage], requests: list[list[dict[str, Any]]]
+) -> None:
+    """Random pushes (every kind of value, widening keys and columns, names differing in
+    case, nulls) through the sandbox and for real: both backends answer alike and end with
+    the same schema and the same values."""
+    table = f"t{next(_tables)}"
+    for points in requests:
+        for sandbox in (True, False):
+            outcomes = [_outcome(s, table, points, sandbox) for s in both]
+            assert outcomes[0] == outcomes[1], (points, sandbox)
+    lite, pg = ({t.schema.name: t for t in s.tables(1)}.get(table) for s in both)
+    assert (lite is None) == (pg is None)
+    if lite is None or pg is None:
+        return
+    columns = [[(c["name"], c["type"]) for c in info.as_dict()["columns"]] for info in (lite, pg)]
+    assert columns[0] == columns[1]
+    assert (lite.schema.key_fields, lite.row_count) == (pg.schema.key_fields, pg.row_count)
+    rows = [sorted(s.read_rows(1, table)[1], key=lambda r: str(r[0])) for s in both]
+    assert rows[0] == rows[1]

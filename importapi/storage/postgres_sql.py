@@ -156,7 +156,10 @@ def widen_expr(column: str, old: Kind, new: Kind) -> str:
     c = column
     if new is Kind.JSON:
         if old is Kind.DOUBLE:
-            return f"importapi.float_text({c})::jsonb"
+            # a JSON number with a fraction part reads back as a double, also 1e+17 (jsonb
+            # would write it out as an integer): give it at least one decimal
+            n = f"importapi.float_text({c})::numeric"
+            return f"to_jsonb(round({n}, greatest(scale({n}), 1)))"
         return f"to_jsonb({c})"
     if old is Kind.BOOLEAN:
         return f"{c}::text" if new is Kind.TEXT else f"{c}::integer::{SQL_TYPES[new]}"
