@@ -232,6 +232,45 @@ class _TableSQL:
         self.count_since = f"SELECT count(*) FROM {t} WHERE {rowid} > ?" if rowid else None
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database file in the background.
+
+    The writer turns SQLite's automatic checkpoint off, so a commit never pays for copying
+    pages; this thread runs a PASSIVE checkpoint (which never blocks the writer) at most
+    every ``interval`` seconds while commits keep coming, which also keeps the WAL short.
+    """
+
+    def __init__(self, path: Path, synchronous: str, interval: float = 0.5) -> None:
+        self.path, self.synchronous, self.interval = path, synchronous, interval
+        self.dirty = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"checkpoint-{path.stem}", daemon=True)
+        self.thread.start()
+
+    def poke(self) -> None:
+        self.dirty.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.dirty.set()
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while not self.stopping.is_set():
+            self.dirty.wait()
+            self.dirty.clear()
+            try:
+                conn = conn or _connect(self.path, self.synchronous)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                log.warning("checkpoint of %s failed; the next one will retry", self.path.name,
+                            exc_info=True)
+            self.stopping.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+
 class ClientWriter:
     """The single writer of one client's file; applies queued pushes by group commit."""
 
@@ -244,6 +283,7 @@ class ClientWriter:
         self.sql: dict[str, _TableSQL] = {}
         self.schema_version = -1
         self.pushed: set[str] = set()  # tables written by the group in progress
+        self.checkpointer = _Checkpointer(path, synchronous)
         self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
         self.thread.start()
 
@@ -255,6 +295,7 @@ class ClientWriter:
     def stop(self) -> None:
         self.jobs.put(None)
         self.thread.join(timeout=30)
+        self.checkpointer.stop()
 
     # -- the writer thread --------------------------------------------------
     def _run(self) -> None:
@@ -276,8 +317,10 @@ class ClientWriter:
             try:
                 if conn is None:
                     conn = _connect(self.path, self.synchronous)
+                    conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
                     conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
                 self._apply_group(conn, group)
+                self.checkpointer.poke()
             except Exception as exc:  # the writer must outlive any one group
                 log.exception("storage error on %s", self.path.name)
                 error = _storage_error(exc) if isinstance(exc, sqlite3.Error) else ServerError()
