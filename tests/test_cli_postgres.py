@@ -77,3 +77,11 @@ def test_servers_starting_together_on_a_new_warehouse_make_one_client(backend: s
             for s in servers:
                 stop_server(s)
         assert [c["client_id"] for c in cli_json("clients", "list", "--json", database=database)] == [1]
+
+
+def test_a_database_that_cannot_be_used_is_a_clear_error(pg: str) -> None:
+    missing = pg.rpartition("/")[0] + "/importapi_no_such_database"
+    done = run_cli("clients", "list", database=missing)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: cannot connect to the warehouse database:")
+    assert 'database "importapi_no_such_database" does not exist' in done.stderr

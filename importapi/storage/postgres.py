@@ -104,6 +104,11 @@ def _lock_key(client_id: int, table: str) -> str:
 class PostgresStorage(Storage):
     def __init__(self, url: str, limits: Limits | None = None, pool_size: int = 8) -> None:
         self.limits = limits or Limits()
+        try:  # one plain connection first: its error says what is wrong (the pool's would not)
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            detail = " ".join(str(exc).split())
+            raise StorageUnavailable(f"cannot connect to the warehouse database: {detail}") from exc
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
             configure=_configure, open=False, name="importapi", timeout=POOL_TIMEOUT,
@@ -145,10 +150,14 @@ class PostgresStorage(Storage):
             ).fetchone()
             if ready and ready[0]:
                 return
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOG_LOCK,))
-                for statement in q.CATALOG_DDL:
-                    conn.execute(statement)
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOG_LOCK,))
+                    for statement in q.CATALOG_DDL:
+                        conn.execute(statement)
+            except psycopg.Error as exc:
+                detail = " ".join(str(exc).split())
+                raise StorageUnavailable(f"cannot set up the warehouse in this database: {detail}") from exc
 
     def _bump_catalog(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("UPDATE importapi.catalog_state SET version = version + 1")
