@@ -76,7 +76,17 @@ def test_widening_stored_doubles_writes_them_as_python_does(storage: Storage, la
 def test_a_double_in_a_decimal_column_has_no_exponent() -> None:
     assert to_storage(1e300, Kind.DECIMAL) == "1" + "0" * 300
     assert to_storage(1.5e-7, Kind.DECIMAL) == "0.00000015"
-    assert to_storage(-0.0, Kind.DECIMAL) == "0.0" and to_storage(3.0, Kind.DECIMAL) == "3.0"
+    assert to_storage(-0.0, Kind.DECIMAL) == "0" and to_storage(3.0, Kind.DECIMAL) == "3"
+    assert to_storage(2.5, Kind.DECIMAL) == "2.5" and to_storage(1e16, Kind.DECIMAL) == "1" + "0" * 16
+
+
+def test_an_integral_double_is_the_same_decimal_key_as_the_integer(storage: Storage) -> None:
+    """In a decimal key column, 3 and 3.0 are one key (PostgreSQL's numeric says so)."""
+    storage.create_client("c")
+    push(storage, "t", [{"keys": ["id"], "id": 2**70, "v": 0}])
+    result = push(storage, "t", [{"keys": ["id"], "id": 3, "v": 1}, {"keys": ["id"], "id": 3.0, "v": 2}])
+    assert (result.inserted, result.replaced) == (1, 1)
+    assert rows(storage, "t")[3]["v"] == 2
 
 
 @pytest.mark.parametrize(("first", "later", "after"), [

@@ -167,7 +167,7 @@ def widen_expr(column: str, old: Kind, new: Kind) -> str:
         return f"{c}::{SQL_TYPES[new]}"
     if old is Kind.DOUBLE:
         text = f"importapi.float_text({c})"
-        return text if new is Kind.TEXT else f"{text}::numeric"
+        return text if new is Kind.TEXT else f"trim_scale({text}::numeric)"
     if old is Kind.DECIMAL and new is Kind.TEXT:
         # an integral decimal reads back as an integer, any other as a double
         return f"CASE WHEN scale({c}) = 0 THEN {c}::text ELSE importapi.float_text({c}::float8) END"
