@@ -210,10 +210,16 @@ SCALARS = (st.booleans() | st.integers(-5, 5) | st.integers(-(2**70), 2**70)
            | st.floats(allow_nan=False, allow_infinity=False) | st.text("ab1 .", max_size=3))
 # A JSON number is decimal: jsonb writes out integral doubles beyond 2**53 as integers (the
 # same number, not the same double), so nested doubles stay below that.
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=2) | st.dictionaries(st.text("kK", max_size=2), inner, max_size=2)
+
+
 NESTED = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text("xy", max_size=2)
     | st.floats(-(2.0**52), 2.0**52, allow_nan=False),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("kK", max_size=2), inner, max_size=2),
+    _containers,
     max_leaves=4,
 )
 POINT = st.tuples(
