@@ -17,7 +17,8 @@ from typing import Any
 
 from bench.records import COLUMNS, ids_for, record
 from importapi.records import validate
-from importapi.storage.sqlite import SQLiteStorage, _TableSQL, load_schemas
+from importapi.storage.sqlite import SQLiteStorage
+from importapi.storage.sqlite_writer import TableSQL, load_schemas
 
 REQUESTS = 1500
 
@@ -36,13 +37,13 @@ def _warehouse() -> tuple[Path, Path]:
     return folder, folder / "client_1.sqlite3"
 
 
-def _connect(path: Path) -> tuple[sqlite3.Connection, str]:
+def connect(path: Path) -> tuple[sqlite3.Connection, str]:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     schema = load_schemas(conn)["bench"]
     assert tuple(schema.columns) == COLUMNS, schema.columns
-    return conn, _TableSQL(schema, 100).upsert
+    return conn, TableSQL(schema, 100).upsert
 
 
 def _bulk(conn: sqlite3.Connection, sql: str, ids: range) -> None:
@@ -58,7 +59,7 @@ def _bulk(conn: sqlite3.Connection, sql: str, ids: range) -> None:
 def measure(mix: str, prefilled: int, requests: int = REQUESTS) -> dict[str, float]:
     folder, path = _warehouse()
     try:
-        conn, sql = _connect(path)
+        conn, sql = connect(path)
         if mix == "replace":
             _bulk(conn, sql, range(prefilled))
         rng = random.Random(7)
@@ -78,7 +79,7 @@ def measure(mix: str, prefilled: int, requests: int = REQUESTS) -> dict[str, flo
 def prefilled_warehouse(rows: int) -> Path:
     """A warehouse whose table ``bench`` already holds ``rows`` rows (ids 0..rows-1)."""
     folder, path = _warehouse()
-    conn, sql = _connect(path)
+    conn, sql = connect(path)
     _bulk(conn, sql, range(rows))
     conn.close()
     return folder

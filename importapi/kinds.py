@@ -94,7 +94,7 @@ def to_storage(value: Any, kind: Kind) -> Any:
             # the shortest digits, without an exponent and without a ".0": the text
             # PostgreSQL's numeric keeps, and 3.0 the same decimal (and key) as 3
             text = format(Decimal(_float_text(value or 0.0)), "f")
-            return text[:-2] if text.endswith(".0") else text
+            return text.removesuffix(".0")
         return str(int(value))
     if t is float:
         # with a fraction part, so it reads back as a double from PostgreSQL's jsonb too,

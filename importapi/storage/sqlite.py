@@ -7,10 +7,9 @@
                            (_importapi_tables, _importapi_columns) kept in the same file so a
                            schema change commits atomically with the rows that caused it
 
-Each client file has one writer thread. Pushes queue up for it and are applied together in
-one transaction, each in a SAVEPOINT of its own (group commit): a refused push rolls back
-alone, and every push is answered only after the transaction holding it has committed.
-All files are in WAL mode, so readers (the command line, SQL clients) never block the writer.
+Each client file has one writer (``sqlite_writer``: group commit, schema changes). This
+module owns the folder, the catalog and the reads. All files are in WAL mode, so readers
+(the command line, SQL clients) never block the writer.
 """
 
 from __future__ import annotations
@@ -18,20 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from importapi import apikeys
-from importapi.errors import BadRequest, ImportApiError, NotFound, ServerError, StorageUnavailable
-from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, to_storage, widen_stored
+from importapi.errors import BadRequest, NotFound, StorageUnavailable
+from importapi.kinds import Kind, from_storage, to_storage
 from importapi.records import Batch, Limits
-from importapi.schema import Column, Plan, Rows, TableSchema, count_changes, make_plan, prepare_rows
+from importapi.schema import TableSchema
 from importapi.storage.base import (
     Activity,
     CatalogDump,
@@ -43,19 +40,18 @@ from importapi.storage.base import (
     TableInfo,
     utcnow,
 )
+from importapi.storage.sqlite_writer import (
+    BUSY_TIMEOUT_MS,
+    SQL_TYPES,
+    ClientWriter,
+    connect,
+    execute_script,
+    load_schemas,
+    quote,
+    storage_error,
+)
 
 log = logging.getLogger("importapi.storage")
-
-SQL_TYPES = {
-    Kind.BOOLEAN: "BOOLEAN",
-    Kind.INTEGER: "INTEGER",
-    Kind.DOUBLE: "REAL",
-    Kind.DECIMAL: "TEXT",
-    Kind.TEXT: "TEXT",
-    Kind.JSON: "TEXT",
-}
-MAX_GROUP = 64
-BUSY_TIMEOUT_MS = 10_000
 
 CATALOG_DDL = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -120,383 +116,15 @@ CREATE TABLE IF NOT EXISTS _importapi_columns (
 """
 
 
-def quote(name: str) -> str:
-    """The one place identifiers are quoted: every name is a quoted identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _connect(path: Path | str, synchronous: str = "FULL", **kwargs: Any) -> sqlite3.Connection:
-    conn: sqlite3.Connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, **kwargs)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    return conn
-
-
-def _storage_error(exc: sqlite3.Error) -> ImportApiError:
-    text = str(exc).lower()
-    if isinstance(exc, sqlite3.OperationalError) and any(
-        w in text for w in ("locked", "busy", "disk", "full", "unable to open", "readonly")
-    ):
-        return StorageUnavailable(f"the warehouse cannot take writes right now ({exc})")
-    return ServerError()
-
-
-def _widen_function(value: Any, old: str, new: str) -> Any:
-    return widen_stored(value, Kind.from_label(old), Kind.from_label(new))
-
-
-def _holds_inexact(conn: sqlite3.Connection, table: str, column: str) -> bool:
-    """Does an integer column hold a value that a double would round?"""
-    c = quote(column)
-    sql = f"SELECT 1 FROM {quote(table)} WHERE {c} > ? OR {c} < ? LIMIT 1"
-    return conn.execute(sql, (DOUBLE_EXACT, -DOUBLE_EXACT)).fetchone() is not None
-
-
-def _execute_script(conn: sqlite3.Connection, script: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
-    schemas: dict[str, TableSchema] = {}
-    for name, key_fields, created_at in conn.execute(
-        "SELECT name, key_fields, created_at FROM _importapi_tables"
-    ):
-        schemas[name] = TableSchema(name, tuple(json.loads(key_fields)), {}, created_at)
-    for table, name, kind, widened_at in conn.execute(
-        "SELECT table_name, name, kind, widened_at FROM _importapi_columns ORDER BY table_name, position"
-    ):
-        schemas[table].columns[name] = Column(name, Kind.from_label(kind), widened_at)
-    return schemas
-
-
-@dataclass
-class _Job:
-    batch: Batch
-    sandbox: bool
-    future: Future[PushResult]
-
-
 def _stream(conn: sqlite3.Connection, cursor: sqlite3.Cursor, kinds: list[Kind]) -> Iterator[tuple[Any, ...]]:
     try:
         while chunk := cursor.fetchmany(500):
             for row in chunk:
                 yield tuple(from_storage(v, k) for v, k in zip(row, kinds))
     except sqlite3.Error as exc:
-        raise _storage_error(exc) from exc
+        raise storage_error(exc) from exc
     finally:
         conn.close()
-
-
-class _TableSQL:
-    """Statements for one table at one schema, built once and reused."""
-
-    def __init__(self, schema: TableSchema, max_points: int) -> None:
-        t = quote(schema.name)
-        cols = list(schema.columns)
-        keys = list(schema.key_fields)
-        col_list = ", ".join(quote(c) for c in cols)
-        marks = ", ".join("?" for _ in cols)
-        others = [c for c in cols if c not in schema.key_fields]
-        conflict = ", ".join(quote(k) for k in keys)
-        if others:
-            update = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in others)
-            action = f"DO UPDATE SET {update}"
-        else:
-            action = "DO NOTHING"
-        self.columns = cols
-        self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
-        key_cols = ", ".join(quote(k) for k in keys)
-        if len(keys) == 1:
-            probe = ", ".join("?" for _ in range(max_points))
-            self.existing = f"SELECT {key_cols} FROM {t} WHERE {key_cols} IN ({probe})"
-        else:
-            row = "(" + ", ".join("?" for _ in keys) + ")"
-            probe = ", ".join(row for _ in range(max_points))
-            self.existing = f"SELECT {key_cols} FROM {t} WHERE ({key_cols}) IN (VALUES {probe})"
-        self.key_width = len(keys)
-        self.max_points = max_points
-        # New rows get rowids above the table's largest, so counting the rowids past the
-        # largest before an upsert counts the keys it inserted, without probing each key.
-        lower = {c.lower() for c in cols}
-        rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
-        self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
-        self.count_since = f"SELECT count(*) FROM {t} WHERE {rowid} > ?" if rowid else None
-
-
-class _Checkpointer:
-    """Copies the WAL back into the database file in the background.
-
-    The writer turns SQLite's automatic checkpoint off, so a commit never pays for copying
-    pages; this thread runs a PASSIVE checkpoint (which never blocks the writer) at most
-    every ``interval`` seconds while commits keep coming, which also keeps the WAL short.
-    """
-
-    def __init__(self, path: Path, synchronous: str, interval: float = 0.5) -> None:
-        self.path, self.synchronous, self.interval = path, synchronous, interval
-        self.dirty = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"checkpoint-{path.stem}", daemon=True)
-        self.thread.start()
-
-    def poke(self) -> None:
-        self.dirty.set()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.dirty.set()
-        self.thread.join(timeout=30)
-
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        while not self.stopping.is_set():
-            self.dirty.wait()
-            self.dirty.clear()
-            try:
-                conn = conn or _connect(self.path, self.synchronous)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                log.warning("checkpoint of %s failed; the next one will retry", self.path.name,
-                            exc_info=True)
-            self.stopping.wait(self.interval)
-        if conn is not None:
-            conn.close()
-
-
-class ClientWriter:
-    """The single writer of one client's file; applies queued pushes by group commit."""
-
-    def __init__(self, path: Path, limits: Limits, synchronous: str) -> None:
-        self.path = path
-        self.limits = limits
-        self.synchronous = synchronous
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.schemas: dict[str, TableSchema] = {}
-        self.sql: dict[str, _TableSQL] = {}
-        self.schema_version = -1
-        self.pushed: set[str] = set()  # tables written by the group in progress
-        self.checkpointer = _Checkpointer(path, synchronous)
-        self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
-        self.thread.start()
-
-    def submit(self, batch: Batch, sandbox: bool) -> Future[PushResult]:
-        future: Future[PushResult] = Future()
-        self.jobs.put(_Job(batch, sandbox, future))
-        return future
-
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=30)
-        self.checkpointer.stop()
-
-    # -- the writer thread --------------------------------------------------
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                break
-            group = [job]
-            while len(group) < MAX_GROUP:
-                try:
-                    nxt = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.jobs.put(None)
-                    break
-                group.append(nxt)
-            try:
-                if conn is None:
-                    conn = _connect(self.path, self.synchronous)
-                    conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
-                    conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
-                self._apply_group(conn, group)
-                self.checkpointer.poke()
-            except Exception as exc:  # the writer must outlive any one group
-                log.exception("storage error on %s", self.path.name)
-                error = _storage_error(exc) if isinstance(exc, sqlite3.Error) else ServerError()
-                for j in group:
-                    if not j.future.done():
-                        j.future.set_exception(error)
-                self._forget()
-        if conn is not None:
-            conn.close()
-
-    def _forget(self) -> None:
-        self.schemas, self.sql, self.schema_version = {}, {}, -1
-
-    def _refresh(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA schema_version").fetchone()[0]
-        if version != self.schema_version:
-            self.schemas = load_schemas(conn)
-            self.sql = {}
-            self.schema_version = version
-
-    def _apply_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        results: list[tuple[_Job, PushResult | BaseException]] = []
-        try:
-            self._refresh(conn)
-            self.pushed.clear()
-            for n, job in enumerate(group):
-                results.append((job, self._apply_one(conn, job, n)))
-            now = utcnow()
-            for table in self.pushed:
-                conn.execute("UPDATE _importapi_tables SET last_push_at = ? WHERE name = ?", (now, table))
-            self.schema_version = conn.execute("PRAGMA schema_version").fetchone()[0]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        for job, outcome in results:
-            if isinstance(outcome, BaseException):
-                job.future.set_exception(outcome)
-            else:
-                job.future.set_result(outcome)
-
-    def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> PushResult | BaseException:
-        batch = job.batch
-        try:
-            schema = self.schemas.get(batch.table)
-            plan = make_plan(schema, batch, self.limits,
-                             lambda column: _holds_inexact(conn, batch.table, column))
-            rows = prepare_rows(plan, batch)
-            if job.sandbox:
-                existing = self._existing(conn, schema, plan, rows.keys)
-                inserted, replaced = count_changes(rows.point_keys, existing)
-                return PushResult(batch.table, inserted, replaced, plan.describe())
-        except ImportApiError as exc:
-            return exc
-        conn.execute(f"SAVEPOINT push{n}")
-        try:
-            if plan.changes_schema:
-                self._change_schema(conn, schema, plan)
-            inserted = self._upsert(conn, self._statements(self.schemas[batch.table]), schema, plan, rows)
-        except sqlite3.IntegrityError as exc:
-            conn.execute(f"ROLLBACK TO push{n}")
-            conn.execute(f"RELEASE push{n}")
-            self.schema_version = -1
-            self._refresh(conn)
-            return BadRequest(
-                f"table {batch.table!r}: widening a key column would make two rows share a key ({exc})"
-            )
-        conn.execute(f"RELEASE push{n}")
-        self.pushed.add(batch.table)
-        return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe())
-
-    def _upsert(self, conn: sqlite3.Connection, sql: _TableSQL, schema: TableSchema | None,
-                plan: Plan, rows: Rows) -> int:
-        """Write the rows; return how many distinct keys were new (data points inserted)."""
-        if sql.max_rowid is None or sql.count_since is None:  # every rowid alias is a column
-            existing = self._existing(conn, schema, plan, rows.keys)
-            conn.executemany(sql.upsert, rows.rows)
-            return count_changes(rows.point_keys, existing)[0]
-        (before,) = conn.execute(sql.max_rowid).fetchone()
-        conn.executemany(sql.upsert, rows.rows)
-        (inserted,) = conn.execute(sql.count_since, (before,)).fetchone()
-        return int(inserted)
-
-    def _statements(self, schema: TableSchema) -> _TableSQL:
-        sql = self.sql.get(schema.name)
-        if sql is None:
-            sql = self.sql[schema.name] = _TableSQL(schema, self.limits.max_points)
-        return sql
-
-    def _existing(
-        self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, keys: list[Any]
-    ) -> set[Any]:
-        """Which of these keys the table already holds, as values of the planned key kinds."""
-        if schema is None:
-            return set()
-        sql = self._statements(schema)
-        single = sql.key_width == 1
-        params: list[Any] = list(keys) if single else [v for key in keys for v in key]
-        params.extend([None] * (sql.max_points * sql.key_width - len(params)))
-        found: list[Any] = conn.execute(sql.existing, params).fetchall()
-        widened = {name: (old, new) for name, old, new in plan.widen if name in plan.key_fields}
-        if widened:
-            kinds = [widened.get(k) for k in schema.key_fields]
-            found = [
-                tuple(v if w is None else widen_stored(v, *w) for v, w in zip(row, kinds))
-                for row in found
-            ]
-        return {row[0] for row in found} if single else set(found)
-
-    def _change_schema(self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan) -> None:
-        now = utcnow()
-        t = quote(plan.table)
-        if schema is None:
-            defs = ", ".join(
-                f"{quote(c.name)} {SQL_TYPES[c.kind]}" + (" NOT NULL" if c.name in plan.key_fields else "")
-                for c in plan.add
-            )
-            conn.execute(f"CREATE TABLE {t} ({defs})")
-            self._create_key_index(conn, plan)
-            conn.execute(
-                "INSERT INTO _importapi_tables (name, key_fields, created_at) VALUES (?, ?, ?)",
-                (plan.table, json.dumps(list(plan.key_fields)), now),
-            )
-            schema = TableSchema(plan.table, plan.key_fields, {}, now)
-        else:
-            schema = TableSchema(schema.name, schema.key_fields, dict(schema.columns), schema.created_at)
-            for c in plan.add:
-                conn.execute(f"ALTER TABLE {t} ADD COLUMN {quote(c.name)} {SQL_TYPES[c.kind]}")
-        position = len(schema.columns)
-        for c in plan.add:
-            conn.execute(
-                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (plan.table, c.name, c.kind.label, position, now),
-            )
-            schema.columns[c.name] = Column(c.name, c.kind)
-            position += 1
-        if plan.widen:
-            for name, _old, new in plan.widen:
-                schema.columns[name] = Column(name, new, now)
-                conn.execute(
-                    "UPDATE _importapi_columns SET kind = ?, widened_at = ? WHERE table_name = ? AND name = ?",
-                    (new.label, now, plan.table, name),
-                )
-            self._rebuild(conn, schema, plan)
-        self.schemas[plan.table] = schema
-        self.sql.pop(plan.table, None)
-        self._statements(schema)
-
-    def _create_key_index(self, conn: sqlite3.Connection, plan: Plan) -> None:
-        keys = ", ".join(quote(k) for k in plan.key_fields)
-        index = quote(f"_importapi_key_{plan.table}")
-        conn.execute(f"CREATE UNIQUE INDEX {index} ON {quote(plan.table)} ({keys})")
-
-    def _rebuild(self, conn: sqlite3.Connection, schema: TableSchema, plan: Plan) -> None:
-        """Widen columns: SQLite cannot change a column's type, so the table is rebuilt."""
-        t, tmp = quote(plan.table), quote(f"_importapi_rebuild_{plan.table}")
-        widened = {name: (old, new) for name, old, new in plan.widen}
-        defs = ", ".join(
-            f"{quote(c.name)} {SQL_TYPES[c.kind]}" + (" NOT NULL" if c.name in plan.key_fields else "")
-            for c in schema.columns.values()
-        )
-        cols = ", ".join(quote(c) for c in schema.columns)
-        exprs = ", ".join(
-            f"_importapi_widen({quote(c)}, '{widened[c][0].label}', '{widened[c][1].label}')"
-            if c in widened
-            else quote(c)
-            for c in schema.columns
-        )
-        conn.execute(f"CREATE TABLE {tmp} ({defs})")
-        conn.execute(f"INSERT INTO {tmp} ({cols}) SELECT {exprs} FROM {t} ORDER BY rowid")
-        conn.execute(f"DROP TABLE {t}")
-        conn.execute(f"ALTER TABLE {tmp} RENAME TO {t}")
-        self._create_key_index(conn, plan)
 
 
 class SQLiteStorage(Storage):
@@ -509,11 +137,11 @@ class SQLiteStorage(Storage):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._catalog = _connect(self.folder / "catalog.sqlite3", self.synchronous)
-            _execute_script(self._catalog, CATALOG_DDL)
+            self._catalog = connect(self.folder / "catalog.sqlite3", self.synchronous)
+            execute_script(self._catalog, CATALOG_DDL)
             # A log, not the warehouse: losing its last second to a power cut is acceptable.
-            self._activity = _connect(self.folder / "activity.sqlite3", "NORMAL")
-            _execute_script(self._activity, ACTIVITY_DDL)
+            self._activity = connect(self.folder / "activity.sqlite3", "NORMAL")
+            execute_script(self._activity, ACTIVITY_DDL)
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open the warehouse in {str(self.folder)!r}: {exc}") from exc
         self._lock = threading.Lock()
@@ -529,7 +157,7 @@ class SQLiteStorage(Storage):
             try:
                 return self._catalog.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
 
     # -- clients and keys -------------------------------------------------
     def create_client(self, name: str, client_id: int | None = None) -> ClientInfo:
@@ -543,11 +171,11 @@ class SQLiteStorage(Storage):
             except sqlite3.IntegrityError as exc:
                 raise BadRequest(f"client {client_id} already exists") from exc
             except sqlite3.Error as exc:
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
         info = ClientInfo(rows[0][0], name, now)
-        conn = _connect(self._client_path(info.client_id), self.synchronous)
+        conn = connect(self._client_path(info.client_id), self.synchronous)
         try:
-            _execute_script(conn, CLIENT_DDL)
+            execute_script(conn, CLIENT_DDL)
         finally:
             conn.close()
         return info
@@ -615,7 +243,7 @@ class SQLiteStorage(Storage):
             except sqlite3.Error as exc:
                 if self._catalog.in_transaction:
                     self._catalog.execute("ROLLBACK")
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
 
     def catalog_version(self) -> int:
         (version,) = self._catalog_call("PRAGMA data_version")[0]
@@ -659,7 +287,7 @@ class SQLiteStorage(Storage):
                 for s in sorted(schemas.values(), key=lambda s: s.name)
             ]
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
         finally:
             conn.close()
 
@@ -697,7 +325,7 @@ class SQLiteStorage(Storage):
             )
         except sqlite3.Error as exc:
             conn.close()
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
         except BaseException:
             conn.close()
             raise
@@ -737,7 +365,7 @@ class SQLiteStorage(Storage):
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
 
     def recent_activity(self, limit: int, *, refused: bool) -> list[Activity]:
         with self._activity_lock:
@@ -747,7 +375,7 @@ class SQLiteStorage(Storage):
                     (refused, limit),
                 ).fetchall()
             except sqlite3.Error as exc:
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
         return [
             Activity(at, rid, route, cid, key_id, table, points, inserted, replaced, bool(sandbox),
                      status, tuple(json.loads(reasons)))
@@ -769,9 +397,9 @@ class SQLiteStorage(Storage):
         for c in dump.clients:
             self._catalog_call("INSERT INTO clients (client_id, name, created_at) VALUES (?, ?, ?)",
                                (c.client_id, c.name, c.created_at))
-            conn = _connect(self._client_path(c.client_id), self.synchronous)
+            conn = connect(self._client_path(c.client_id), self.synchronous)
             try:
-                _execute_script(conn, CLIENT_DDL)
+                execute_script(conn, CLIENT_DDL)
             finally:
                 conn.close()
         for k, digest in dump.keys:
@@ -793,7 +421,7 @@ class SQLiteStorage(Storage):
                          + (" NOT NULL" if c.name in schema.key_fields else "") for c in columns)
         insert = (f"INSERT INTO {t} ({', '.join(quote(c.name) for c in columns)})"
                   f" VALUES ({', '.join('?' for _ in columns)})")
-        conn = _connect(self._client_path(client_id), self.synchronous)
+        conn = connect(self._client_path(client_id), self.synchronous)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(f"CREATE TABLE {t} ({defs})")
@@ -814,7 +442,7 @@ class SQLiteStorage(Storage):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise _storage_error(exc) from exc
+            raise storage_error(exc) from exc
         finally:
             conn.close()
         return count
@@ -843,7 +471,7 @@ class SQLiteStorage(Storage):
             except sqlite3.Error as exc:
                 if self._catalog.in_transaction:
                     self._catalog.execute("ROLLBACK")
-                raise _storage_error(exc) from exc
+                raise storage_error(exc) from exc
 
     def close(self) -> None:
         for writer in list(self._writers.values()):
