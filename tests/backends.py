@@ -75,7 +75,10 @@ def fresh_postgres() -> Iterator[str]:
     name = f"importapi_test_{os.getpid()}_{next(_names)}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        # a linguistic default collation, as production databases often have: importapi must
+        # not depend on the database's collation (its text columns are declared "C")
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE \'en-US\''
+                      " LOCALE 'C.UTF-8'")
     try:
         yield url_for(name)
     finally:

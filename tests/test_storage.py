@@ -272,3 +272,12 @@ def test_the_same_pushes_give_the_same_answers_and_tables_on_both_backends(
     assert (lite.schema.key_fields, lite.row_count) == (pg.schema.key_fields, pg.row_count)
     rows = [sorted(s.read_rows(1, table)[1], key=lambda r: str(r[0])) for s in both]
     assert rows[0] == rows[1]
+
+
+def test_text_keys_come_in_byte_order_on_both_backends(storage: Storage) -> None:
+    """Upper case before "_" before lower case, as SQLite compares text, whatever collation
+    the PostgreSQL database has by default."""
+    storage.create_client("c")
+    push(storage, "t", [{"keys": ["k"], "k": k} for k in ["b", "_", "B", "a", "é", "A"]])
+    assert [r[0] for r in storage.read_rows(1, "t")[1]] == ["A", "B", "_", "a", "b", "é"]
+    assert [r[0] for r in storage.query(1, 'SELECT "k" FROM "t" ORDER BY "k"')[1]] == ["A", "B", "_", "a", "b", "é"]

@@ -369,7 +369,7 @@ class PostgresStorage(Storage):
         else:
             parts = [f"ADD COLUMN {q.column_def(c.name, c.kind, False)}" for c in plan.add]
             parts += [
-                f"ALTER COLUMN {q.quote(name)} TYPE {q.SQL_TYPES[new]} USING {q.widen_expr(q.quote(name), old, new)}"
+                f"ALTER COLUMN {q.quote(name)} TYPE {q.declared_type(new)} USING {q.widen_expr(q.quote(name), old, new)}"
                 for name, old, new in plan.widen
             ]
             try:

@@ -25,6 +25,13 @@ SQL_TYPES = {
 }
 
 
+def declared_type(kind: Kind) -> str:
+    """A column's type as declared. Text compares and sorts byte by byte (collation "C"),
+    as in SQLite, whatever the database's default collation: the same key order (and the
+    same ORDER BY) on both backends, still served by the key's index."""
+    return 'text COLLATE "C"' if kind is Kind.TEXT else SQL_TYPES[kind]
+
+
 def quote(name: str) -> str:
     """The one place identifiers are quoted: every name is a quoted identifier."""
     return '"' + name.replace('"', '""') + '"'
@@ -175,7 +182,7 @@ def widen_expr(column: str, old: Kind, new: Kind) -> str:
 
 
 def column_def(name: str, kind: Kind, key: bool) -> str:
-    return f"{quote(name)} {SQL_TYPES[kind]}" + (" NOT NULL" if key else "")
+    return f"{quote(name)} {declared_type(kind)}" + (" NOT NULL" if key else "")
 
 
 def create_table(client_id: int, schema: TableSchema) -> str:
