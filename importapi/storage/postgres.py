@@ -237,7 +237,7 @@ class PostgresStorage(Storage):
         return self._key_info(row)
 
     def find_key(self, key_id: str) -> StoredKey | None:
-        with self._connection() as conn:
+        with self._connection(timeout=PING_TIMEOUT) as conn:
             row = conn.execute(
                 "SELECT key_id, client_id, digest, revoked_at IS NOT NULL FROM importapi.api_keys"
                 " WHERE key_id = %s", (key_id,),
@@ -252,7 +252,8 @@ class PostgresStorage(Storage):
             )
 
     def catalog_version(self) -> int:
-        with self._connection() as conn:
+        # asked on the request path, on the server's event loop: wait briefly, not a pool's while
+        with self._connection(timeout=PING_TIMEOUT) as conn:
             row = conn.execute("SELECT version FROM importapi.catalog_state").fetchone()
         return int(row[0]) if row else 0
 
