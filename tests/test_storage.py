@@ -23,7 +23,7 @@ from importapi.errors import BadRequest
 from importapi.kinds import Kind, to_storage, widen_stored
 from importapi.records import validate
 from importapi.storage import PushResult, Storage, open_storage
-from tests.backends import backend_of, fresh_postgres
+from tests.backends import backend_of, fresh_postgres, refusing_connections
 
 
 def push(storage: Storage, table: str, points: list[dict[str, Any]], client_id: int = 1,
@@ -281,3 +281,17 @@ def test_text_keys_come_in_byte_order_on_both_backends(storage: Storage) -> None
     push(storage, "t", [{"keys": ["k"], "k": k} for k in ["b", "_", "B", "a", "é", "A"]])
     assert [r[0] for r in storage.read_rows(1, "t")[1]] == ["A", "B", "_", "a", "b", "é"]
     assert [r[0] for r in storage.query(1, 'SELECT "k" FROM "t" ORDER BY "k"')[1]] == ["A", "B", "_", "a", "b", "é"]
+
+
+@pytest.mark.backends("postgresql")
+def test_pushes_go_on_after_the_database_dropped_every_connection(storage: Storage, database: str) -> None:
+    """As after a restart of PostgreSQL: the pool's connections are dead, and the next push
+    finds a live one instead of failing."""
+    storage.create_client("c")
+    with ThreadPoolExecutor(8) as pool:  # open several pooled connections
+        list(pool.map(lambda n: push(storage, "t", [{"keys": ["id"], "id": n}]), range(16)))
+    with refusing_connections(database):
+        pass  # every open connection of the database is terminated
+    result = push(storage, "t", [{"keys": ["id"], "id": 100}])
+    assert result.inserted == 1
+    assert len(rows(storage, "t")) == 17

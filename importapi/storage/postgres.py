@@ -294,6 +294,13 @@ class PostgresStorage(Storage):
         except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
             log.info("push to %s/%s retried: %s", client_id, batch.table, exc)
             raise _Retry(exclusive=exclusive) from exc
+        except psycopg.OperationalError as exc:
+            if not conn.broken:
+                raise
+            # a pooled connection the server dropped (a restart): try another. Even if this
+            # one died while committing, writing the same rows again changes nothing.
+            log.warning("push to %s/%s retried on another connection: %s", client_id, batch.table, exc)
+            raise _Retry(exclusive=exclusive) from exc
         return PushResult(batch.table, inserted, len(rows.point_keys) - inserted, plan.describe())
 
     def _plan_only(self, client_id: int, batch: Batch) -> PushResult:
