@@ -300,6 +300,7 @@ class PostgresStorage(Storage):
             # a pooled connection the server dropped (a restart): try another. Even if this
             # one died while committing, writing the same rows again changes nothing.
             log.warning("push to %s/%s retried on another connection: %s", client_id, batch.table, exc)
+            self._pool.check()  # the others are likely dead too: drop them now, not one by one
             raise _Retry(exclusive=exclusive) from exc
         return PushResult(batch.table, inserted, len(rows.point_keys) - inserted, plan.describe())
 
