@@ -23,14 +23,13 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from bench import targets
 
 
 def write_jsonl(path: Path, lines: int) -> int:
@@ -43,35 +42,6 @@ def write_jsonl(path: Path, lines: int) -> int:
                 for i in range(start, min(start + 10_000, lines))
             ))
     return path.stat().st_size
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(folder: Path) -> tuple[subprocess.Popen[str], str, str]:
-    port = free_port()
-    env = {**os.environ, "IMPORTAPI_ACCESS_LOG": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "importapi", "serve", "--port", str(port), "--database", str(folder)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    assert proc.stdout is not None
-    key, deadline = "", time.monotonic() + 60
-    while not key and time.monotonic() < deadline:
-        m = re.search(r"imp_[A-Za-z0-9_-]+", proc.stdout.readline())
-        key = m.group(0) if m else ""
-    base = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/").status_code == 200:
-                return proc, base, key
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the server did not start")
 
 
 def push_in_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str, float, float]:
@@ -148,39 +118,38 @@ def main() -> None:
     size = write_jsonl(path, args.lines)
     print(f"input: {args.lines:,} lines, {size / 1e6:,.1f} MB of JSON Lines in {folder}")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (shared)")
-    server, base, key = start_server(folder / "warehouse")
     try:
-        env = {**os.environ, "IMPORTAPI_API_KEY": key, "IMPORTAPI_URL": base,
-               "TERM": "xterm-256color", "COLUMNS": "150"}
-        argv = [sys.executable, "-m", "importapi", "push", "bench", str(path), "--keys", "id",
-                "--concurrency", str(args.concurrency), "--json"]
-        code, screen, wall, cpu = push_in_terminal(argv, env)
-        found = re.search(r"^\{.*\}\s*$", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen), re.MULTILINE)
-        if code != 0 or not found:
-            raise SystemExit(f"push failed ({code}):\n{screen[-3000:]}")
-        summary = json.loads(found.group(0))
-        rows = subprocess.run(
-            [sys.executable, "-m", "importapi", "query", "1", "SELECT count(*) AS n FROM bench",
-             "--format", "json", "--database", str(folder / "warehouse")],
-            capture_output=True, text=True, check=True).stdout
-        print(f"last progress frame: {last_frame(screen)}")
-        print(f"summary: {json.dumps(summary)}")
-        print(f"rows in the warehouse afterwards: {json.loads(rows)[0]['n']:,}")
-        print(f"loader: {summary['records'] / wall:,.0f} records/s over {wall:,.1f} s wall "
-              f"(importapi push, --concurrency {args.concurrency}, server on the same 2 cores); "
-              f"the loader's own CPU {cpu:,.1f} s = {cpu / summary['records'] * 1e6:,.1f} µs per record")
+        with targets.importapi(folder / "warehouse") as target:
+            base, key = target.base, target.key
+            env = {**os.environ, "IMPORTAPI_API_KEY": key, "IMPORTAPI_URL": base,
+                   "TERM": "xterm-256color", "COLUMNS": "150"}
+            argv = [sys.executable, "-m", "importapi", "push", "bench", str(path), "--keys", "id",
+                    "--concurrency", str(args.concurrency), "--json"]
+            code, screen, wall, cpu = push_in_terminal(argv, env)
+            found = re.search(r"^\{.*\}\s*$", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen), re.MULTILINE)
+            if code != 0 or not found:
+                raise SystemExit(f"push failed ({code}):\n{screen[-3000:]}")
+            summary = json.loads(found.group(0))
+            rows = subprocess.run(
+                [sys.executable, "-m", "importapi", "query", "1", "SELECT count(*) AS n FROM bench",
+                 "--format", "json", "--database", str(folder / "warehouse")],
+                capture_output=True, text=True, check=True).stdout
+            print(f"last progress frame: {last_frame(screen)}")
+            print(f"summary: {json.dumps(summary)}")
+            print(f"rows in the warehouse afterwards: {json.loads(rows)[0]['n']:,}")
+            print(f"loader: {summary['records'] / wall:,.0f} records/s over {wall:,.1f} s wall "
+                  f"(importapi push, --concurrency {args.concurrency}, server on the same 2 cores); "
+                  f"the loader's own CPU {cpu:,.1f} s = {cpu / summary['records'] * 1e6:,.1f} µs per record")
 
-        done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, base, key, str(args.stream),
-                               str(args.concurrency)], capture_output=True, text=True, check=True)
-        mem = json.loads(done.stdout)
-        print(f"client streaming {args.stream:,} records from a generator: "
-              f"peak Python allocations {mem['traced_peak'] / 1e6:,.2f} MB (tracemalloc), "
-              f"peak RSS grew {mem['rss_peak_growth'] / 1e6:,.2f} MB while streaming "
-              f"(process peak {mem['rss_peak'] / 1e6:,.1f} MB); "
-              f"{mem['summary']['records']:,} records in {mem['summary']['requests']:,} requests")
+            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, base, key, str(args.stream),
+                                   str(args.concurrency)], capture_output=True, text=True, check=True)
+            mem = json.loads(done.stdout)
+            print(f"client streaming {args.stream:,} records from a generator: "
+                  f"peak Python allocations {mem['traced_peak'] / 1e6:,.2f} MB (tracemalloc), "
+                  f"peak RSS grew {mem['rss_peak_growth'] / 1e6:,.2f} MB while streaming "
+                  f"(process peak {mem['rss_peak'] / 1e6:,.1f} MB); "
+                  f"{mem['summary']['records']:,} records in {mem['summary']['requests']:,} requests")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -12,18 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 import timeit
 from pathlib import Path
 
-import httpx
+from bench import run, targets
 
 HERE = Path(__file__).parent
 
@@ -53,42 +46,9 @@ def json_figures() -> list[tuple[str, float, str]]:
 
 
 def run_server(server: str, seconds: int, order: str) -> dict[str, float]:
-    folder = Path(tempfile.mkdtemp(prefix="importapi-bench-"))
-    port = 18000 + os.getpid() % 1000
-    env = {**os.environ, "IMPORTAPI_SERVER": server, "IMPORTAPI_ACCESS_LOG": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "importapi", "serve", "--port", str(port), "--database", str(folder)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    try:
-        key = ""
-        deadline = time.monotonic() + 30
-        assert proc.stdout is not None
-        while not key and time.monotonic() < deadline:
-            m = re.search(r"imp_[A-Za-z0-9_-]+", proc.stdout.readline())
-            key = m.group(0) if m else ""
-        base = f"http://127.0.0.1:{port}"
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        path = f"/v2/client/1/table/bench/data?apikey={key}"
-        out = subprocess.run(
-            ["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(HERE / "push.lua"), base, "--", path, order],
-            capture_output=True, text=True, check=True,
-        ).stdout
-        m = re.search(r"RESULT requests=(\d+) errors=(\d+) non2xx=(\d+) duration_us=(\d+) "
-                      r"p50=(\d+) p95=(\d+) p99=(\d+)", out)
-        assert m, out
-        req, err, bad, dur, p50, p95, p99 = map(int, m.groups())
-        return {"records_per_s": (req - bad) * 100 / (dur / 1e6), "errors": err + bad,
-                "p50_ms": p50 / 1000, "p95_ms": p95 / 1000, "p99_ms": p99 / 1000}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        shutil.rmtree(folder, ignore_errors=True)
+    env = {"IMPORTAPI_SERVER": server, "IMPORTAPI_ACCESS_LOG": "0"}
+    with targets.importapi(env=env) as target:
+        return run.wrk(target, order, seconds)
 
 
 def main() -> None:

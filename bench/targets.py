@@ -33,6 +33,7 @@ class Running:
     fmt: str
     pid: int
     token: str = ""
+    key: str = ""
     folder: Path = field(default_factory=Path)
 
     @property
@@ -102,7 +103,7 @@ def importapi(folder: Path | None = None, *, workers: int = 1, database: str | N
             assert key is not None
             yield Running("importapi", f"http://127.0.0.1:{port}",
                           f"/v2/client/1/table/bench/data?apikey={key.group(0)}", "importapi",
-                          proc.pid, folder=folder)
+                          proc.pid, key=key.group(0), folder=folder)
     finally:
         if own:
             shutil.rmtree(folder, ignore_errors=True)
