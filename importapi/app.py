@@ -32,6 +32,7 @@ from importapi.openapi import build as build_openapi
 from importapi.ratelimit import ConcurrencyLimit, RateLimiter
 from importapi.records import table_name, validate
 from importapi.settings import Settings
+from importapi.shapes import Shapes
 from importapi.storage import Storage, open_storage
 
 log = logging.getLogger("importapi.server")
@@ -122,6 +123,7 @@ class ImportApi:
         self.observers.append(self.metrics.observe)
         self.rate_limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
         self.in_progress = ConcurrencyLimit(self.settings.max_concurrent)
+        self.shapes = Shapes()  # record shapes each table took: their requests read fastest
         self._openapi = _encode(build_openapi(self.settings.limits))
         self.console: ASGIApp | None = None  # the web console, answering under /console
         self.on_shutdown: list[Callable[[], None]] = []  # run before the storage closes
@@ -276,9 +278,13 @@ class ImportApi:
         except TimeoutError:
             raise RequestTimeout(f"the body did not arrive within {self.settings.body_timeout:g} seconds; "
                                  "send it whole, promptly") from None
-        batch = validate(decode_json(raw), table, version=req.version, limits=limits)
+        batch = self.shapes.decode(client_id, table, raw, limits) if req.version == 2 else None
+        if batch is None:
+            batch = validate(decode_json(raw), table, version=req.version, limits=limits)
         req.points = len(batch.points)
         result = await asyncio.wrap_future(self.storage.submit(client_id, batch, sandbox=req.sandbox))
+        if result.kinds is not None and req.version == 2:
+            self.shapes.learn(client_id, batch, result.kinds)
         req.inserted, req.replaced = result.inserted, result.replaced
         body: dict[str, Any] = {"code": 201, "message": "Created", "table": table,
                                 "inserted": result.inserted, "replaced": result.replaced}

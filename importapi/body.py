@@ -7,6 +7,7 @@ digit (the decoder does not round them to doubles), and NaN or Infinity are refu
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -126,7 +127,26 @@ def _refuse_nul(value: Any) -> None:
                            " warehouse cannot store" for i in bad))
 
 
-_SPACE_BEFORE_COLON = (b" :", b"\t:", b"\n:", b"\r:")
+# A name, then white space, then the colon: the one way to write a pair without '":'.
+_SPACE_BEFORE_COLON = re.compile(rb'"[ \t\n\r]+:')
+
+
+def names_once(body: bytes, pairs: int) -> bool:
+    """True when a body whose objects decoded to ``pairs`` name-value pairs wrote no name twice.
+
+    Every pair of every object is written with a colon, so a body with no more colons than
+    pairs repeats no name. When values hold colons too (times of day, URLs): with no white
+    space before a colon, each pair reads ``"name":``, and the only other way to write
+    ``":`` is after an escaped quote inside a string, so as many ``":`` as pairs proves it as
+    well. False means "not proved": the caller looks closer.
+    """
+    colons = body.count(b":")
+    if colons == pairs:
+        return True
+    quoted = body.count(b'":')
+    if quoted != pairs:
+        return False
+    return colons == quoted or _SPACE_BEFORE_COLON.search(body) is None
 
 
 def _members(value: Any) -> int:
@@ -141,12 +161,8 @@ def _members(value: Any) -> int:
 def _refuse_repeated_names(body: bytes, value: Any) -> None:
     """A name given twice in one object is a 400: the decoder would silently keep the last.
 
-    The common cases are proved by counting, without a second parse. Every pair of every
-    object is written with a colon, so a body with no more colons than the decoded objects
-    hold pairs repeats no name. When values hold colons too (times of day, URLs): with no
-    space before a colon, each pair reads ``"name":``, and the only other way to write ``":``
-    is after an escaped quote inside a string, so as many ``":`` as pairs proves it as well.
-    Anything else is parsed again by a decoder that sees every pair (about twice the cost).
+    The common cases are proved by counting (``names_once``), without a second parse;
+    anything else is parsed again by a decoder that sees every pair (about twice the cost).
     """
     points = value if type(value) is list else [value]
     try:
@@ -154,11 +170,8 @@ def _refuse_repeated_names(body: bytes, value: Any) -> None:
             pairs = sum(map(len, points))  # no object inside another: count without a walk
         else:
             pairs = _members(value)
-        if body.count(b":") == pairs:
-            return
-        if body.count(b'":') == pairs and not any(s in body for s in _SPACE_BEFORE_COLON):
-            return
-        json.loads(body, object_pairs_hook=_no_repeated_name)
+        if not names_once(body, pairs):
+            json.loads(body, object_pairs_hook=_no_repeated_name)
     except RecursionError:
         pass  # deeper than validation allows, which refuses it with its own reason
 

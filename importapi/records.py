@@ -45,6 +45,9 @@ class Batch:
     """Fields whose values in this request are of more than one kind."""
     inexact: set[str] = field(default_factory=set)
     """Fields holding an integer that a double cannot hold exactly (beyond 2**53)."""
+    columns: tuple[str, ...] | None = None
+    """When set, each data point is a tuple of these fields' values, in this order (a request
+    read by its table's known shape, ``importapi.shapes``); else each is a dict."""
 
 
 def table_name(raw: str) -> str:

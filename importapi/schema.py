@@ -62,6 +62,8 @@ class Plan:
 
 
 def _first_index(batch: Batch, name: str) -> int:
+    if batch.columns is not None:  # every data point has every field
+        return 0
     return next((i for i, p in enumerate(batch.points) if name in p), 0)
 
 
@@ -152,9 +154,17 @@ def prepare_rows(plan: Plan, batch: Batch) -> Rows:
         and (kind not in _AS_BOUND or name in batch.mixed or batch.kinds[name] is not kind)
     ]
     key_of = itemgetter(*[columns.index(k) for k in plan.key_fields])
-    by_key: dict[Any, Sequence[Any]] = {}
+    points: list[Any] = batch.points
+    if batch.columns is not None:
+        if not convert and batch.columns == tuple(columns):
+            # rows already in column order and of the column kinds: no Python per row
+            point_keys = list(map(key_of, points))
+            by_key = dict(zip(point_keys, points))
+            return Rows(columns, list(by_key.values()), list(by_key), point_keys)
+        points = [dict(zip(batch.columns, p)) for p in points]
+    by_key = {}
     point_keys = []
-    for point in batch.points:
+    for point in points:
         if convert:
             values = list(map(point.get, columns))
             for j, kind in convert:

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from importapi.kinds import Kind
 from importapi.records import Batch, Limits
 from importapi.schema import TableSchema
 
@@ -130,6 +131,8 @@ class PushResult:
     inserted: int
     replaced: int
     plan: dict[str, Any] = field(default_factory=dict)
+    kinds: dict[str, Kind] | None = None
+    """The table's columns and their kinds once the push is applied (not for the sandbox)."""
 
 
 class Storage(abc.ABC):

@@ -302,7 +302,7 @@ class PostgresStorage(Storage):
             log.warning("push to %s/%s retried on another connection: %s", client_id, batch.table, exc)
             self._pool.check()  # the others are likely dead too: drop them now, not one by one
             raise _Retry(exclusive=exclusive) from exc
-        return PushResult(batch.table, inserted, len(rows.point_keys) - inserted, plan.describe())
+        return PushResult(batch.table, inserted, len(rows.point_keys) - inserted, plan.describe(), plan.kinds)
 
     def _plan_only(self, client_id: int, batch: Batch) -> PushResult:
         """The sandbox: what the push would do against the table as it is now; writes nothing."""

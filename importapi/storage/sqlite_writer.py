@@ -300,7 +300,7 @@ class ClientWriter:
             )
         conn.execute(f"RELEASE push{n}")
         self.pushed.add(batch.table)
-        return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe())
+        return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe(), plan.kinds)
 
     def _upsert(self, conn: sqlite3.Connection, sql: TableSQL, schema: TableSchema | None,
                 plan: Plan, rows: Rows) -> int:
