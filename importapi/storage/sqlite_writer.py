@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from importapi.errors import BadRequest, ImportApiError, ServerError, StorageUnavailable
 from importapi.kinds import DOUBLE_EXACT, Kind, widen_stored
 from importapi.records import Batch, Limits
@@ -36,6 +38,8 @@ SQL_TYPES = {
     Kind.JSON: "TEXT",
 }
 MAX_GROUP = 64
+# Past this rowid SQLite may pick new rowids at random instead of one above the largest.
+_ROWIDS_IN_ORDER = 2**62
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -70,6 +74,33 @@ def _holds_inexact(conn: sqlite3.Connection, table: str, column: str) -> bool:
     c = quote(column)
     sql = f"SELECT 1 FROM {quote(table)} WHERE {c} > ? OR {c} < ? LIMIT 1"
     return conn.execute(sql, (DOUBLE_EXACT, -DOUBLE_EXACT)).fetchone() is not None
+
+
+# Doubles whose text is hardest to read back exactly: the extremes, subnormals, halfway cases.
+_HARD_DOUBLES = (0.1, 1 / 3, -2.5e-8, 5e-324, 2.2250738585072014e-308, 2.225073858507201e-308,
+                 1.7976931348623157e308, 9007199254740993.0, 0.30000000000000004, 1e23, 8.41e21,
+                 4.35679e-10, 123456789012345.67, -0.0)
+
+
+def json_rows_work(conn: sqlite3.Connection) -> bool:
+    """Can this SQLite take a push's rows as one JSON text (``TableSQL.upsert_rows``)?
+
+    Binding rows one by one makes the driver take Python's lock back after every row, and
+    a writer thread that must win that lock back a hundred times per push, from an event
+    loop busy with requests, waits most of the time. One statement for all the rows is one
+    wait. It needs SQLite 3.38 (``->>``) and a JSON reader that gives back every double
+    exactly, which is checked here on the cases that go wrong first.
+    """
+    rows = [(v, repr(v), i, i % 2 == 0) for i, v in enumerate(_HARD_DOUBLES)]
+    try:
+        back = conn.execute("SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
+                            (encode_rows(rows),)).fetchall()
+    except sqlite3.Error:
+        return False
+    return [(repr(a), b, c, d) for a, b, c, d in back] == [(b, b, c, int(d)) for _, b, c, d in rows]
+
+
+encode_rows = msgspec.json.Encoder().encode
 
 
 def execute_script(conn: sqlite3.Connection, script: str) -> None:
@@ -122,6 +153,12 @@ class TableSQL:
             action = "DO NOTHING"
         self.columns = cols
         self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
+        # The same upsert taking all rows as one JSON array of arrays: one statement, one
+        # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
+        # needs it between a SELECT and ON CONFLICT.
+        values = ", ".join(f"value ->> {i}" for i in range(len(cols)))
+        self.upsert_rows = (f"INSERT INTO {t} ({col_list}) SELECT {values} FROM json_each(?) WHERE true"
+                            f" ON CONFLICT ({conflict}) {action}")
         key_cols = ", ".join(quote(k) for k in keys)
         if len(keys) == 1:
             probe = ", ".join("?" for _ in range(max_points))
@@ -132,12 +169,12 @@ class TableSQL:
             self.existing = f"SELECT {key_cols} FROM {t} WHERE ({key_cols}) IN (VALUES {probe})"
         self.key_width = len(keys)
         self.max_points = max_points
-        # New rows get rowids above the table's largest, so counting the rowids past the
-        # largest before an upsert counts the keys it inserted, without probing each key.
+        # A new row gets the rowid one above the table's largest, and a replaced row keeps
+        # its own: so the largest rowid after an upsert less the largest before is how many
+        # keys it inserted, without probing each key.
         lower = {c.lower() for c in cols}
         rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
         self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
-        self.count_since = f"SELECT count(*) FROM {t} WHERE {rowid} > ?" if rowid else None
 
 
 class _Checkpointer:
@@ -191,6 +228,9 @@ class ClientWriter:
         self.sql: dict[str, TableSQL] = {}
         self.schema_version = -1
         self.pushed: set[str] = set()  # tables written by the group in progress
+        self.last_rowid: dict[str, int] = {}  # each table's largest rowid, within the group in progress
+        self.stamped: dict[str, str] = {}  # the last push time written (committed) for each table
+        self.json_rows = False  # rows go to SQLite as one JSON text (json_rows_work)
         self.checkpointer = _Checkpointer(path, synchronous)
         self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
         self.thread.start()
@@ -227,6 +267,7 @@ class ClientWriter:
                     conn = connect(self.path, self.synchronous)
                     conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
                     conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
+                    self.json_rows = json_rows_work(conn)
                 self._apply_group(conn, group)
                 self.checkpointer.poke()
             except Exception as exc:  # the writer must outlive any one group
@@ -250,22 +291,32 @@ class ClientWriter:
             self.schema_version = version
 
     def _apply_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        """One transaction for the group. Each statement here costs the thread a wait for
+        Python's lock when it ends, so a group runs as few as it can."""
         conn.execute("BEGIN IMMEDIATE")
         results: list[tuple[_Job, PushResult | BaseException]] = []
+        stamps: dict[str, str] = {}
         try:
             self._refresh(conn)
             self.pushed.clear()
+            self.last_rowid.clear()
+            version = self.schema_version
             for n, job in enumerate(group):
                 results.append((job, self._apply_one(conn, job, n)))
             now = utcnow()
-            for table in self.pushed:
-                conn.execute("UPDATE _importapi_tables SET last_push_at = ? WHERE name = ?", (now, table))
-            self.schema_version = conn.execute("PRAGMA schema_version").fetchone()[0]
+            for table in self.pushed:  # the time of the last push, to the second
+                if self.stamped.get(table) != now:
+                    conn.execute("UPDATE _importapi_tables SET last_push_at = ? WHERE name = ?", (now, table))
+                    stamps[table] = now
+            if self.schema_version != version:  # this group changed a table
+                self.schema_version = conn.execute("PRAGMA schema_version").fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self.stamped.clear()
             raise
+        self.stamped.update(stamps)
         for job, outcome in results:
             if isinstance(outcome, BaseException):
                 job.future.set_exception(outcome)
@@ -285,34 +336,51 @@ class ClientWriter:
                 return PushResult(batch.table, inserted, replaced, plan.describe())
         except ImportApiError as exc:
             return exc
-        conn.execute(f"SAVEPOINT push{n}")
-        try:
-            if plan.changes_schema:
+        if plan.changes_schema:
+            # A change can still be refused here (widening a key column can make two rows
+            # share a key): it rolls back alone, in a savepoint of its own.
+            conn.execute(f"SAVEPOINT push{n}")
+            try:
                 self._change_schema(conn, schema, plan)
-            inserted = self._upsert(conn, self._statements(self.schemas[batch.table]), schema, plan, rows)
-        except sqlite3.IntegrityError as exc:
-            conn.execute(f"ROLLBACK TO push{n}")
+                self.schema_version = -2  # changed by this group: read again before COMMIT
+            except sqlite3.IntegrityError as exc:
+                conn.execute(f"ROLLBACK TO push{n}")
+                conn.execute(f"RELEASE push{n}")
+                self.schema_version = -1
+                self._refresh(conn)
+                self.last_rowid.pop(batch.table, None)
+                return BadRequest(
+                    f"table {batch.table!r}: widening a key column would make two rows share a key ({exc})"
+                )
             conn.execute(f"RELEASE push{n}")
-            self.schema_version = -1
-            self._refresh(conn)
-            return BadRequest(
-                f"table {batch.table!r}: widening a key column would make two rows share a key ({exc})"
-            )
-        conn.execute(f"RELEASE push{n}")
+            self.last_rowid.pop(batch.table, None)
+        inserted = self._upsert(conn, self._statements(self.schemas[batch.table]), schema, plan, rows)
         self.pushed.add(batch.table)
         return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe(), plan.kinds)
 
     def _upsert(self, conn: sqlite3.Connection, sql: TableSQL, schema: TableSchema | None,
                 plan: Plan, rows: Rows) -> int:
         """Write the rows; return how many distinct keys were new (data points inserted)."""
-        if sql.max_rowid is None or sql.count_since is None:  # every rowid alias is a column
+        table = plan.table
+        before = self.last_rowid.get(table)
+        if before is None and sql.max_rowid is not None:
+            (before,) = conn.execute(sql.max_rowid).fetchone()
+        if sql.max_rowid is None or before is None or before >= _ROWIDS_IN_ORDER:
+            # every rowid alias is a column, or rowids may no longer come in order: probe
             existing = self._existing(conn, schema, plan, rows.keys)
-            conn.executemany(sql.upsert, rows.rows)
+            self._write(conn, sql, rows)
+            self.last_rowid.pop(table, None)
             return count_changes(rows.point_keys, existing)[0]
-        (before,) = conn.execute(sql.max_rowid).fetchone()
-        conn.executemany(sql.upsert, rows.rows)
-        (inserted,) = conn.execute(sql.count_since, (before,)).fetchone()
-        return int(inserted)
+        self._write(conn, sql, rows)
+        (after,) = conn.execute(sql.max_rowid).fetchone()
+        self.last_rowid[table] = after
+        return int(after - before)
+
+    def _write(self, conn: sqlite3.Connection, sql: TableSQL, rows: Rows) -> None:
+        if self.json_rows:
+            conn.execute(sql.upsert_rows, (encode_rows(rows.rows),))
+        else:
+            conn.executemany(sql.upsert, rows.rows)
 
     def _statements(self, schema: TableSchema) -> TableSQL:
         sql = self.sql.get(schema.name)

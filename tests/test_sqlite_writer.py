@@ -1,0 +1,106 @@
+"""The SQLite writer's fast ways: rows sent as one JSON text, inserted keys counted from
+rowids, pushes grouped into one transaction. Each must store and count exactly what the
+plain way (binding rows one by one, probing each key) does."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from importapi.errors import BadRequest
+from importapi.records import validate
+from importapi.storage import Storage, open_storage, sqlite_writer
+
+TABLE = "things"
+TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
+VALUES = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+          | TEXT | st.lists(st.integers() | TEXT, max_size=3) | st.dictionaries(TEXT, st.integers(), max_size=2))
+POINTS = st.lists(
+    st.fixed_dictionaries({"id": st.integers(0, 6) | TEXT.filter(bool)},
+                          optional={"a": VALUES, "b": VALUES, "c": VALUES}),
+    min_size=1, max_size=8)
+
+
+@contextmanager
+def warehouse(json_rows: bool, monkeypatch: pytest.MonkeyPatch) -> Iterator[Storage]:
+    with monkeypatch.context() as m:
+        if not json_rows:
+            m.setattr(sqlite_writer, "json_rows_work", lambda conn: False)
+        with tempfile.TemporaryDirectory() as folder, open_storage(folder) as storage:
+            storage.create_client("writer")
+            yield storage
+
+
+def push(storage: Storage, points: list[dict[str, Any]]) -> Any:
+    batch = validate([{"keys": ["id"], **p} for p in points], TABLE)
+    return storage.submit(1, batch).result(timeout=30)
+
+
+def stored(storage: Storage) -> Any:
+    """Every row with each value's SQLite storage class, and the table's column kinds."""
+    tables = [t.as_dict() for t in storage.tables(1)]
+    if not tables:
+        return None
+    columns = [c["name"] for c in tables[0]["columns"]]
+    select = ", ".join(f'typeof("{c}"), "{c}"' for c in columns)
+    _, rows = storage.query(1, f'SELECT {select} FROM "{TABLE}" ORDER BY rowid')
+    return [(c["name"], c["type"], c["widened_at"] is not None) for c in tables[0]["columns"]], rows
+
+
+def test_this_sqlite_takes_rows_as_json() -> None:
+    if sqlite3.sqlite_version_info < (3, 38):
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} has no ->> operator: rows are bound one by one")
+    assert sqlite_writer.json_rows_work(sqlite3.connect(":memory:"))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(st.lists(POINTS, min_size=1, max_size=5))
+def test_rows_as_json_store_what_rows_bound_one_by_one_store(
+        monkeypatch: pytest.MonkeyPatch, pushes: list[list[dict[str, Any]]]) -> None:
+    answers = []
+    tables = []
+    for json_rows in (True, False):
+        with warehouse(json_rows, monkeypatch) as storage:
+            results = []
+            for points in pushes:
+                try:
+                    r = push(storage, points)
+                    results.append((r.inserted, r.replaced, r.plan))
+                except BadRequest as exc:  # a refusal: the same on both
+                    results.append(repr(exc))
+            answers.append(results)
+            tables.append(stored(storage))
+    assert answers[0] == answers[1]
+    assert tables[0] == tables[1]
+
+
+@pytest.mark.parametrize("json_rows", [True, False], ids=["json-rows", "bound-rows"])
+def test_pushes_grouped_in_one_transaction_each_count_their_own_keys(
+        monkeypatch: pytest.MonkeyPatch, json_rows: bool) -> None:
+    """Many pushes to one table queued at once are applied in groups; each answer counts
+    the keys new to the table when that push was applied, in queue order."""
+    batches = [[{"id": (n * 7 + i) % 40, "v": n} for i in range(n % 5 + 1)] for n in range(60)]
+    with warehouse(json_rows, monkeypatch) as storage:
+        push(storage, [{"id": 0, "v": -1}])
+        futures = [storage.submit(1, validate([{"keys": ["id"], **p} for p in b], TABLE)) for b in batches]
+        results = [f.result(timeout=30) for f in futures]
+        seen = {0}
+        for batch, result in zip(batches, results):
+            keys = [p["id"] for p in batch]
+            inserted = len(set(keys) - seen)
+            assert (result.inserted, result.replaced) == (inserted, len(keys) - inserted)
+            seen |= set(keys)
+        _, rows = storage.query(1, f'SELECT id, v FROM "{TABLE}" ORDER BY id')
+        expected = {0: -1}
+        for n, batch in enumerate(batches):
+            for p in batch:
+                expected[p["id"]] = n
+        assert dict(rows) == expected
