@@ -111,7 +111,9 @@ Observer = Callable[[Request], None]
 
 
 def log_access(req: Request) -> None:
-    access_log.info("%s", _encode(req.log_fields()).decode())
+    if access_log.isEnabledFor(logging.INFO):  # a record made directly: no search for the caller
+        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
+                                                _encode(req.log_fields()).decode(), None, None))
 
 
 class ImportApi:
@@ -314,6 +316,9 @@ def create_app(settings: Settings | None = None) -> ImportApi:
     # SQLite waits for it up to this long (5 ms by default) before it can answer or go on.
     # Shorter turns keep the writer busy: +27% records/s (bench/RESULTS.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
+    from importapi.server import configure_logging
+
+    configure_logging()  # in each worker process too
     app = ImportApi(open_storage(settings.database, **settings.storage_options()), settings)
     from importapi.console import mount
 

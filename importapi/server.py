@@ -11,15 +11,90 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
+import time
+from typing import TextIO
 
 from importapi.settings import Settings
 
 SERVERS = ("uvicorn", "granian")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _SecondsCachedFormatter(logging.Formatter):
+    """The standard format, with the date and time worked out once a second, not per line."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._text, self._second = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)), second
+        return f"{self._text},{int(record.msecs):03d}"
+
+
+class BufferedLineHandler(logging.Handler):
+    """Writes log lines in batches: at most ``interval`` seconds after they were logged, at
+    once when ``capacity`` are waiting, and when the process ends. One write a batch, not one
+    a line: the access log of a busy server costs a write per request otherwise. A process
+    killed outright loses at most the last ``interval`` of lines."""
+
+    def __init__(self, stream: TextIO, interval: float = 0.2, capacity: int = 1000) -> None:
+        super().__init__()
+        self.stream, self.interval, self.capacity = stream, interval, capacity
+        self.lines: list[str] = []
+        self.wake = threading.Event()
+        threading.Thread(target=self._run, name="log-writer", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # noqa: BLE001 -- logging's own rule: a bad record never stops the caller
+            self.handleError(record)
+            return
+        if len(self.lines) == 1:
+            self.wake.set()
+        elif len(self.lines) >= self.capacity:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines, self.lines = self.lines, []
+            if lines:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            time.sleep(self.interval)
+            try:
+                self.flush()
+            except (OSError, ValueError):  # the stream is closed (the process is ending)
+                return
+
+
+_configured = False
+
+
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log to standard error; the access log (``importapi.access``) in batches. Once per process."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    access = logging.getLogger("importapi.access")
+    handler = BufferedLineHandler(sys.stderr)
+    handler.setFormatter(_SecondsCachedFormatter(LOG_FORMAT))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 def _export(settings: Settings) -> None:
