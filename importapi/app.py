@@ -113,7 +113,7 @@ Observer = Callable[[Request], None]
 def log_access(req: Request) -> None:
     if access_log.isEnabledFor(logging.INFO):  # a record made directly: no search for the caller
         access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
-                                                _encode(req.log_fields()).decode(), None, None))
+                                                _encode(req.log_fields()).decode(), (), None))
 
 
 class ImportApi:
