@@ -10,8 +10,11 @@ kinds or order its values.
 
 Anything the typed decoder does not take (a field the shape lacks or misses, a value of
 another type, a null key, an integer beyond 2**53, a float beyond it, ``keys`` naming other
-fields, a name given twice) is decoded again the general way (``importapi.records``), which
-accepts or refuses it with its reasons. So the shape decides only how fast a request is
+fields or in another order) is decoded again the general way (``importapi.records``), which
+accepts or refuses it with its reasons. So is a name given twice, which the decoder would
+take silently: without a backslash in the body, every ``"`` opens or closes a string, and
+a name, a text value and each name in ``keys`` is one string, so counting them proves no
+name came twice (``names_once`` proves it for the other bodies). So the shape decides only how fast a request is
 read, never whether it is accepted or what is stored: a request taken here is one that
 validation would take with the same kinds, and ``importapi.schema`` plans it the same way
 against the table as it is when the push is applied.
@@ -22,8 +25,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from operator import attrgetter, itemgetter
-from typing import Annotated, Any
+from operator import itemgetter
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec.structs import astuple
@@ -45,27 +48,39 @@ _WITHOUT_KEYS = itemgetter(slice(0, -1))  # "keys" is the last attribute
 class Shape:
     """One record shape of one table, and the typed decoder built for it."""
 
-    __slots__ = ("columns", "decode", "key_fields", "key_list", "kinds", "pairs", "signature")
+    __slots__ = ("columns", "decode", "key_fields", "kinds", "names_per_point", "pairs", "signature",
+                 "text_values")
+
+    def text_strings(self, rows: list[tuple[Any, ...]]) -> int:
+        """How many text values the rows hold (every other value is a number, boolean or null)."""
+        count = 0
+        for get in self.text_values:
+            values = list(map(get, rows))
+            count += len(values) - values.count(None)
+        return count
 
     def __init__(self, columns: tuple[str, ...], kinds: dict[str, Kind], key_fields: tuple[str, ...]) -> None:
         self.columns = columns
         self.kinds = kinds
         self.key_fields = key_fields
-        self.key_list = list(key_fields)
         self.pairs = len(columns) + 1  # the fields and "keys", each written once
+        # strings each data point writes: every name and the names in "keys", and its text
+        # values (as many as there are text columns, less the text values that are null)
+        self.names_per_point = self.pairs + len(key_fields)
+        self.text_values = [itemgetter(n) for n, c in enumerate(columns) if kinds[c] is Kind.TEXT]
         self.signature = (columns, tuple(kinds[c] for c in columns), key_fields)
         fields: list[tuple[str, Any]] = []
         for n, name in enumerate(columns):
             kind_type = _TYPES[kinds[name]]
             fields.append((f"f{n}", kind_type if name in key_fields else kind_type | None))
-        fields.append((_KEYS, list[str]))
+        # "keys" must name the key fields in this order (any other way is read the general way)
+        fields.append((_KEYS, tuple[tuple(Literal[k] for k in key_fields)]))  # type: ignore[misc]
         rename = {f"f{n}": name for n, name in enumerate(columns)} | {_KEYS: "keys"}
         struct = msgspec.defstruct("Point", fields, rename=rename, forbid_unknown_fields=True, gc=False)
         points_type: Any = list[struct]  # type: ignore[valid-type]
         self.decode: Callable[[bytes], list[Any]] = msgspec.json.Decoder(points_type).decode
 
 
-_keys_of = attrgetter(_KEYS)
 
 
 class Shapes:
@@ -80,19 +95,31 @@ class Shapes:
     def decode(self, client_id: int, table: str, body: bytes, limits: Limits) -> Batch | None:
         """The batch of a request of the table's known shape, or None: read it the general way."""
         shape = self._known.get((client_id, table))
-        if shape is None or b"\\u0000" in body:
+        if shape is None:
+            return None
+        escaped = b"\\" in body
+        if escaped and b"\\u0000" in body:
             return None
         try:
             points = shape.decode(body)
         except _REJECTED:
             return None
-        if not 0 < len(points) <= limits.max_points:
-            return None
-        if not all(map(shape.key_list.__eq__, map(_keys_of, points))):
-            return None
-        if not names_once(body, len(points) * shape.pairs):
+        n = len(points)
+        if not 0 < n <= limits.max_points:
             return None
         rows = list(map(_WITHOUT_KEYS, map(astuple, points)))
+        if escaped:
+            if not names_once(body, n * shape.pairs):
+                return None
+        else:
+            # First a guess that is exact when only text values are null: every "null" in
+            # the body taken for a text value not written. It can only expect fewer strings
+            # than there are, never hide a name given twice (which adds strings).
+            quotes = body.count(b'"')
+            texts = len(shape.text_values) * n
+            if (quotes != 2 * (n * shape.names_per_point + texts - body.count(b"null"))
+                    and quotes != 2 * (n * shape.names_per_point + shape.text_strings(rows))):
+                return None
         self.hits += 1
         return Batch(table=table, key_fields=shape.key_fields, points=rows, kinds=dict(shape.kinds),
                      columns=shape.columns)
