@@ -286,7 +286,7 @@ class ImportApi:
         if batch is None:
             batch = validate(decode_json(raw), table, version=req.version, limits=limits)
         req.points = len(batch.points)
-        result = await asyncio.wrap_future(self.storage.submit(client_id, batch, sandbox=req.sandbox))
+        result = await self.storage.push(client_id, batch, sandbox=req.sandbox)
         if result.kinds is not None and req.version == 2:
             self.shapes.learn(client_id, batch, result.kinds)
         req.inserted, req.replaced = result.inserted, result.replaced

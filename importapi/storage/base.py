@@ -1,13 +1,15 @@
 """The storage interface and the plain records it hands out.
 
 Pushes go through ``submit``, which returns a ``concurrent.futures.Future`` so that a
-backend can group concurrent pushes into one transaction (group commit) while the server
-awaits each answer and the command line simply blocks on it.
+backend can group concurrent pushes into one transaction (group commit) while the command
+line simply blocks on it; the server awaits ``push``, which a backend may answer for a whole
+group at once.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -175,6 +177,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def submit(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> Future[PushResult]:
         """Apply (or, in the sandbox, plan) a validated push; resolves after the commit."""
+
+    async def push(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> PushResult:
+        """``submit`` for the event loop: the result, once committed."""
+        return await asyncio.wrap_future(self.submit(client_id, batch, sandbox=sandbox))
 
     @abc.abstractmethod
     def tables(self, client_id: int) -> list[TableInfo]: ...

@@ -14,6 +14,7 @@ module owns the folder, the catalog and the reads. All files are in WAL mode, so
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -265,6 +266,12 @@ class SQLiteStorage(Storage):
 
     def submit(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> Future[PushResult]:
         return self._writer(client_id).submit(batch, sandbox)
+
+    async def push(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> PushResult:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[PushResult] = loop.create_future()
+        self._writer(client_id).submit_from_loop(batch, sandbox, loop, answer)
+        return await answer
 
     def _reader(self, client_id: int) -> sqlite3.Connection:
         self._require_client(client_id)

@@ -9,6 +9,7 @@ function that quotes identifiers, and the SQLite type of each column kind.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -130,9 +131,43 @@ def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
 
 @dataclass
 class _Job:
+    """A queued push, answered through a thread's future or an event loop's."""
+
     batch: Batch
     sandbox: bool
-    future: Future[PushResult]
+    future: Future[PushResult] | None
+    loop: asyncio.AbstractEventLoop | None = None
+    answer: asyncio.Future[PushResult] | None = None
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[PushResult], PushResult | BaseException]]) -> None:
+    """On the event loop: answer every push of a group at once."""
+    for answer, outcome in outcomes:
+        if answer.done():  # the request was cancelled (its client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            answer.set_exception(outcome)
+        else:
+            answer.set_result(outcome)
+
+
+def _answer(jobs: list[tuple[_Job, PushResult | BaseException]]) -> None:
+    """Resolve each job's future; pushes from event loops with one call per loop, not one
+    wake-up and hand-over per push."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[PushResult], PushResult | BaseException]]] = {}
+    for job, outcome in jobs:
+        if job.loop is not None and job.answer is not None:
+            by_loop.setdefault(job.loop, []).append((job.answer, outcome))
+        elif job.future is not None and not job.future.done():
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+    for loop, outcomes in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, outcomes)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
 
 class TableSQL:
@@ -240,6 +275,11 @@ class ClientWriter:
         self.jobs.put(_Job(batch, sandbox, future))
         return future
 
+    def submit_from_loop(self, batch: Batch, sandbox: bool, loop: asyncio.AbstractEventLoop,
+                         answer: asyncio.Future[PushResult]) -> None:
+        """``submit`` for an event loop: ``answer`` is resolved on ``loop``."""
+        self.jobs.put(_Job(batch, sandbox, None, loop, answer))
+
     def stop(self) -> None:
         self.jobs.put(None)
         self.thread.join(timeout=30)
@@ -273,9 +313,7 @@ class ClientWriter:
             except Exception as exc:  # the writer must outlive any one group
                 log.exception("storage error on %s", self.path.name)
                 error = storage_error(exc) if isinstance(exc, sqlite3.Error) else ServerError()
-                for j in group:
-                    if not j.future.done():
-                        j.future.set_exception(error)
+                _answer([(j, error) for j in group])
                 self._forget()
         if conn is not None:
             conn.close()
@@ -317,11 +355,7 @@ class ClientWriter:
             self.stamped.clear()
             raise
         self.stamped.update(stamps)
-        for job, outcome in results:
-            if isinstance(outcome, BaseException):
-                job.future.set_exception(outcome)
-            else:
-                job.future.set_result(outcome)
+        _answer(results)
 
     def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> PushResult | BaseException:
         batch = job.batch
