@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -79,14 +79,23 @@ class Metrics:
         self.storage_errors = Counter("importapi_storage_errors",
                                       "Requests that failed in the storage.", registry=r)
 
+        self._inserted = self.points.labels("inserted")
+        self._replaced = self.points.labels("replaced")
+        # each (route, status)'s counter and latency histogram, looked up once
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
     def observe(self, req: Request) -> None:
-        self.requests.labels(req.route, str(req.status)).inc()
-        self.latency.labels(req.route).observe(req.duration_ms / 1000)
+        children = self._children.get((req.route, req.status))
+        if children is None:
+            children = self._children[(req.route, req.status)] = (
+                self.requests.labels(req.route, str(req.status)), self.latency.labels(req.route))
+        children[0].inc()
+        children[1].observe(req.duration_ms / 1000)
         if req.status == 201 and not req.sandbox:
             if req.inserted:
-                self.points.labels("inserted").inc(req.inserted)
+                self._inserted.inc(req.inserted)
             if req.replaced:
-                self.points.labels("replaced").inc(req.replaced)
+                self._replaced.inc(req.replaced)
         elif req.status >= 400:
             self.rejections.labels(rejection_reason(req)).inc()
             if req.error in _STORAGE_ERRORS:
