@@ -38,6 +38,38 @@ def _late_answer(timeout: float) -> bytes:
     return head + body
 
 
+class CoalescingTransport:
+    """A connection's transport whose writes within one turn of the event loop go out as
+    one: an answer's head and body in one system call, not two. Everything else is the
+    transport's own; closing sends what is waiting first."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """httptools with a deadline between a request's first byte and the end of its headers."""
 
@@ -56,7 +88,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self.head_timer = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        shared: Any = CoalescingTransport(transport, self.loop)
+        super().connection_made(shared)
         self._arm()  # a connection that never sends a byte is a head that never arrives
 
     def connection_lost(self, exc: Exception | None) -> None:
