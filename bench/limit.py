@@ -2,7 +2,7 @@
 
 The table is created by importapi's own storage (so the schema and indexes are exactly the
 server's), then the server's own upsert statement runs with one transaction per 100
-records, with the server's default durability (WAL, synchronous=FULL).
+records, on a connection set up as the server's (WAL, synchronous=FULL).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bench.records import COLUMNS, ids_for, record
 from importapi.records import validate
 from importapi.storage.sqlite import SQLiteStorage
 from importapi.storage.sqlite_writer import TableSQL, load_schemas
+from importapi.storage.sqlite_writer import connect as server_connect
 
 REQUESTS = 1500
 
@@ -38,9 +39,7 @@ def _warehouse() -> tuple[Path, Path]:
 
 
 def connect(path: Path) -> tuple[sqlite3.Connection, str]:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn = server_connect(path, "FULL")  # set up as the server's: WAL, synchronous=FULL
     schema = load_schemas(conn)["bench"]
     assert tuple(schema.columns) == COLUMNS, schema.columns
     return conn, TableSQL(schema, 100).upsert
