@@ -51,21 +51,13 @@ class Shape:
     __slots__ = ("columns", "decode", "key_fields", "kinds", "names_per_point", "pairs", "signature",
                  "text_values")
 
-    def text_strings(self, rows: list[tuple[Any, ...]]) -> int:
-        """How many text values the rows hold (every other value is a number, boolean or null)."""
-        count = 0
-        for get in self.text_values:
-            values = list(map(get, rows))
-            count += len(values) - values.count(None)
-        return count
-
     def __init__(self, columns: tuple[str, ...], kinds: dict[str, Kind], key_fields: tuple[str, ...]) -> None:
         self.columns = columns
         self.kinds = kinds
         self.key_fields = key_fields
         self.pairs = len(columns) + 1  # the fields and "keys", each written once
-        # strings each data point writes: every name and the names in "keys", and its text
-        # values (as many as there are text columns, less the text values that are null)
+        # the strings a data point writes besides its text values: every name, and the names
+        # in "keys"; then the getters of its values that may be text
         self.names_per_point = self.pairs + len(key_fields)
         self.text_values = [itemgetter(n) for n, c in enumerate(columns) if kinds[c] is Kind.TEXT]
         self.signature = (columns, tuple(kinds[c] for c in columns), key_fields)
@@ -80,7 +72,13 @@ class Shape:
         points_type: Any = list[struct]  # type: ignore[valid-type]
         self.decode: Callable[[bytes], list[Any]] = msgspec.json.Decoder(points_type).decode
 
-
+    def text_strings(self, rows: list[tuple[Any, ...]]) -> int:
+        """How many text values the rows hold (every other value is a number, boolean or null)."""
+        count = 0
+        for get in self.text_values:
+            values = list(map(get, rows))
+            count += len(values) - values.count(None)
+        return count
 
 
 class Shapes:

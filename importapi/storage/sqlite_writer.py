@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from importapi.errors import BadRequest, ImportApiError, ServerError, StorageUnavailable
-from importapi.kinds import DOUBLE_EXACT, Kind, widen_stored
+from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, widen_stored
 from importapi.records import Batch, Limits
 from importapi.schema import Column, Plan, Rows, TableSchema, count_changes, make_plan, prepare_rows
 from importapi.storage.base import PushResult, utcnow
@@ -90,9 +90,10 @@ def json_rows_work(conn: sqlite3.Connection) -> bool:
     a writer thread that must win that lock back a hundred times per push, from an event
     loop busy with requests, waits most of the time. One statement for all the rows is one
     wait. It needs SQLite 3.38 (``->>``) and a JSON reader that gives back every double
-    exactly, which is checked here on the cases that go wrong first.
+    and 64-bit integer exactly, which is checked here on the cases that go wrong first.
     """
-    rows = [(v, repr(v), i, i % 2 == 0) for i, v in enumerate(_HARD_DOUBLES)]
+    ints = (INT64_MIN, INT64_MAX, INT64_MIN + 1, 0)
+    rows = [(v, repr(v), ints[i % 4], i % 2 == 0) for i, v in enumerate(_HARD_DOUBLES)]
     try:
         back = conn.execute("SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
                             (encode_rows(rows),)).fetchall()
