@@ -1,9 +1,11 @@
 """``make bench``: importapi against Datasette and against the storage limit, side by side.
 
-    python -m bench.run [--seconds 8] [--rounds 2] [--growth-rows 10000000] [--quick]
+    python -m bench.run [--seconds 8] [--rounds 2] [--growth-rows 10000000] [--quick] [--no-postgres]
 
 For each mix (new keys ascending, new keys in random order, half replacements) it runs, in
-alternation A/B/A/B, importapi and Datasette under wrk (2 threads, 32 connections, 100
+alternation A/B/A/B, importapi (SQLite, one process), Datasette, and importapi on PostgreSQL
+with 1 and with 4 processes (when PostgreSQL is reachable at IMPORTAPI_TEST_POSTGRES or
+127.0.0.1:5432; each run on a new database) under wrk (2 threads, 32 connections, 100
 records per request), then the same upserts in process straight into SQLite (the limit).
 It reports medians of records/s acknowledged, latency at full load and at half of that rate
 (open loop), errors and peak memory; then a growth run into a table of --growth-rows rows.
@@ -19,10 +21,12 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from bench import limit, loadgen, targets
+from bench import limit, loadgen, postgres, targets
 
 HERE = Path(__file__).parent
 MIXES = ("ascending", "random", "replace")
@@ -64,9 +68,38 @@ class MemorySampler:
         self.thread.join()
 
 
+POSTGRES_SYSTEMS = ("postgresql x1", "postgresql x4")  # importapi on PostgreSQL, 1 and 4 processes
+
+
+def postgres_problem() -> str | None:
+    """Why the PostgreSQL rows cannot be measured here, or None."""
+    import psycopg
+
+    try:
+        with psycopg.connect(postgres.ADMIN_URL, connect_timeout=5):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL is not reachable at {postgres.ADMIN_URL} ({' '.join(str(exc).split())})"
+
+
+@contextmanager
+def start(system: str) -> Iterator[targets.Running]:
+    """One system on a fresh database: importapi (SQLite, 1 process), Datasette, or importapi
+    on a new PostgreSQL database with ``--workers`` 1 or 4."""
+    if system == "importapi":
+        with targets.importapi() as target:
+            yield target
+    elif system == "datasette":
+        with targets.datasette() as target:
+            yield target
+    else:
+        workers = int(system.rsplit("x", 1)[1])
+        with postgres.fresh_warehouse("postgresql") as url, targets.importapi(database=url, workers=workers) as target:
+            yield target
+
+
 def one_run(system: str, mix: str, seconds: int) -> dict[str, Any]:
-    start = targets.importapi if system == "importapi" else targets.datasette
-    with start() as target:
+    with start(system) as target:
         if mix == "replace":
             targets.prefill(target, PREFILL)
         with MemorySampler(target.pid) as mem:
@@ -77,8 +110,7 @@ def one_run(system: str, mix: str, seconds: int) -> dict[str, Any]:
 
 
 def half_rate(system: str, mix: str, max_records_per_s: float, seconds: int) -> dict[str, float]:
-    start = targets.importapi if system == "importapi" else targets.datasette
-    with start() as target:
+    with start(system) as target:
         if mix == "replace":
             targets.prefill(target, PREFILL)
         return loadgen.fixed_rate("127.0.0.1", target.port, target.path, fmt=target.fmt, mix=mix,
@@ -110,13 +142,16 @@ def growth(rows: int, seconds: int) -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     title = (f"importapi benchmark, {results['when']}: wrk 2 threads / 32 connections, 100 records "
-             f"per request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds")
+             f"per request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds"
+             "\nimportapi = SQLite, 1 process; postgresql xN = importapi on PostgreSQL, N processes")
     header = (f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
               f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'errors':>6} {'peak MB':>8}")
     lines = [title, "", header]
     for mix in results["mixes"]:
         r = results["mixes"][mix]
-        for system in ("importapi", "datasette", "limit"):
+        for system in ("importapi", "datasette", "limit", *POSTGRES_SYSTEMS):
+            if system not in r:
+                continue
             s = r[system]
             hr = s.get("half_rate", {})
             lat = (f"{s['p50_ms']:7.1f} {s['p95_ms']:7.1f} {s['p99_ms']:7.1f}" if "p50_ms" in s
@@ -159,21 +194,29 @@ def main() -> None:
     parser.add_argument("--growth-rows", type=int, default=10_000_000, help="0 skips the growth run")
     parser.add_argument("--mixes", default=",".join(MIXES))
     parser.add_argument("--quick", action="store_true", help="short runs, one round, no growth run")
+    parser.add_argument("--no-postgres", action="store_true", help="leave out the PostgreSQL rows")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.half_rate_seconds, args.growth_rows = 4, 1, 3, 0
 
     results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": args.seconds,
                                "rounds": args.rounds, "mixes": {}}
+    systems = ["importapi", "datasette"]
+    problem = "left out (--no-postgres)" if args.no_postgres else postgres_problem()
+    if problem is None:
+        systems += POSTGRES_SYSTEMS
+    else:
+        print(f"  the PostgreSQL rows are skipped: {problem}", flush=True)
+        results["postgres_skipped"] = problem
     for mix in args.mixes.split(","):
-        runs: dict[str, list[dict[str, Any]]] = {"importapi": [], "datasette": [], "limit": []}
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in [*systems, "limit"]}
         for _ in range(args.rounds):
-            for system in ("importapi", "datasette"):
+            for system in systems:
                 runs[system].append(one_run(system, mix, args.seconds))
                 print(f"  {mix} {system}: {runs[system][-1]['records_per_s']:.0f} records/s", flush=True)
             runs["limit"].append(limit.measure(mix, PREFILL))
         r = {system: median_of(v) for system, v in runs.items()}
-        for system in ("importapi", "datasette"):
+        for system in systems:
             r[system]["half_rate"] = half_rate(system, mix, r[system]["records_per_s"], args.half_rate_seconds)
         r["ratio_peer"] = r["importapi"]["records_per_s"] / r["datasette"]["records_per_s"]
         r["ratio_limit"] = r["importapi"]["records_per_s"] / r["limit"]["records_per_s"]
