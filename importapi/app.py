@@ -317,10 +317,11 @@ def create_app(settings: Settings | None = None) -> ImportApi:
     # SQLite waits for it up to this long (5 ms by default) before it can answer or go on.
     # Shorter turns keep the writer busy: +27% records/s (bench/RESULTS.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
-    from importapi.server import configure_logging
+    from importapi.server import configure_logging, flush_access_log
 
     configure_logging()  # in each worker process too
     app = ImportApi(open_storage(settings.database, **settings.storage_options()), settings)
+    app.on_shutdown.append(flush_access_log)
     from importapi.console import mount
 
     mount(app)

@@ -94,13 +94,22 @@ def decode_json(body: bytes) -> Any:
     except RecursionError:
         raise BadRequest("the body is nested too deeply to be read") from None
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8") from None
+        raise _not_utf8(body) or BadRequest(f"the body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec before 0.23 (later ones raise DecodeError)
+        raise _not_utf8(body) or BadRequest(f"the body is not valid UTF-8 ({exc})") from None
     _refuse_repeated_names(body, value)
     if b"\\u0000" in body:  # JSON can carry a NUL only escaped; look closer only then
         _refuse_nul(value)
     return value
+
+
+def _not_utf8(body: bytes) -> BadRequest | None:
+    """The refusal of a body that is not UTF-8, naming the first bad byte; None if it is."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRequest(f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8")
+    return None
 
 
 def _holds_nul(value: Any) -> bool:

@@ -83,6 +83,13 @@ class BufferedLineHandler(logging.Handler):
 _configured = False
 
 
+def flush_access_log() -> None:
+    """Write out the access log's waiting lines (at shutdown: the process may end by its
+    signal, without the exit handlers that would write them)."""
+    for handler in logging.getLogger("importapi.access").handlers:
+        handler.flush()
+
+
 def configure_logging() -> None:
     """Log to standard error; the access log (``importapi.access``) in batches. Once per process."""
     global _configured
