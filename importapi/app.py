@@ -315,7 +315,8 @@ def create_app(settings: Settings | None = None) -> ImportApi:
     settings = settings or Settings.from_env()
     # The event loop holds Python's lock while it reads requests; a writer thread back from
     # SQLite waits for it up to this long (5 ms by default) before it can answer or go on.
-    # Shorter turns keep the writer busy: +27% records/s (bench/RESULTS.md).
+    # Shorter turns keep the writer busy: with one statement per push, ascending keys went
+    # from ~575 to ~730 requests/s in one A/B (docs/decisions.md, "The hot path").
     sys.setswitchinterval(SWITCH_INTERVAL)
     from importapi.server import configure_logging, flush_access_log
 
