@@ -63,7 +63,8 @@ def forged_keys(two: Two) -> list[str]:
     """A's key, and keys built from A's and B's parts: none is a key of B."""
     _, id_a, secret_a = two.key_a.split("_", 2)
     _, id_b, secret_b = two.key_b.split("_", 2)
-    return [two.key_a, f"imp_{id_b}_{secret_a}", f"imp_{id_b}_{secret_b[:-1]}A", f"imp_{id_b}_",
+    other_last = "B" if secret_b.endswith("A") else "A"  # B's secret with its last character changed
+    return [two.key_a, f"imp_{id_b}_{secret_a}", f"imp_{id_b}_{secret_b[:-1]}{other_last}", f"imp_{id_b}_",
             f"imp_{id_b}_{secret_b}"[:-2], f"imp_{id_a}_{secret_b}", id_b, secret_b]
 
 
