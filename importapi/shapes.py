@@ -43,6 +43,10 @@ _TYPES: dict[Kind, Any] = {Kind.BOOLEAN: bool, Kind.INTEGER: _INT, Kind.DOUBLE: 
 _REJECTED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 _KEYS = "k"  # the attribute that holds a data point's "keys"; every other one is f<n>
 _WITHOUT_KEYS = itemgetter(slice(0, -1))  # "keys" is the last attribute
+# A shape's decoder takes about 1 KB per field: shapes are kept for at most this many tables,
+# of at most this many fields (wider tables are read the general way).
+MAX_SHAPES = 256
+MAX_FIELDS = 100
 
 
 class Shape:
@@ -84,7 +88,7 @@ class Shape:
 class Shapes:
     """The latest shape each table took, for a bounded number of tables (per process)."""
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = MAX_SHAPES) -> None:
         self.limit = limit
         self._known: OrderedDict[tuple[int, str], Shape] = OrderedDict()
         self._lock = threading.Lock()
@@ -133,7 +137,7 @@ class Shapes:
         if "keys" in names or any(p.keys() != names for p in batch.points):
             return
         columns = tuple(c for c in kinds if c in names)
-        if len(columns) != len(names) or any(kinds[c] not in _TYPES for c in columns):
+        if len(columns) != len(names) or len(columns) > MAX_FIELDS or any(kinds[c] not in _TYPES for c in columns):
             return
         column_kinds = {c: kinds[c] for c in columns}
         signature = (columns, tuple(column_kinds.values()), batch.key_fields)
