@@ -218,13 +218,17 @@ class _Checkpointer:
 
     The writer turns SQLite's automatic checkpoint off, so a commit never pays for copying
     pages; this thread runs a PASSIVE checkpoint (which never blocks the writer) at most
-    every ``interval`` seconds while commits keep coming, which also keeps the WAL short.
+    every ``interval`` seconds while commits keep coming. The WAL starts again from its first
+    frame only once every frame in it has been copied back: a writer that never pauses commits
+    more frames while each checkpoint runs, so ``caught_up`` asks the writer to copy that
+    short tail itself (``ClientWriter._finish_checkpoint``); without it the WAL only grows.
     """
 
     def __init__(self, path: Path, synchronous: str, interval: float = 0.5) -> None:
         self.path, self.synchronous, self.interval = path, synchronous, interval
         self.dirty = threading.Event()
         self.stopping = threading.Event()
+        self.caught_up = threading.Event()  # a checkpoint has run: the writer finishes it
         self.thread = threading.Thread(target=self._run, name=f"checkpoint-{path.stem}", daemon=True)
         self.thread.start()
 
@@ -243,7 +247,8 @@ class _Checkpointer:
             self.dirty.clear()
             try:
                 conn = conn or connect(self.path, self.synchronous)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self.caught_up.set()
             except sqlite3.Error:
                 log.warning("checkpoint of %s failed; the next one will retry", self.path.name,
                             exc_info=True)
@@ -309,6 +314,8 @@ class ClientWriter:
                     conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
                     conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
                     self.json_rows = json_rows_work(conn)
+                if self.checkpointer.caught_up.is_set():
+                    self._finish_checkpoint(conn)
                 self._apply_group(conn, group)
                 self.checkpointer.poke()
             except Exception as exc:  # the writer must outlive any one group
@@ -318,6 +325,16 @@ class ClientWriter:
                 self._forget()
         if conn is not None:
             conn.close()
+
+    def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy back the frames committed while the background checkpoint ran. No frame comes
+        in meanwhile (this is the only writer), so the WAL ends fully copied, and the next
+        commit starts it again from its first frame instead of appending to it."""
+        self.checkpointer.caught_up.clear()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            log.warning("checkpoint of %s failed; the next one will retry", self.path.name, exc_info=True)
 
     def _forget(self) -> None:
         self.schemas, self.sql, self.schema_version = {}, {}, -1
