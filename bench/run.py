@@ -8,7 +8,8 @@ with 1 and with 4 processes (when PostgreSQL is reachable at IMPORTAPI_TEST_POST
 127.0.0.1:5432; each run on a new database) under wrk (2 threads, 32 connections, 100
 records per request), then the same upserts in process straight into SQLite (the limit).
 It reports medians of records/s acknowledged, latency at full load and at half of that rate
-(open loop, in alternating rounds too), errors and peak memory; then a growth run into a table of --growth-rows rows.
+(open loop, in alternating rounds too, with how steady the host's CPU was meanwhile),
+errors and peak memory; then a growth run into a table of --growth-rows rows.
 Prints one table, writes bench/results/latest.json and compares with the previous run.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from bench import limit, loadgen, postgres, targets
+from bench.steadiness import Steadiness
 
 HERE = Path(__file__).parent
 MIXES = ("ascending", "random", "replace")
@@ -113,9 +115,13 @@ def half_rate(system: str, mix: str, max_records_per_s: float, seconds: int) -> 
     with start(system) as target:
         if mix == "replace":
             targets.prefill(target, PREFILL)
-        return loadgen.fixed_rate("127.0.0.1", target.port, target.path, fmt=target.fmt, mix=mix,
-                                  base=NEW_KEYS_BASE, prefilled=PREFILL, headers=target.headers(),
-                                  rate=max_records_per_s / 2 / 100, seconds=seconds)
+        with Steadiness(seconds) as host:
+            result = loadgen.fixed_rate("127.0.0.1", target.port, target.path, fmt=target.fmt, mix=mix,
+                                        base=NEW_KEYS_BASE, prefilled=PREFILL, headers=target.headers(),
+                                        rate=max_records_per_s / 2 / 100, seconds=seconds)
+        if host.result:
+            result["host_slow_pct"] = host.result["slow_pct"]
+        return result
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -143,9 +149,11 @@ def growth(rows: int, seconds: int) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> str:
     title = (f"importapi benchmark, {results['when']}: wrk 2 threads / 32 connections, 100 records "
              f"per request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds"
-             "\nimportapi = SQLite, 1 process; postgresql xN = importapi on PostgreSQL, N processes")
+             "\nimportapi = SQLite, 1 process; postgresql xN = importapi on PostgreSQL, N processes"
+             "\nhost slow = % of the time a fixed CPU task ran 3x slower or worse during the half-rate run"
+             " (the host slowing the machine's cores; bench/steadiness.py)")
     header = (f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
-              f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'errors':>6} {'peak MB':>8}")
+              f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'host slow':>9} {'errors':>6} {'peak MB':>8}")
     lines = [title, "", header]
     for mix in results["mixes"]:
         r = results["mixes"][mix]
@@ -158,6 +166,7 @@ def report(results: dict[str, Any]) -> str:
                    else f"{'':7} {'':7} {'':7}")
             half = (f"{hr['p50_ms']:10.1f} {hr['p95_ms']:7.1f} {hr['p99_ms']:7.1f}" if hr
                     else f"{'':10} {'':7} {'':7}")
+            half += f" {hr['host_slow_pct']:9.1f}" if "host_slow_pct" in hr else f" {'':9}"
             peak = f"{s['peak_rss_mb']:8.0f}" if "peak_rss_mb" in s else f"{'':8}"
             errors = f"{s.get('errors', 0):6.0f}"
             name = "sqlite limit" if system == "limit" else system
