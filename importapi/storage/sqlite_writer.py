@@ -327,9 +327,10 @@ class ClientWriter:
             conn.close()
 
     def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy back the frames committed while the background checkpoint ran. No frame comes
-        in meanwhile (this is the only writer), so the WAL ends fully copied, and the next
-        commit starts it again from its first frame instead of appending to it."""
+        """Copy back the frames committed while the background checkpoint ran. Nothing else
+        commits meanwhile (with one server process this thread is the file's only writer), so
+        the WAL ends fully copied and the next commit starts it again from its first frame
+        instead of appending to it."""
         self.checkpointer.caught_up.clear()
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
