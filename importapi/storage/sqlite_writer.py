@@ -42,6 +42,10 @@ MAX_GROUP = 64
 # Past this rowid SQLite may pick new rowids at random instead of one above the largest.
 _ROWIDS_IN_ORDER = 2**62
 BUSY_TIMEOUT_MS = 10_000
+# Once the WAL holds this many frames (32 MiB of 4 KiB pages), the writer finishes the next
+# background checkpoint so that the WAL starts over (see _Checkpointer); below it, the WAL
+# is left to grow and the writer spends nothing on checkpoints.
+RESTART_WAL_FRAMES = 8192
 
 
 def quote(name: str) -> str:
@@ -220,8 +224,9 @@ class _Checkpointer:
     pages; this thread runs a PASSIVE checkpoint (which never blocks the writer) at most
     every ``interval`` seconds while commits keep coming. The WAL starts again from its first
     frame only once every frame in it has been copied back: a writer that never pauses commits
-    more frames while each checkpoint runs, so ``caught_up`` asks the writer to copy that
-    short tail itself (``ClientWriter._finish_checkpoint``); without it the WAL only grows.
+    more frames while each checkpoint runs, so once the WAL holds ``RESTART_WAL_FRAMES``,
+    ``caught_up`` asks the writer to copy that short tail itself
+    (``ClientWriter._finish_checkpoint``); without it the WAL only grows.
     """
 
     def __init__(self, path: Path, synchronous: str, interval: float = 0.5) -> None:
@@ -247,8 +252,9 @@ class _Checkpointer:
             self.dirty.clear()
             try:
                 conn = conn or connect(self.path, self.synchronous)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                self.caught_up.set()
+                _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames >= RESTART_WAL_FRAMES:
+                    self.caught_up.set()
             except sqlite3.Error:
                 log.warning("checkpoint of %s failed; the next one will retry", self.path.name,
                             exc_info=True)
