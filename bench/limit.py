@@ -2,7 +2,7 @@
 
 The table is created by importapi's own storage (so the schema and indexes are exactly the
 server's), then the server's own upsert statement runs with one transaction per 100
-records, on a connection set up as the server's (WAL, synchronous=FULL).
+records, on a connection set up as the server's writer (WAL, synchronous=FULL, its page cache).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from bench.records import COLUMNS, ids_for, record
 from importapi.records import validate
 from importapi.storage.sqlite import SQLiteStorage
-from importapi.storage.sqlite_writer import TableSQL, load_schemas
+from importapi.storage.sqlite_writer import WRITER_CACHE_KIB, TableSQL, load_schemas
 from importapi.storage.sqlite_writer import connect as server_connect
 
 REQUESTS = 1500
@@ -40,6 +40,7 @@ def _warehouse() -> tuple[Path, Path]:
 
 def connect(path: Path) -> tuple[sqlite3.Connection, str]:
     conn = server_connect(path, "FULL")  # set up as the server's: WAL, synchronous=FULL
+    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")  # and the writer's page cache
     schema = load_schemas(conn)["bench"]
     assert tuple(schema.columns) == COLUMNS, schema.columns
     return conn, TableSQL(schema, 100).upsert

@@ -46,6 +46,10 @@ BUSY_TIMEOUT_MS = 10_000
 # background checkpoint so that the WAL starts over (see _Checkpointer); below it, the WAL
 # is left to grow and the writer spends nothing on checkpoints.
 RESTART_WAL_FRAMES = 8192
+# The writer's page cache (SQLite's default is 2 MiB): the key index of a table taking keys
+# in random order outgrows 2 MiB at about 150,000 rows, and then every upsert reads its pages
+# back. 16 MiB per client file being written to; +6% records/s with random keys (A/B).
+WRITER_CACHE_KIB = 16384
 
 
 def quote(name: str) -> str:
@@ -318,6 +322,7 @@ class ClientWriter:
                 if conn is None:
                     conn = connect(self.path, self.synchronous)
                     conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
+                    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
                     conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
                     self.json_rows = json_rows_work(conn)
                 if self.checkpointer.caught_up.is_set():
