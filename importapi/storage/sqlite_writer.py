@@ -237,7 +237,7 @@ class _Checkpointer:
         self.path, self.synchronous, self.interval = path, synchronous, interval
         self.dirty = threading.Event()
         self.stopping = threading.Event()
-        self.caught_up = threading.Event()  # a checkpoint has run: the writer finishes it
+        self.caught_up = threading.Event()  # the WAL has grown long: the writer finishes a checkpoint
         self.thread = threading.Thread(target=self._run, name=f"checkpoint-{path.stem}", daemon=True)
         self.thread.start()
 
