@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.records import COLUMNS, ids_for, record
-from importapi.records import validate
+from importapi.rjmetrics.validate import validate
 from importapi.storage.sqlite import SQLiteStorage
 from importapi.storage.sqlite_writer import WRITER_CACHE_KIB, TableSQL, load_schemas
 from importapi.storage.sqlite_writer import connect as server_connect
@@ -33,7 +33,7 @@ def _warehouse() -> tuple[Path, Path]:
     folder = Path(tempfile.mkdtemp(prefix="bench-limit-"))
     storage = SQLiteStorage(folder)
     storage.create_client("bench")
-    storage.submit(1, validate([{"keys": ["id"], **record(-1)}], "bench")).result()
+    storage.warehouse.submit(1, validate([{"keys": ["id"], **record(-1)}], "bench")).result()
     storage.close()
     return folder, folder / "client_1.sqlite3"
 

@@ -226,8 +226,8 @@ class Pusher:
         size = self.h.group_size
         counts = self.h.counts
         rows: list[tuple[Any, ...]] = []
-        if self.table in {t.schema.name for t in storage.tables(self.client_id)}:
-            _, rows = storage.query(self.client_id, f'SELECT id, grp, seq, v FROM "{self.table}"')
+        if self.table in {t.schema.name for t in storage.warehouse.tables(self.client_id)}:
+            _, rows = storage.warehouse.query(self.client_id, f'SELECT id, grp, seq, v FROM "{self.table}"')
         by_group: dict[int, list[tuple[Any, ...]]] = {}
         for row in rows:
             by_group.setdefault(row[1], []).append(row)
@@ -278,7 +278,7 @@ class Harness:
         with open_storage(database) as storage:
             for c in range(clients):
                 client = storage.create_client(f"soak-{c}")
-                _, key = storage.create_key(client.client_id)
+                _, key = storage.catalog.create_key(client.client_id)
                 for _ in range(pushers_per_client):
                     n = len(self.pushers)
                     self.pushers.append(Pusher(self, n, client.client_id, key, random.Random(seed * 1000 + n)))

@@ -2,7 +2,7 @@
 
 ``ActivityRecorder`` is an observer of the API (``ImportApi.observers``). On the request
 path it only appends a tuple to a bounded in-memory queue; a background thread writes the
-queue to the warehouse (``Storage.record_activity``) a moment later, in one transaction,
+queue to the catalog (``Catalog.record_activity``) a moment later, in one transaction,
 and the warehouse keeps only the newest ``keep`` pushes and ``keep`` refusals. Because the
 window lives in the warehouse, every server process records into it and the console of any
 process shows all of them.
@@ -19,13 +19,11 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from importapi.storage import Storage
+from importapi.observe import RequestRecord
 from importapi.storage.base import Activity
-
-if TYPE_CHECKING:
-    from importapi.app import Request
+from importapi.storage.catalog import Catalog
 
 log = logging.getLogger("importapi.activity")
 
@@ -51,8 +49,8 @@ def _from_path(path: str) -> tuple[int | None, str | None]:
 class ActivityRecorder:
     """Observer that queues finished requests and writes them in the background."""
 
-    def __init__(self, storage: Storage, keep: int = KEEP, flush_seconds: float = FLUSH_SECONDS) -> None:
-        self.storage = storage
+    def __init__(self, catalog: Catalog, keep: int = KEEP, flush_seconds: float = FLUSH_SECONDS) -> None:
+        self.catalog = catalog
         self.keep = keep
         self.flush_seconds = flush_seconds
         # Bounded: under a flood only the newest requests matter to the window anyway.
@@ -63,7 +61,7 @@ class ActivityRecorder:
         self._thread = threading.Thread(target=self._run, name="activity-writer", daemon=True)
         self._thread.start()
 
-    def __call__(self, req: Request) -> None:
+    def __call__(self, req: RequestRecord) -> None:
         """The hot path: one check and one append, nothing else."""
         route = req.route
         if route != "data" and (req.status < 400 or route == "status" or (
@@ -71,7 +69,7 @@ class ActivityRecorder:
             return
         self._pending.append((time.time(), req.rid, route, req.client_id, req.key_id, req.table,
                               req.points, req.inserted, req.replaced, req.sandbox, req.status,
-                              req.reasons, req.path))
+                              req.details, req.path))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -92,17 +90,17 @@ class ActivityRecorder:
             if not events:
                 return
             try:
-                self.storage.record_activity(events, self.keep)
+                self.catalog.record_activity(events, self.keep)
             except Exception:
                 log.warning("could not record %d activity events", len(events), exc_info=True)
 
     @staticmethod
     def _event(item: tuple[Any, ...]) -> Activity:
-        at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, reasons, path = item
+        at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, details, path = item
         if status >= 400 and cid is None:
             cid, table = _from_path(path)
         return Activity(_stamp(at), rid, route, cid, key_id, table, points, inserted, replaced,
-                        sandbox, status, tuple(reasons))
+                        sandbox, status, tuple(details))
 
     def close(self) -> None:
         """Stop the writer and write what is still queued."""

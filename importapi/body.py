@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from importapi.errors import BadRequest, PayloadTooLarge, UnsupportedEncoding
+from importapi.errors import BadRequest, Code, Detail, PayloadTooLarge, UnsupportedEncoding
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 _decode = msgspec.json.Decoder().decode
@@ -31,9 +31,7 @@ def encoding_of(header: bytes | None) -> str:
         return ""
     if value in ("gzip", "x-gzip"):
         return "gzip"
-    raise UnsupportedEncoding(
-        f"Content-Encoding {value!r} is not supported: send the body plain or gzip-compressed"
-    )
+    raise UnsupportedEncoding(f"Content-Encoding {value!r} is not supported: send the body plain or gzip-compressed")
 
 
 async def read_body(receive: Receive, encoding: str, content_length: bytes | None, limit: int) -> bytes:
@@ -41,7 +39,8 @@ async def read_body(receive: Receive, encoding: str, content_length: bytes | Non
         try:
             declared = int(content_length)
         except ValueError:
-            raise BadRequest("the Content-Length header is not a number") from None
+            raise BadRequest("the Content-Length header is not a number",
+                             code=Code.CONTENT_LENGTH_INVALID) from None
         if declared > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
@@ -50,7 +49,7 @@ async def read_body(receive: Receive, encoding: str, content_length: bytes | Non
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise BadRequest("the client disconnected before sending the whole body")
+            raise BadRequest("the client disconnected before sending the whole body", code=Code.BODY_INCOMPLETE)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -75,12 +74,12 @@ def gunzip(data: bytes, limit: int) -> bytes:
         try:
             part = inflater.decompress(rest, limit + 1 - size)  # never 0, which means "no limit"
         except zlib.error as exc:
-            raise BadRequest(f"the body is not valid gzip ({exc})") from None
+            raise BadRequest(f"the body is not valid gzip ({exc})", code=Code.BODY_NOT_GZIP) from None
         size += len(part)
         if size > limit or inflater.unconsumed_tail:
             raise _too_large(limit)
         if not inflater.eof:
-            raise BadRequest("the gzip body is truncated")
+            raise BadRequest("the gzip body is truncated", code=Code.BODY_NOT_GZIP)
         parts.append(part)
         rest = inflater.unused_data
     return b"".join(parts)
@@ -88,15 +87,16 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 def decode_json(body: bytes) -> Any:
     if not body.strip():
-        raise BadRequest("the body is empty: send a JSON object or an array of objects")
+        raise BadRequest("the body is empty: send a JSON object or an array of objects", code=Code.BODY_EMPTY)
     try:
         value = _decode(body)
     except RecursionError:
-        raise BadRequest("the body is nested too deeply to be read") from None
+        raise BadRequest("the body is nested too deeply to be read", code=Code.BODY_TOO_DEEP) from None
     except msgspec.DecodeError as exc:
-        raise _not_utf8(body) or BadRequest(f"the body is not valid JSON: {exc}") from None
+        raise _not_utf8(body) or BadRequest(f"the body is not valid JSON: {exc}", code=Code.BODY_NOT_JSON) from None
     except UnicodeDecodeError as exc:  # msgspec before 0.23 (later ones raise DecodeError)
-        raise _not_utf8(body) or BadRequest(f"the body is not valid UTF-8 ({exc})") from None
+        raise _not_utf8(body) or BadRequest(f"the body is not valid UTF-8 ({exc})",
+                                            code=Code.BODY_NOT_UTF8) from None
     _refuse_repeated_names(body, value)
     if b"\\u0000" in body:  # JSON can carry a NUL only escaped; look closer only then
         _refuse_nul(value)
@@ -108,7 +108,8 @@ def _not_utf8(body: bytes) -> BadRequest | None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return BadRequest(f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8")
+        return BadRequest(f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8",
+                          code=Code.BODY_NOT_UTF8)
     return None
 
 
@@ -132,8 +133,8 @@ def _refuse_nul(value: Any) -> None:
     except RecursionError:
         return  # validation refuses the nesting
     if bad:
-        raise BadRequest(*(f"data point {i}: a string holds the character U+0000 (NUL), which the"
-                           " warehouse cannot store" for i in bad))
+        raise BadRequest(details=[Detail(Code.TEXT_HAS_NUL, "a string holds the character U+0000 (NUL), which"
+                                         " the warehouse cannot store", i) for i in bad])
 
 
 # A name, then white space, then the colon: the one way to write a pair without '":'.
@@ -189,7 +190,7 @@ def _no_repeated_name(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: set[str] = set()
     for name, _ in pairs:
         if name in seen:
-            raise BadRequest(f"the name {name!r} is given more than once in one object; "
-                             "give each field once")
+            raise BadRequest(f"the name {name!r} is given more than once in one object; give each field once",
+                             code=Code.NAME_REPEATED, field=name)
         seen.add(name)
     return {}

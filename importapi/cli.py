@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import click
 
 from importapi import __version__
-from importapi.errors import BadRequest, ImportApiError
-from importapi.settings import Settings
+from importapi.errors import ClientExists, ImportApiError
+from importapi.settings import ClientSettings, Settings
 from importapi.storage import Storage, open_storage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,8 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def database_option(fn: F) -> F:
     return click.option(
-        "--database", envvar="IMPORTAPI_DATABASE", default=None, metavar="URL",
-        help="sqlite:///FOLDER (default sqlite:///importapi-data) or postgresql://...",
+        "--database", default=None, metavar="URL",
+        help="sqlite:///FOLDER (default: IMPORTAPI_DATABASE, else sqlite:///importapi-data) or postgresql://...",
     )(fn)
 
 
@@ -51,8 +51,7 @@ def errors_as_messages(fn: F) -> F:
 
 @contextmanager
 def storage_for(database: str | None) -> Iterator[Storage]:
-    settings = Settings.from_env(database=database)
-    with open_storage(settings.database, **settings.storage_options()) as storage:
+    with open_storage(Settings.from_env(database=database)) as storage:
         yield storage
 
 
@@ -67,25 +66,26 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="IMPORTAPI_HOST")
-@click.option("--port", default=8080, show_default=True, type=int, envvar="IMPORTAPI_PORT")
+@click.option("--host", default=None, help="Where to listen (default: IMPORTAPI_HOST, else 127.0.0.1).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535),
+              help="The port (default: IMPORTAPI_PORT, else 8080).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Server processes.")
 @database_option
 @errors_as_messages
-def serve(host: str, port: int, workers: int, database: str | None) -> None:
+def serve(host: str | None, port: int | None, workers: int, database: str | None) -> None:
     """Start the API server (creates client 1 and prints its key on a first start)."""
     from importapi.console.owner import set_first_password
     from importapi.server import run
 
-    settings = Settings.from_env(database=database)
-    with open_storage(settings.database, **settings.storage_options()) as storage:
+    settings = Settings.from_env(database=database, host=host, port=port)
+    with open_storage(settings) as storage:
         try:  # client 1, once: of servers starting together on a new warehouse, one makes it
-            client = storage.create_client("default", client_id=1) if not storage.list_clients() else None
-        except BadRequest:
+            client = storage.create_client("default", client_id=1) if not storage.catalog.list_clients() else None
+        except ClientExists:
             client = None
         if client is not None:
-            _, api_key = storage.create_key(client.client_id)
+            _, api_key = storage.catalog.create_key(client.client_id)
             click.echo(
                 f"First start: created client {client.client_id} with the API key\n\n"
                 f"    {api_key}\n\n"
@@ -93,13 +93,13 @@ def serve(host: str, port: int, workers: int, database: str | None) -> None:
                 f"{client.client_id}\n"
             )
         password = set_first_password(storage)
-    base = f"http://{host}:{port}"
+    base = f"http://{settings.host}:{settings.port}"
     if password:
         click.echo(f"The web console at {base}/console has the owner password\n\n    {password}\n\n"
                    "It is shown only this once. Change it: importapi admin set-password\n")
     click.echo(f"importapi {__version__} on {base}/v2 (sandbox: {base}/sandbox/v2), "
                f"console {base}/console, warehouse {settings.database}")
-    run(settings, host=host, port=port, workers=workers)
+    run(settings, workers=workers)
 
 
 @main.group()
@@ -152,7 +152,7 @@ def clients_create(name: str, as_json: bool, database: str | None) -> None:
 def clients_list(as_json: bool, database: str | None) -> None:
     """List clients."""
     with storage_for(database) as storage:
-        rows = storage.list_clients()
+        rows = storage.catalog.list_clients()
     if as_json:
         emit([{"client_id": c.client_id, "name": c.name, "created_at": c.created_at} for c in rows])
     else:
@@ -173,7 +173,7 @@ def keys() -> None:
 def keys_create(client_id: int, as_json: bool, database: str | None) -> None:
     """Create a key for a client; the key is shown only this once."""
     with storage_for(database) as storage:
-        info, api_key = storage.create_key(client_id)
+        info, api_key = storage.catalog.create_key(client_id)
     if as_json:
         emit({"client_id": client_id, "key_id": info.key_id, "api_key": api_key})
     else:
@@ -189,7 +189,7 @@ def keys_create(client_id: int, as_json: bool, database: str | None) -> None:
 def keys_list(client_id: int, as_json: bool, database: str | None) -> None:
     """List a client's keys (never the keys themselves)."""
     with storage_for(database) as storage:
-        rows = storage.list_keys(client_id)
+        rows = storage.catalog.list_keys(client_id)
     if as_json:
         emit([k.as_dict() for k in rows])
         return
@@ -206,7 +206,7 @@ def keys_list(client_id: int, as_json: bool, database: str | None) -> None:
 def keys_revoke(key_id: str, as_json: bool, database: str | None) -> None:
     """Revoke a key: requests with it are refused from now on."""
     with storage_for(database) as storage:
-        info = storage.revoke_key(key_id)
+        info = storage.catalog.revoke_key(key_id)
     if as_json:
         emit(info.as_dict())
     else:
@@ -221,7 +221,7 @@ def keys_revoke(key_id: str, as_json: bool, database: str | None) -> None:
 def tables(client_id: int, as_json: bool, database: str | None) -> None:
     """A client's tables: key fields, columns with their types, row counts."""
     with storage_for(database) as storage:
-        infos = storage.tables(client_id)
+        infos = storage.warehouse.tables(client_id)
     if as_json:
         emit([t.as_dict() for t in infos])
         return
@@ -245,7 +245,7 @@ def tables(client_id: int, as_json: bool, database: str | None) -> None:
 def query(client_id: int, sql: str, fmt: str, database: str | None) -> None:
     """Run read-only SQL on a client's warehouse."""
     with storage_for(database) as storage:
-        columns, rows = storage.query(client_id, sql)
+        columns, rows = storage.warehouse.query(client_id, sql)
     if fmt == "json":
         emit([dict(zip(columns, row)) for row in rows])
     elif fmt == "csv":
@@ -276,11 +276,11 @@ def copy_(source: str, target: str) -> None:
 @click.argument("table")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--keys", metavar="FIELD[,FIELD]", help="Key fields, set on every record (needed for CSV).")
-@click.option("--url", envvar="IMPORTAPI_URL", default="http://127.0.0.1:8080", show_default=True,
-              help="The server.")
-@click.option("--client-id", envvar="IMPORTAPI_CLIENT_ID", type=click.IntRange(1), default=1,
-              show_default=True)
-@click.option("--api-key", envvar="IMPORTAPI_API_KEY", required=True, help="Or IMPORTAPI_API_KEY.")
+@click.option("--url", default=lambda: ClientSettings.from_env().url,
+              help="The server (default: IMPORTAPI_URL, else http://127.0.0.1:8080).")
+@click.option("--client-id", type=click.IntRange(1), default=lambda: ClientSettings.from_env().client_id,
+              help="Default: IMPORTAPI_CLIENT_ID, else 1.")
+@click.option("--api-key", default=lambda: ClientSettings.from_env().api_key, help="Or IMPORTAPI_API_KEY.")
 @click.option("--sandbox", is_flag=True, help="Check everything, store nothing.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Requests in flight.")
@@ -297,6 +297,8 @@ def push(table: str, files: tuple[str, ...], keys: str | None, url: str, client_
          sandbox: bool, concurrency: int, fmt: str | None, infer_types: bool, skip: int, gzip: bool,
          progress_interval: float, as_json: bool) -> None:
     """Push records from CSV, JSON or JSON Lines files (or - for stdin) into TABLE."""
+    if not api_key:
+        raise click.MissingParameter(param_hint="'--api-key' (or IMPORTAPI_API_KEY)", param_type="option")
     from importapi.loader import Load, parse_keys, run
 
     load = Load(table, list(files), api_key, parse_keys(keys), url, client_id, sandbox, concurrency, fmt,

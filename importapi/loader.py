@@ -387,9 +387,9 @@ def _failure_text(exc: PushError, source: Source) -> str:
     else:
         lines = [(f"Error: the request holding {numbers} ({held}) did not go through after "
                   f"every retry: {status}")]
-    for index, reasons in sorted(getattr(exc, "points", {}).items()):
-        lines += [f"  {source.where(index)}: {reason}" for reason in reasons]
-    lines += [f"  {reason}" for reason in exc.reasons if not reason.startswith("data point ")]
+    for index, messages in sorted(getattr(exc, "points", {}).items()):
+        lines += [f"  {source.where(index)}: {message}" for message in messages]
+    lines += [f"  {d.message}" for d in exc.details if d.point is None]
     return "\n".join(lines) + "\n"
 
 

@@ -2,12 +2,12 @@
 
     importapi_requests_total{route, status}          answers sent
     importapi_data_points_total{outcome}             data points stored: inserted or replaced
-    importapi_rejections_total{reason}               refused requests, by a short reason class
+    importapi_rejections_total{reason}               refused requests, by the code of their first problem
     importapi_request_duration_seconds{route}        latency histogram
     importapi_storage_errors_total                   requests that failed in the storage
 
 The figures are fed by the application's ``observers`` hook, once per finished request.
-Labels are bounded (routes, status codes, reason classes): never a client, table or key.
+Labels are bounded (routes, status codes, refusal codes): never a client, table or key.
 
 Under ``serve --workers N`` each worker counts for itself; ``importapi.server`` then gives
 the workers a shared folder (``PROMETHEUS_MULTIPROC_DIR``) and every worker's ``/metrics``
@@ -17,47 +17,23 @@ answers the sum over all of them. The folder must be set before this module is i
 from __future__ import annotations
 
 import os
-import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-if TYPE_CHECKING:
-    from importapi.app import Request
+from importapi.errors import Code
+from importapi.observe import RequestRecord
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-_BY_STATUS = {
-    401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
-    413: "too_large", 415: "unsupported_encoding", 429: "rate_limited", 500: "server_error",
-}
-# A 400's class, from its first reason (the texts live in records, body and schema).
-_BAD_REQUEST_CLASSES = (
-    ("unreadable_body", re.compile(r"not valid (JSON|UTF-8|gzip)|body is empty|nested too deeply to be "
-                                   r"read|gzip body|Content-Length|disconnected|more than once in one")),
-    ("invalid_table_name", re.compile(r"^table name")),
-    ("point_count", re.compile(r"^the body (has \d+ data points|is an empty array)")),
-    ("key_fields", re.compile(r"key field|\"keys\"|^keys ")),
-    ("schema", re.compile(r"column|widening")),
-    ("invalid_data_point", re.compile(r"^data point \d+")),
-)
 _STORAGE_ERRORS = ("StorageUnavailable", "ServerError")
 
 
-def rejection_reason(req: Request) -> str:
-    """A short, bounded name for why a request was refused."""
-    if req.status == 400:
-        first = req.reasons[0] if req.reasons else ""
-        for name, pattern in _BAD_REQUEST_CLASSES:
-            if pattern.search(first):
-                return name
-        return "bad_request"
-    if req.status == 503:
-        return "overloaded" if req.error == "Overloaded" else "storage_unavailable"
-    return _BY_STATUS.get(req.status, f"status_{req.status}")
+def rejection_reason(req: RequestRecord) -> str:
+    """A short, bounded name for why a request was refused: the code of its first problem."""
+    return req.code or (Code.SERVER_ERROR if req.status >= 500 else f"status_{req.status}")
 
 
 class Metrics:
@@ -84,7 +60,7 @@ class Metrics:
         # each (route, status)'s counter and latency histogram, looked up once
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
-    def observe(self, req: Request) -> None:
+    def observe(self, req: RequestRecord) -> None:
         children = self._children.get((req.route, req.status))
         if children is None:
             children = self._children[(req.route, req.status)] = (

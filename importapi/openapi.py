@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from importapi import __version__
-from importapi.records import Limits
+from importapi.errors import Code
+from importapi.settings import Limits
 
 JSON = "application/json"
 SECURITY: list[dict[str, list[str]]] = [{"apikeyQuery": []}, {"bearer": []}]
@@ -52,7 +53,19 @@ def _schemas(limits: Limits) -> dict[str, Any]:
             "properties": {
                 "code": {"type": "integer", "minimum": 400, "maximum": 599},
                 "reasons": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "details": {"type": "array", "minItems": 1, "items": _ref("Detail"),
+                            "description": "The reasons as data, one to one and in the same order."},
                 "request_id": {"type": "string"},
+            },
+        },
+        "Detail": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "enum": [c.value for c in Code],
+                         "description": "A stable identifier of the problem (docs/errors.md)."},
+                "point": {"type": "integer", "minimum": 0, "description": "The data point's index."},
+                "field": {"type": "string", "description": "The field the problem is about."},
+                "message": {"type": "string"},
             },
         },
         "Status": {

@@ -13,29 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-DEFAULT_HEADER_TIMEOUT = 15.0
-
-
-def header_timeout() -> float:
-    raw = os.environ.get("IMPORTAPI_HEADER_TIMEOUT") or ""
-    try:
-        value = float(raw) if raw else DEFAULT_HEADER_TIMEOUT
-    except ValueError:
-        return DEFAULT_HEADER_TIMEOUT
-    return value if 0 < value < float("inf") else DEFAULT_HEADER_TIMEOUT
+from importapi.errors import Code, RequestTimeout
+from importapi.settings import Settings
 
 
 def _late_answer(timeout: float) -> bytes:
-    body = json.dumps({"code": 408, "message": "Request Timeout", "reasons": [
-        f"the request line and headers did not arrive within {timeout:g} seconds"]}).encode()
+    late = RequestTimeout(f"the request line and headers did not arrive within {timeout:g} seconds",
+                          code=Code.HEAD_TIMEOUT)
+    body = json.dumps(late.envelope()).encode()
     head = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
     return head + body
+
+
+# Read once per process from the settings that ``importapi.server`` handed to it.
+_HEADER_TIMEOUT = Settings.from_env().header_timeout
 
 
 class CoalescingTransport:
@@ -75,7 +71,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.head_timeout = header_timeout()
+        self.head_timeout = _HEADER_TIMEOUT
         self.head_timer: asyncio.TimerHandle | None = None
 
     def _arm(self) -> None:

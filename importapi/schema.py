@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from importapi.errors import BadRequest
+from importapi.errors import BadRequest, Code, Detail
 from importapi.kinds import Kind, join, to_storage
-from importapi.records import Batch, Limits
+from importapi.push import Batch
+from importapi.settings import Limits
 
 
 @dataclass
@@ -87,12 +88,12 @@ def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits,
         _check_width(plan, limits)
         return plan
 
-    reasons: list[str] = []
+    problems: list[Detail] = []
     if frozenset(batch.key_fields) != frozenset(schema.key_fields):
-        reasons.append(
-            f"data point 0: keys {list(batch.key_fields)} differ from the key fields of table "
-            f"{schema.name!r}, {list(schema.key_fields)}; a table's key fields are fixed by its first push"
-        )
+        problems.append(Detail(
+            Code.KEY_FIELDS_FIXED,
+            f"keys {list(batch.key_fields)} differ from the key fields of table "
+            f"{schema.name!r}, {list(schema.key_fields)}; a table's key fields are fixed by its first push", 0))
     kinds = {name: col.kind for name, col in schema.columns.items()}
     plan = Plan(schema.name, False, schema.key_fields, kinds)
     lower = schema.lower_names()
@@ -101,10 +102,9 @@ def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits,
         if current is None:
             other = lower.get(name.lower())
             if other is not None:
-                reasons.append(
-                    f"data point {_first_index(batch, name)}: field {name!r} differs only in case "
-                    f"from column {other!r} of table {schema.name!r}; use the column's spelling"
-                )
+                problems.append(Detail(
+                    Code.FIELD_NAME_CASE, f"field {name!r} differs only in case from column {other!r} of "
+                    f"table {schema.name!r}; use the column's spelling", _first_index(batch, name), name))
                 continue
             kinds[name] = kind = _exact(kind, name, batch)
             plan.add.append(Column(name, kind))
@@ -115,8 +115,8 @@ def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits,
         if wider is not current:
             kinds[name] = wider
             plan.widen.append((name, current, wider))
-    if reasons:
-        raise BadRequest(*reasons)
+    if problems:
+        raise BadRequest(details=problems)
     _check_width(plan, limits)
     return plan
 
@@ -125,8 +125,7 @@ def _check_width(plan: Plan, limits: Limits) -> None:
     if len(plan.kinds) > limits.max_columns:
         raise BadRequest(
             f"table {plan.table!r} would have {len(plan.kinds)} columns; at most "
-            f"{limits.max_columns} are allowed (key columns included)"
-        )
+            f"{limits.max_columns} are allowed (key columns included)", code=Code.TOO_MANY_COLUMNS)
 
 
 @dataclass

@@ -1,13 +1,16 @@
-"""Running the application under a production HTTP server.
+"""Running the application under a production HTTP server, and what that does to the process.
 
-Settings travel to worker processes through the environment, which the application
-factory reads. The server's own access log is off: it would print query strings, and a
-query string can hold an API key. The application writes its own access log instead.
+Settings travel to worker processes through the environment (``Settings.to_env``: every
+one of them), which ``serve_app``, the factory each worker calls, reads back. Process-wide
+state is set here and nowhere else: logging, the interpreter's switch interval, the frozen
+heap. The server's own access log is off: it would print query strings, and a query string
+can hold an API key. The application writes its own access log instead.
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import shutil
@@ -17,9 +20,15 @@ import threading
 import time
 from typing import TextIO
 
+from importapi.app import ImportApi, create_app
 from importapi.settings import Settings
 
-SERVERS = ("uvicorn", "granian")
+KEEP_ALIVE_SECONDS = 20
+# The event loop holds Python's lock while it reads requests; a writer thread back from
+# SQLite waits for it up to this long (5 ms by default) before it can answer or go on.
+# Shorter turns keep the writer busy: with one statement per push, ascending keys went
+# from ~575 to ~730 requests/s in one A/B (docs/decisions.md, "The hot path").
+SWITCH_INTERVAL = 0.00005  # seconds
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -104,19 +113,17 @@ def configure_logging() -> None:
     access.propagate = False
 
 
-def _export(settings: Settings) -> None:
-    limits = settings.limits
-    os.environ.update({
-        "IMPORTAPI_DATABASE": settings.database,
-        "IMPORTAPI_MAX_POINTS": str(limits.max_points),
-        "IMPORTAPI_MAX_BODY_BYTES": str(limits.max_body_bytes),
-        "IMPORTAPI_MAX_DEPTH": str(limits.max_depth),
-        "IMPORTAPI_MAX_COLUMNS": str(limits.max_columns),
-        "IMPORTAPI_SQLITE_SYNCHRONOUS": settings.sqlite_synchronous,
-        "IMPORTAPI_KEY_TOUCH_SECONDS": str(settings.key_touch_seconds),
-        "IMPORTAPI_POOL_SIZE": str(settings.pool_size),
-        "IMPORTAPI_ACCESS_LOG": "1" if settings.access_log else "0",
-    })
+def serve_app() -> ImportApi:
+    """The application as a server process runs it (the factory every worker calls)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    configure_logging()  # in each worker process too
+    app = create_app(Settings.from_env())
+    app.on_shutdown.append(flush_access_log)
+    # Everything made so far lives as long as the process: the garbage collector's full
+    # passes need not walk it again (shorter pauses in the latency's tail).
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def _share_metrics(workers: int) -> None:
@@ -132,29 +139,28 @@ def _share_metrics(workers: int) -> None:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
-def run(settings: Settings, *, host: str, port: int, workers: int = 1, server: str | None = None) -> None:
-    server = server or os.environ.get("IMPORTAPI_SERVER") or "uvicorn"
-    if server not in SERVERS:
-        raise ValueError(f"IMPORTAPI_SERVER must be one of {', '.join(SERVERS)}, not {server!r}")
-    _export(settings)
+def run(settings: Settings, *, workers: int = 1) -> None:
+    os.environ.update(settings.to_env())
     _share_metrics(workers)
     configure_logging()
-    if server == "granian":
+    if settings.server == "granian":
         from granian import Granian
         from granian.constants import Interfaces
 
         Granian(
-            "importapi.app:create_app", factory=True, address=host, port=port,
+            "importapi.server:serve_app", factory=True, address=settings.host, port=settings.port,
             interface=Interfaces.ASGI, workers=workers, log_access=False,
         ).serve()
         return
     import uvicorn
 
     uvicorn.run(
-        "importapi.app:create_app", factory=True, host=host, port=port, workers=workers,
+        "importapi.server:serve_app", factory=True, host=settings.host, port=settings.port, workers=workers,
         access_log=False, proxy_headers=False, server_header=False, log_config=None,
         timeout_graceful_shutdown=10,
         # Slow clients: a request's head has a deadline (importapi.protocol), its body one
-        # too (IMPORTAPI_BODY_TIMEOUT, in the app), and an idle connection is closed after 5 s.
-        http="importapi.protocol:HeaderDeadlineProtocol", timeout_keep_alive=5,
+        # too (IMPORTAPI_BODY_TIMEOUT, in the app). An idle connection is closed after 20 s:
+        # longer than the 15 s that target-stitch's HTTP client keeps one for reuse, so a
+        # client never sends a request on a connection the server is just closing.
+        http="importapi.protocol:HeaderDeadlineProtocol", timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )

@@ -1,18 +1,35 @@
-"""Configuration: one dataclass, read from the environment, overridable by the command line."""
+"""Configuration: every ``IMPORTAPI_*`` variable is read and checked here, and nowhere else.
+
+``Settings`` is what a server process runs with: read from the environment, overridden by
+the command line, and handed whole to worker processes (``to_env``). ``ClientSettings`` is
+what the client and ``importapi push`` take from the environment. This module imports
+nothing of the package, so anything may depend on it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from importapi.records import Limits
-from importapi.storage.base import DEFAULT_DATABASE
+DEFAULT_DATABASE = "sqlite:///importapi-data"
+DEFAULT_URL = "http://127.0.0.1:8080"
+SERVERS = ("uvicorn", "granian")
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+@dataclass(frozen=True)
+class Limits:
+    max_points: int = 100
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_depth: int = 32
+    max_columns: int = 1000
+    max_key_fields: int = 8
+
+
+def _positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
@@ -22,11 +39,25 @@ def _int(name: str, default: int) -> int:
     return value
 
 
-def _number(name: str, default: float) -> float:
+def _count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be zero or more, not {raw!r}")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    value = _count(name, raw)
+    if value > 65535:
+        raise ValueError(f"{name} must be a port number (0 to 65535), not {raw!r}")
+    return value
+
+
+def _number(name: str, raw: str) -> float:
     """A number of zero or more (zero turns the feature off where the setting says so)."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
     try:
         value = float(raw)
     except ValueError:
@@ -36,11 +67,75 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+def _seconds(name: str, raw: str) -> float:
+    value = _number(name, raw)
+    if value == 0:
+        raise ValueError(f"{name} must be more than zero seconds, not {raw!r}")
+    return value
+
+
+def _flag(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0 (true or false), not {raw!r}")
+
+
+def _choice(choices: tuple[str, ...], upper: bool = False) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _write(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+# field of Settings (dotted for Limits) -> its variable and how to read it
+_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "database": ("IMPORTAPI_DATABASE", _text),
+    "host": ("IMPORTAPI_HOST", _text),
+    "port": ("IMPORTAPI_PORT", _port),
+    "server": ("IMPORTAPI_SERVER", _choice(SERVERS)),
+    "limits.max_points": ("IMPORTAPI_MAX_POINTS", _positive_int),
+    "limits.max_body_bytes": ("IMPORTAPI_MAX_BODY_BYTES", _positive_int),
+    "limits.max_depth": ("IMPORTAPI_MAX_DEPTH", _positive_int),
+    "limits.max_columns": ("IMPORTAPI_MAX_COLUMNS", _positive_int),
+    "sqlite_synchronous": ("IMPORTAPI_SQLITE_SYNCHRONOUS", _choice(SYNCHRONOUS, upper=True)),
+    "pool_size": ("IMPORTAPI_POOL_SIZE", _positive_int),
+    "key_touch_seconds": ("IMPORTAPI_KEY_TOUCH_SECONDS", _positive_int),
+    "access_log": ("IMPORTAPI_ACCESS_LOG", _flag),
+    "rate_limit": ("IMPORTAPI_RATE_LIMIT", _number),
+    "rate_burst": ("IMPORTAPI_RATE_BURST", _count),
+    "max_concurrent": ("IMPORTAPI_MAX_CONCURRENT", _positive_int),
+    "body_timeout": ("IMPORTAPI_BODY_TIMEOUT", _seconds),
+    "header_timeout": ("IMPORTAPI_HEADER_TIMEOUT", _seconds),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     database: str = DEFAULT_DATABASE
+    host: str = "127.0.0.1"
+    port: int = 8080
+    server: str = "uvicorn"
+    """The HTTP server that runs the application: uvicorn, or granian."""
     limits: Limits = field(default_factory=Limits)
     sqlite_synchronous: str = "FULL"
+    pool_size: int = 8
+    """PostgreSQL: connections per server process (pushes in progress at once)."""
     key_touch_seconds: int = 60
     access_log: bool = True
     rate_limit: float = 0.0
@@ -51,36 +146,60 @@ class Settings:
     """Requests in progress per server process; more are answered 503 with Retry-After."""
     body_timeout: float = 60.0
     """Seconds a client has to send a whole request body; a slower one is answered 408."""
-    pool_size: int = 8
-    """PostgreSQL: connections per server process (pushes in progress at once)."""
+    header_timeout: float = 15.0
+    """Seconds a client has to send a request line and headers; a slower one is answered 408."""
 
     @classmethod
-    def from_env(cls, **overrides: object) -> Settings:
-        limits = Limits(
-            max_points=_int("IMPORTAPI_MAX_POINTS", 100),
-            max_body_bytes=_int("IMPORTAPI_MAX_BODY_BYTES", 5 * 1024 * 1024),
-            max_depth=_int("IMPORTAPI_MAX_DEPTH", 32),
-            max_columns=_int("IMPORTAPI_MAX_COLUMNS", 1000),
-        )
-        settings = cls(
-            database=os.environ.get("IMPORTAPI_DATABASE") or DEFAULT_DATABASE,
-            limits=limits,
-            sqlite_synchronous=os.environ.get("IMPORTAPI_SQLITE_SYNCHRONOUS") or "FULL",
-            key_touch_seconds=_int("IMPORTAPI_KEY_TOUCH_SECONDS", 60),
-            access_log=os.environ.get("IMPORTAPI_ACCESS_LOG", "1") not in ("0", "false", "no"),
-            rate_limit=_number("IMPORTAPI_RATE_LIMIT", 0.0),
-            rate_burst=int(_number("IMPORTAPI_RATE_BURST", 0)),
-            max_concurrent=_int("IMPORTAPI_MAX_CONCURRENT", 256),
-            body_timeout=_number("IMPORTAPI_BODY_TIMEOUT", 60.0) or 60.0,
-            pool_size=_int("IMPORTAPI_POOL_SIZE", 8),
-        )
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(settings, **given) if given else settings  # type: ignore[arg-type]
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The settings the environment gives (a bad value is a ValueError naming its
+        variable), with ``overrides`` that are not None on top (the command line's)."""
+        env = os.environ if env is None else env
+        top: dict[str, Any] = {}
+        limits: dict[str, Any] = {}
+        for name, (variable, parse) in _VARIABLES.items():
+            raw = env.get(variable)
+            if raw is None or raw == "":
+                continue
+            value = parse(variable, raw)
+            if name.startswith("limits."):
+                limits[name.removeprefix("limits.")] = value
+            else:
+                top[name] = value
+        if limits:
+            top["limits"] = Limits(**limits)
+        top.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**top)
 
-    def storage_options(self) -> dict[str, object]:
-        options: dict[str, object] = {"limits": self.limits}
-        if self.database.startswith(("postgresql://", "postgres://")):
-            options["pool_size"] = self.pool_size
-            return options
-        options["synchronous"] = self.sqlite_synchronous
-        return options
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the variables ``from_env`` reads back: how worker processes,
+        which build their application from the environment, get all of them."""
+        out = {}
+        for name, (variable, _parse) in _VARIABLES.items():
+            owner: Any = self.limits if name.startswith("limits.") else self
+            value = getattr(owner, name.removeprefix("limits."))
+            out[variable] = _write(value)
+        return out
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.database.startswith(("postgresql://", "postgres://")) else "sqlite"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the client library and ``importapi push`` read from the environment."""
+
+    url: str = DEFAULT_URL
+    client_id: int = 1
+    api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
+        env = os.environ if env is None else env
+        client_id = env.get("IMPORTAPI_CLIENT_ID")
+        return cls(url=env.get("IMPORTAPI_URL") or DEFAULT_URL,
+                   client_id=_positive_int("IMPORTAPI_CLIENT_ID", client_id) if client_id else 1,
+                   api_key=env.get("IMPORTAPI_API_KEY") or None)

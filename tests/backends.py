@@ -97,7 +97,7 @@ def warehouse(backend: str, folder: Any) -> Iterator[str]:
 
 
 def backend_of(storage: Storage) -> str:
-    return "postgresql" if type(storage).__name__ == "PostgresStorage" else "sqlite"
+    return storage.backend
 
 
 # -- what the contract tests ask of each backend's SQL catalog --------------------------
@@ -120,7 +120,7 @@ STORED = {
 
 
 def _sql(storage: Storage, client_id: int, query: str) -> list[tuple[Any, ...]]:
-    return storage.query(client_id, query)[1]
+    return storage.warehouse.query(client_id, query)[1]
 
 
 def declared_types(storage: Storage, client_id: int, table: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from importapi.app import ImportApi
-from importapi.records import Limits
-from importapi.settings import Settings
+from importapi.app import create_app
+from importapi.settings import Limits, Settings
 from importapi.storage import Storage, open_storage
 from tests.backends import BACKENDS, insertion_order, warehouse
 
@@ -101,6 +101,19 @@ class InProcessClient:
         self.loop.close()
 
 
+@contextmanager
+def in_process(settings: Settings, storage: Storage | None = None) -> Iterator[InProcessClient]:
+    """The application as ``create_app`` makes it, in this process; a ``storage`` given
+    stays open (its owner closes it)."""
+    app = create_app(settings, storage=storage)
+    http = InProcessClient(app)
+    try:
+        yield http
+    finally:
+        http.close()
+        app.close(storage=storage is None)
+
+
 @dataclass
 class Api:
     """An in-process client of the ASGI app, with client 1 and its key ready."""
@@ -122,21 +135,21 @@ class Api:
     def rows(self, table: str = "orders", order: str = "rowid") -> list[dict[str, object]]:
         if order == "rowid":
             order = insertion_order(self.storage)
-        columns, rows = self.storage.query(self.client_id, f'SELECT * FROM "{table}" ORDER BY {order}')
+        columns, rows = self.storage.warehouse.query(self.client_id, f'SELECT * FROM "{table}" ORDER BY {order}')
         return [dict(zip(columns, r)) for r in rows]
 
 
 def make_api(data_dir: Path | str, limits: Limits | None = None) -> Iterator[Api]:
     settings = Settings(database=str(data_dir), limits=limits or Limits(), access_log=False)
-    storage = open_storage(settings.database, **settings.storage_options())
-    client = storage.create_client("test")
-    _, key = storage.create_key(client.client_id)
-    http = InProcessClient(ImportApi(storage, settings))
+    app = create_app(settings)
+    client = app.storage.create_client("test")
+    _, key = app.storage.catalog.create_key(client.client_id)
+    http = InProcessClient(app)
     try:
-        yield Api(http, storage, client.client_id, key)
+        yield Api(http, app.storage, client.client_id, key)
     finally:
         http.close()
-        storage.close()
+        app.close()
 
 
 @pytest.fixture

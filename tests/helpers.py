@@ -1,5 +1,5 @@
-"""Helpers shared by the end-to-end, command-line and legacy-client tests: running the
-real ``importapi`` command line as a subprocess, and polling with a deadline."""
+"""Helpers shared by the tests: running the real ``importapi`` command line as a
+subprocess, polling with a deadline, pushing a batch straight into a warehouse."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
+
+from importapi.push import Batch, Push, PushResult
+from importapi.storage import Storage
 
 T = TypeVar("T")
 
@@ -63,3 +67,15 @@ def integrity_ok(path: Path) -> bool:
         return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
+
+
+def apply(storage: Storage, client_id: int, batch: Batch, *, sandbox: bool = False,
+          timeout: float = 60) -> PushResult:
+    """Push one validated batch through the warehouse, as the server does; its result."""
+    (result,) = storage.warehouse.submit(Push(client_id, [batch], sandbox)).result(timeout)
+    return result
+
+
+def submit(storage: Storage, client_id: int, batch: Batch) -> Future[list[PushResult]]:
+    """Queue one validated batch, without waiting for it."""
+    return storage.warehouse.submit(Push(client_id, [batch]))

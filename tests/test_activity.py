@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from importapi.activity import ActivityRecorder
-from importapi.app import ImportApi
+from importapi.app import create_app
 from importapi.settings import Settings
 from importapi.storage import Storage, open_storage
 from tests.conftest import EXAMPLE_2, InProcessClient
@@ -21,15 +21,13 @@ def served(data_dir: Path) -> Iterator[tuple[InProcessClient, Storage, ActivityR
     """The API with a recorder that writes only when told (a flush interval of a minute)."""
     storage = open_storage(str(data_dir))
     client = storage.create_client("shop")
-    _, key = storage.create_key(client.client_id)
-    api = ImportApi(storage, Settings(database=str(data_dir), access_log=False))
-    recorder = ActivityRecorder(storage, keep=5, flush_seconds=60)
-    api.observers.append(recorder)
+    _, key = storage.catalog.create_key(client.client_id)
+    recorder = ActivityRecorder(storage.catalog, keep=5, flush_seconds=60)
+    api = create_app(Settings(database=str(data_dir), access_log=False), storage=storage, recorder=recorder)
     http = InProcessClient(api)
     yield http, storage, recorder, key
     http.close()
-    recorder.close()
-    storage.close()
+    api.close()
 
 
 def test_pushes_and_refusals_are_recorded_and_nothing_else(served: tuple[InProcessClient, Storage,
@@ -43,17 +41,17 @@ def test_pushes_and_refusals_are_recorded_and_nothing_else(served: tuple[InProce
     missing = http.get("/v2/client/1/nothing")
     for quiet in (http.get("/"), http.get(f"/v2/client/1/authenticate?apikey={key}"), http.get("/favicon.ico")):
         assert quiet.status_code in (200, 404)
-    assert storage.recent_activity(10, refused=False) == []  # nothing written on the request path
+    assert storage.catalog.recent_activity(10, refused=False) == []  # nothing written on the request path
     recorder.flush()
-    pushes = storage.recent_activity(10, refused=False)
+    pushes = storage.catalog.recent_activity(10, refused=False)
     assert [a.request_id for a in pushes] == [sandbox.headers["x-request-id"], ok.headers["x-request-id"]]
     first = pushes[1]
     assert (first.client_id, first.table, first.points, first.inserted, first.replaced, first.sandbox,
             first.status, first.route) == (1, "orders", 3, 2, 1, False, 201, "data")
     assert first.key_id == key.split("_")[1] and pushes[0].sandbox
-    refusals = {a.request_id: a for a in storage.recent_activity(10, refused=True)}
+    refusals = {a.request_id: a for a in storage.catalog.recent_activity(10, refused=True)}
     assert set(refusals) == {r.headers["x-request-id"] for r in (bad, no_key, auth_fail, missing)}
-    assert refusals[bad.headers["x-request-id"]].reasons == tuple(bad.json()["reasons"])
+    assert refusals[bad.headers["x-request-id"]].reasons == bad.json()["reasons"]
     refused_key = refusals[no_key.headers["x-request-id"]]
     assert (refused_key.client_id, refused_key.table, refused_key.status) == (1, "orders", 401)
     assert refusals[auth_fail.headers["x-request-id"]].route == "authenticate"
@@ -71,16 +69,15 @@ def test_the_window_keeps_only_the_newest(served: tuple[InProcessClient, Storage
     for _ in range(8):
         http.get("/v2/client/1/authenticate?apikey=bad")
     recorder.flush()
-    assert [a.request_id for a in storage.recent_activity(100, refused=False)] == ids[::-1][:5]
-    assert len(storage.recent_activity(100, refused=True)) == 5
+    assert [a.request_id for a in storage.catalog.recent_activity(100, refused=False)] == ids[::-1][:5]
+    assert len(storage.catalog.recent_activity(100, refused=True)) == 5
 
 
 def test_a_flood_between_flushes_is_bounded_in_memory(storage: Storage) -> None:
-    recorder = ActivityRecorder(storage, keep=5, flush_seconds=60)
+    recorder = ActivityRecorder(storage.catalog, keep=5, flush_seconds=60)
     try:
         storage.create_client("shop")
-        api = ImportApi(storage, Settings(database="unused", access_log=False))
-        api.observers.append(recorder)
+        api = create_app(Settings(database="unused", access_log=False), storage=storage, recorder=recorder)
         http = InProcessClient(api)
         try:
             for _ in range(100):
@@ -90,18 +87,17 @@ def test_a_flood_between_flushes_is_bounded_in_memory(storage: Storage) -> None:
         assert len(recorder._pending) == 20  # 4 x keep: the rest was older than the window needs
     finally:
         recorder.close()
-    assert len(storage.recent_activity(100, refused=True)) == 5
+    assert len(storage.catalog.recent_activity(100, refused=True)) == 5
 
 
 def test_the_background_writer_records_without_being_asked(storage: Storage) -> None:
     storage.create_client("shop")
-    api = ImportApi(storage, Settings(database="unused", access_log=False))
-    recorder = ActivityRecorder(storage, flush_seconds=0.01)
-    api.observers.append(recorder)
+    recorder = ActivityRecorder(storage.catalog, flush_seconds=0.01)
+    api = create_app(Settings(database="unused", access_log=False), storage=storage, recorder=recorder)
     http = InProcessClient(api)
     try:
         answer = http.get("/v2/client/1/authenticate?apikey=bad")
-        recorded = wait_until(lambda: storage.recent_activity(1, refused=True), what="the background write")
+        recorded = wait_until(lambda: storage.catalog.recent_activity(1, refused=True), what="the background write")
         assert recorded[0].request_id == answer.headers["x-request-id"]
     finally:
         http.close()
@@ -111,15 +107,14 @@ def test_the_background_writer_records_without_being_asked(storage: Storage) -> 
 def test_closing_writes_what_is_still_queued(data_dir: Path) -> None:
     with open_storage(str(data_dir)) as storage:
         storage.create_client("shop")
-        api = ImportApi(storage, Settings(database=str(data_dir), access_log=False))
-        recorder = ActivityRecorder(storage, flush_seconds=60)
-        api.observers.append(recorder)
+        recorder = ActivityRecorder(storage.catalog, flush_seconds=60)
+        api = create_app(Settings(database=str(data_dir), access_log=False), storage=storage, recorder=recorder)
         http = InProcessClient(api)
         http.get("/v2/client/1/authenticate?apikey=bad")
         http.close()
         recorder.close()
     with open_storage(str(data_dir)) as reopened:
-        assert len(reopened.recent_activity(10, refused=True)) == 1
+        assert len(reopened.catalog.recent_activity(10, refused=True)) == 1
 
 
 def test_every_process_feeds_the_same_window(data_dir: Path) -> None:
@@ -127,12 +122,12 @@ def test_every_process_feeds_the_same_window(data_dir: Path) -> None:
     with open_storage(str(data_dir)) as one, open_storage(str(data_dir)) as two:
         one.create_client("shop")
         for storage in (one, two):
-            api = ImportApi(storage, Settings(database=str(data_dir), access_log=False))
-            recorder = ActivityRecorder(storage, flush_seconds=60)
-            api.observers.append(recorder)
+            recorder = ActivityRecorder(storage.catalog, flush_seconds=60)
+            api = create_app(Settings(database=str(data_dir), access_log=False), storage=storage,
+                             recorder=recorder)
             http = InProcessClient(api)
             http.get("/v2/client/1/authenticate?apikey=bad")
             http.close()
             recorder.close()
-        assert len(one.recent_activity(10, refused=True)) == 2
-        assert len(two.recent_activity(10, refused=True)) == 2
+        assert len(one.catalog.recent_activity(10, refused=True)) == 2
+        assert len(two.catalog.recent_activity(10, refused=True)) == 2

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from importapi.app import ImportApi
-from importapi.records import validate
+from importapi.app import create_app
+from importapi.rjmetrics.validate import validate
 from importapi.settings import Settings
 from importapi.storage import open_storage
 from tests.conftest import EXAMPLE_2, InProcessClient
-from tests.helpers import cli_json, run_cli, sqlite_url, wait_until
+from tests.helpers import apply, cli_json, run_cli, sqlite_url, wait_until
 
 URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -52,20 +52,19 @@ def cli(how: str, *args: str, db: Path, cwd: Path) -> Any:
 def push(db: Path, client_id: int, table: str, body: Any) -> None:
     """Store a push the way the server does, through the storage library."""
     with open_storage(sqlite_url(db)) as storage:
-        storage.submit(client_id, validate(copy.deepcopy(body), table), sandbox=False).result(timeout=30)
+        apply(storage, client_id, validate(copy.deepcopy(body), table))
 
 
 @contextmanager
 def app_on(db: Path) -> Iterator[InProcessClient]:
     """The ASGI app over the same warehouse the command line writes to, in this process."""
-    settings = Settings(database=sqlite_url(db), access_log=False)
-    storage = open_storage(settings.database, **settings.storage_options())
-    http = InProcessClient(ImportApi(storage, settings))
+    app = create_app(Settings(database=sqlite_url(db), access_log=False))
+    http = InProcessClient(app)
     try:
         yield http
     finally:
         http.close()
-        storage.close()
+        app.close()
 
 
 def assert_error(done: Any, *fragments: str) -> None:

@@ -22,7 +22,7 @@ from importapi.client import AsyncClient, Client, PushFailed, PushRefused, Retry
 from importapi.client._batching import Batcher, batches
 from importapi.client._core import Reply, Send, Wait, bases, exchange
 from importapi.client._retry import parse_retry_after
-from importapi.records import Limits
+from importapi.settings import Limits
 from tests.conftest import EXAMPLE_2, Api, Server, make_api, start_server, stop_server
 from tests.faults import FaultProxy, Faults, LoopTransport, faulty
 
@@ -49,7 +49,7 @@ def async_client_for(api: Api, faults: Faults | None = None, **kw: Any) -> Async
 
 
 def count(api: Api, table: str = "orders") -> int:
-    return int(api.storage.query(api.client_id, f'SELECT count(*) FROM "{table}"')[1][0][0])
+    return int(api.storage.warehouse.query(api.client_id, f'SELECT count(*) FROM "{table}"')[1][0][0])
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_with_many_requests_in_flight_later_records_still_win(api: Api) -> None:
     with client_for(api, concurrency=8, max_points=10) as client:
         summary = client.push_data("orders", data)
     assert summary.requests == 200 and summary.acknowledged == 2000
-    _, stored = api.storage.query(api.client_id, "SELECT id, seq FROM orders ORDER BY id")
+    _, stored = api.storage.warehouse.query(api.client_id, "SELECT id, seq FROM orders ORDER BY id")
     assert stored == [(i, 1960 + i) for i in range(40)]
 
 
@@ -238,7 +238,7 @@ def test_a_slow_request_is_not_overtaken_by_a_later_write_of_the_same_keys(api: 
     data = [{"keys": ["id"], "id": i % 10, "seq": i} for i in range(20)]
     with client_for(api, faults, concurrency=4, max_points=10) as client:
         client.push_data("orders", data)
-    _, stored = api.storage.query(api.client_id, "SELECT id, seq FROM orders ORDER BY id")
+    _, stored = api.storage.warehouse.query(api.client_id, "SELECT id, seq FROM orders ORDER BY id")
     assert stored == [(i, 10 + i) for i in range(10)]
 
 
@@ -246,7 +246,7 @@ def test_sandbox_checks_and_stores_nothing(api: Api) -> None:
     with client_for(api) as client:
         summary = client.push_data("orders", EXAMPLE_2, client.SANDBOX_BASE)
     assert summary.sandbox is True and summary.inserted == 2
-    assert api.storage.tables(api.client_id) == []
+    assert api.storage.warehouse.tables(api.client_id) == []
 
 
 # --- refusals ----------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def _serial_order_exists(final: dict[Any, str], touched: dict[Any, set[str]]) ->
 
 
 def _check_table(storage: Any, table: str, sent: dict[str, list[dict[str, Any]]], inserted: int) -> None:
-    columns, rows = storage.read_rows(1, table)
+    columns, rows = storage.warehouse.read_rows(1, table)
     final = [dict(zip(columns, row)) for row in rows]
     by_req = {req: {p["id"]: p for p in points} for req, points in sent.items()}
     touched: dict[Any, set[str]] = defaultdict(set)
@@ -179,7 +179,7 @@ def test_four_processes_sixteen_writers_same_table_same_keys_new_columns(backend
         stack.close()  # the servers stop; what they acknowledged must be there
 
         with open_storage(database) as storage:
-            tables = {t.schema.name: t for t in storage.tables(1)}
+            tables = {t.schema.name: t for t in storage.warehouse.tables(1)}
             assert set(tables) == {"fresh", "shared"}
             assert tables["shared"].schema.key_fields == ("id",)
             kinds = {c.name: c.kind.label for c in tables["shared"].schema.columns.values()}

@@ -18,11 +18,10 @@ import httpx
 import pytest
 
 from importapi.activity import ActivityRecorder
-from importapi.app import ImportApi
-from importapi.console import mount
+from importapi.app import ImportApi, create_app
 from importapi.console.owner import PASSWORD_SETTING, hash_password, set_password
 from importapi.settings import Settings
-from importapi.storage import Storage, open_storage
+from importapi.storage import Storage
 from tests.conftest import EXAMPLE_2, InProcessClient
 
 PASSWORD = "a good password"
@@ -66,22 +65,18 @@ def csrf_of(response: httpx.Response) -> str:
 
 
 def open_console(data_dir: Path, base_url: str = "http://testserver") -> Iterator[Console]:
-    settings = Settings(database=str(data_dir), access_log=False)
-    storage = open_storage(settings.database, **settings.storage_options())
+    api = create_app(Settings(database=str(data_dir), access_log=False))
+    storage = api.storage
     client = storage.create_client("shop")
-    _, key = storage.create_key(client.client_id)
-    storage.set_setting(PASSWORD_SETTING, hashed(PASSWORD))
-    api = ImportApi(storage, settings)
-    mount(api)
+    _, key = storage.catalog.create_key(client.client_id)
+    storage.catalog.set_setting(PASSWORD_SETTING, hashed(PASSWORD))
     http = InProcessClient(api)
     http.client.base_url = httpx.URL(base_url)
     try:
         yield Console(http, storage, api, client.client_id, key)
     finally:
         http.close()
-        for hook in api.on_shutdown:
-            hook()
-        storage.close()
+        api.close()
 
 
 @pytest.fixture
@@ -118,8 +113,8 @@ def test_forms_need_a_login_and_change_nothing(console: Console, path: str) -> N
     token = console.csrf("/console/login")
     answer = console.http.post(path, data={"csrf": token, "name": "x", "source": "import-api"})
     assert answer.status_code == 303 and answer.headers["location"].startswith("/console/login")
-    assert [c.name for c in console.storage.list_clients()] == ["shop"]
-    assert len(console.storage.list_keys(console.client_id)) == 1
+    assert [c.name for c in console.storage.catalog.list_clients()] == ["shop"]
+    assert len(console.storage.catalog.list_keys(console.client_id)) == 1
 
 
 def test_the_right_password_signs_in_and_goes_where_it_was_asked(console: Console) -> None:
@@ -149,10 +144,9 @@ def test_a_wrong_password_is_refused(console: Console) -> None:
 
 
 def test_without_an_owner_password_nobody_signs_in(data_dir: Path) -> None:
-    storage = open_storage(str(data_dir))
+    api = create_app(Settings(database=str(data_dir), access_log=False))
+    storage = api.storage
     storage.create_client("shop")
-    api = ImportApi(storage, Settings(database=str(data_dir), access_log=False))
-    mount(api)
     http = InProcessClient(api)
     try:
         token = csrf_of(http.get("/console/login"))
@@ -160,9 +154,7 @@ def test_without_an_owner_password_nobody_signs_in(data_dir: Path) -> None:
         assert answer.status_code == 401 and "importapi admin set-password" in answer.text
     finally:
         http.close()
-        for hook in api.on_shutdown:
-            hook()
-        storage.close()
+        api.close()
 
 
 def test_failed_logins_are_slowed_down(console: Console) -> None:
@@ -226,7 +218,7 @@ def test_a_new_password_signs_every_session_out(owner: Console) -> None:
 @pytest.mark.parametrize("token", [None, "", "forged-token"])
 def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(owner: Console,
                                                                       token: str | None) -> None:
-    key_id = owner.storage.list_keys(owner.client_id)[0].key_id
+    key_id = owner.storage.catalog.list_keys(owner.client_id)[0].key_id
     data = {} if token is None else {"csrf": token}
     forms = [(f"/console/data/connections/{owner.client_id}/keys/{key_id}/revoke", data),
              ("/console/data/clients", {**data, "name": "forged"}),
@@ -236,9 +228,9 @@ def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(owner: Con
         answer = owner.http.post(path, data=form)
         assert answer.status_code == 403, path
         assert "This form has expired" in answer.text
-    assert owner.storage.list_keys(owner.client_id)[0].revoked_at is None
-    assert len(owner.storage.list_keys(owner.client_id)) == 1
-    assert [c.name for c in owner.storage.list_clients()] == ["shop"]
+    assert owner.storage.catalog.list_keys(owner.client_id)[0].revoked_at is None
+    assert len(owner.storage.catalog.list_keys(owner.client_id)) == 1
+    assert [c.name for c in owner.storage.catalog.list_clients()] == ["shop"]
     assert owner.http.get("/console/data").status_code == 200  # still signed in
 
 
@@ -270,7 +262,7 @@ def test_an_unknown_data_source_is_refused(owner: Console) -> None:
     answer = owner.http.post(f"/console/data/connections/{owner.client_id}/add",
                              data={"csrf": owner.csrf(), "source": "ftp"})
     assert answer.status_code == 400
-    assert len(owner.storage.list_keys(owner.client_id)) == 1
+    assert len(owner.storage.catalog.list_keys(owner.client_id)) == 1
 
 
 def test_revoking_a_key_refuses_its_next_push(owner: Console) -> None:
@@ -291,16 +283,16 @@ def test_a_key_is_revoked_only_through_its_own_client(owner: Console) -> None:
     answer = owner.http.post(f"/console/data/connections/{other.client_id}/keys/{key_id}/revoke",
                              data={"csrf": owner.csrf()})
     assert answer.status_code == 404
-    assert owner.storage.list_keys(owner.client_id)[0].revoked_at is None
+    assert owner.storage.catalog.list_keys(owner.client_id)[0].revoked_at is None
 
 
 def test_create_a_client(owner: Console) -> None:
     answer = owner.http.post("/console/data/clients", data={"csrf": owner.csrf(), "name": "  Warehouse B "})
     assert answer.status_code == 303
-    assert [c.name for c in owner.storage.list_clients()] == ["shop", "Warehouse B"]
+    assert [c.name for c in owner.storage.catalog.list_clients()] == ["shop", "Warehouse B"]
     assert "Created client 2 (Warehouse B)" in owner.http.get("/console/data/connections").text
     owner.http.post("/console/data/clients", data={"csrf": owner.csrf(), "name": "   "})
-    assert len(owner.storage.list_clients()) == 2
+    assert len(owner.storage.catalog.list_clients()) == 2
 
 
 def test_unknown_clients_and_pages_are_404(owner: Console) -> None:
@@ -381,7 +373,7 @@ def test_activity_lists_pushes_and_refusals_with_reasons(owner: Console) -> None
     assert bad_body.headers["x-request-id"] in refusals and bad_key.headers["x-request-id"] in refusals
     for reason in bad_body.json()["reasons"] + bad_key.json()["reasons"]:
         assert reason.replace("'", "&#39;") in refusals
-    refused = {a.request_id: a for a in owner.storage.recent_activity(10, refused=True)}
+    refused = {a.request_id: a for a in owner.storage.catalog.recent_activity(10, refused=True)}
     unknown_key = refused[bad_key.headers["x-request-id"]]
     assert (unknown_key.client_id, unknown_key.table, unknown_key.status) == (owner.client_id, "orders", 401)
 

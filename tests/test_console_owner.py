@@ -90,7 +90,7 @@ def test_admin_set_password_stores_only_a_slow_hash(data_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "password is set" in done.stdout
     with open_storage(str(data_dir)) as storage:
-        stored = storage.get_setting(PASSWORD_SETTING)
+        stored = storage.catalog.get_setting(PASSWORD_SETTING)
     assert stored and check_password("my console password", stored)
     assert "my console password" not in "".join(p.read_bytes().decode("latin-1") for p in data_dir.iterdir())
 
@@ -100,14 +100,14 @@ def test_admin_set_password_refuses_a_short_password(data_dir: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("Error: the password must have at least 8 characters")
     with open_storage(str(data_dir)) as storage:
-        assert storage.get_setting(PASSWORD_SETTING) is None
+        assert storage.catalog.get_setting(PASSWORD_SETTING) is None
 
 
 def test_the_first_password_is_made_once(storage: Storage) -> None:
     first = set_first_password(storage)
     assert first and len(first) >= 16
     assert set_first_password(storage) is None
-    stored = storage.get_setting(PASSWORD_SETTING)
+    stored = storage.catalog.get_setting(PASSWORD_SETTING)
     assert stored and check_password(first, stored)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from importapi.app import ImportApi
-from importapi.records import Limits
-from importapi.settings import Settings
+from importapi.app import create_app
+from importapi.errors import Code
+from importapi.settings import Limits, Settings
 from importapi.storage import open_storage
 from tests.backends import (
     backend_of,
@@ -46,14 +46,29 @@ def envelope(r: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
+CODES = {c.value for c in Code}
+
+
 def error_reasons(r: httpx.Response, status: int) -> list[str]:
     """The reasons of an error answer, after checking the whole error envelope."""
     body = envelope(r, status)
-    assert list(body)[:3] == ["code", "message", "reasons"], body
+    assert list(body)[:4] == ["code", "message", "reasons", "details"], body
     reasons = body["reasons"]
     assert isinstance(reasons, list) and reasons, body
     assert all(isinstance(x, str) and x for x in reasons), body
+    assert_details_match(body)
     return reasons
+
+
+def assert_details_match(body: dict[str, Any]) -> None:
+    """``details`` says what ``reasons`` says, one to one, as data: a documented code, the
+    data point and field when there is one, and the message the reason line is made of."""
+    details = body["details"]
+    assert isinstance(details, list) and len(details) == len(body["reasons"]), body
+    for detail, reason in zip(details, body["reasons"]):
+        assert set(detail) <= {"code", "point", "field", "message"} and detail["code"] in CODES, detail
+        prefix = f"data point {detail['point']}: " if "point" in detail else ""
+        assert reason == prefix + detail["message"], (reason, detail)
 
 
 def pushed(r: httpx.Response) -> dict[str, Any]:
@@ -66,7 +81,7 @@ def snapshot(api: Api) -> dict[str, Any]:
     DDL), the schema as the storage reports it, and every row of every table."""
     objects = sql_objects(api.storage, api.client_id)
     tables = {}
-    for info in api.storage.tables(api.client_id):
+    for info in api.storage.warehouse.tables(api.client_id):
         d = info.as_dict()
         tables[d["table"]] = (d["key_fields"], [(c["name"], c["type"]) for c in d["columns"]],
                               api.rows(d["table"]))
@@ -80,21 +95,21 @@ def user_tables(api: Api) -> list[str]:
 
 def kinds(api: Api, table: str = "orders") -> dict[str, str]:
     """Column name -> column kind, as the storage records them."""
-    for info in api.storage.tables(api.client_id):
+    for info in api.storage.warehouse.tables(api.client_id):
         if info.schema.name == table:
             return {c.name: c.kind.label for c in info.schema.columns.values()}
     raise AssertionError(f"no table {table!r}")
 
 
 def key_fields(api: Api, table: str = "orders") -> list[str]:
-    for info in api.storage.tables(api.client_id):
+    for info in api.storage.warehouse.tables(api.client_id):
         if info.schema.name == table:
             return list(info.schema.key_fields)
     raise AssertionError(f"no table {table!r}")
 
 
 def sql(api: Api, query: str) -> list[tuple[Any, ...]]:
-    return api.storage.query(api.client_id, query)[1]
+    return api.storage.warehouse.query(api.client_id, query)[1]
 
 
 @contextlib.contextmanager
@@ -122,7 +137,7 @@ def auth_url(api: Api, key: str | None = None, cid: int | None = None, version: 
 
 def second_client(api: Api) -> tuple[int, str]:
     client = api.storage.create_client("other")
-    _, key = api.storage.create_key(client.client_id)
+    _, key = api.storage.catalog.create_key(client.client_id)
     return client.client_id, key
 
 
@@ -157,8 +172,8 @@ def test_key_of_another_client_is_401_and_touches_nothing(api: Api) -> None:
     """A key of client 1 used on client 2's paths is a 401, and client 2's data is untouched."""
     cid2, key2 = second_client(api)
     pushed(api.push(EXAMPLE_1, cid=cid2, key=key2))
-    before = api.storage.tables(cid2)
-    rows_before = api.storage.query(cid2, "SELECT * FROM orders")
+    before = api.storage.warehouse.tables(cid2)
+    rows_before = api.storage.warehouse.query(cid2, "SELECT * FROM orders")
 
     error_reasons(api.http.get(auth_url(api, api.key, cid=cid2)), 401)
     error_reasons(api.http.get(auth_url(api, api.key, cid=999)), 401)
@@ -170,8 +185,8 @@ def test_key_of_another_client_is_401_and_touches_nothing(api: Api) -> None:
         r = api.http.request(method, api.url("intruder", cid=cid2, key=api.key), json=EXAMPLE_1)
         error_reasons(r, 401)
 
-    assert api.storage.tables(cid2) == before
-    assert api.storage.query(cid2, "SELECT * FROM orders") == rows_before
+    assert api.storage.warehouse.tables(cid2) == before
+    assert api.storage.warehouse.query(cid2, "SELECT * FROM orders") == rows_before
     # and the other way round: client 2's key on client 1 stores nothing for client 1
     error_reasons(api.push(EXAMPLE_1, key=key2), 401)
     assert user_tables(api) == []
@@ -242,7 +257,7 @@ def test_bearer_header_carries_the_key(api: Api) -> None:
 def test_two_different_keys_are_refused(api: Api) -> None:
     """A request presenting two different keys (query and header) is a 401, even when both are
     live keys of the client, and stores nothing."""
-    _, key2 = api.storage.create_key(api.client_id)
+    _, key2 = api.storage.catalog.create_key(api.client_id)
     r = api.http.post(api.url(key=api.key), json=EXAMPLE_1, headers={"Authorization": f"Bearer {key2}"})
     error_reasons(r, 401)
     error_reasons(api.http.get(auth_url(api, api.key), headers={"Authorization": f"Bearer {key2}"}), 401)
@@ -318,12 +333,12 @@ def test_bad_key_is_401_even_for_a_bad_request(api: Api, bad: str) -> None:
 
 def test_key_never_appears_in_a_log_line(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With the access log on, no log line carries the key, whatever the outcome."""
-    settings = Settings(database=str(data_dir), access_log=True)
-    storage = open_storage(settings.database, **settings.storage_options())
+    app = create_app(Settings(database=str(data_dir), access_log=True))
+    storage = app.storage
     client = storage.create_client("logged")
-    _, key = storage.create_key(client.client_id)
-    _, revoked = storage.create_key(client.client_id)
-    http = InProcessClient(ImportApi(storage, settings))
+    _, key = storage.catalog.create_key(client.client_id)
+    _, revoked = storage.catalog.create_key(client.client_id)
+    http = InProcessClient(app)
     caplog.set_level(logging.DEBUG)
     try:
         base = f"/v2/client/{client.client_id}"
@@ -333,12 +348,12 @@ def test_key_never_appears_in_a_log_line(data_dir: Path, caplog: pytest.LogCaptu
         http.post(f"{base}/table/orders/data", json=EXAMPLE_1, headers={"Authorization": f"Bearer {key}"})
         http.get(f"/v2/client/{client.client_id + 1}/authenticate?apikey={key}")
         http.get(f"{base}/authenticate?apikey={key}x")
-        storage.revoke_key(revoked.split("_")[1])
+        storage.catalog.revoke_key(revoked.split("_")[1])
         http.get(f"{base}/authenticate?apikey={revoked}")
         http.get(f"{base}/nope?apikey={key}")
     finally:
         http.close()
-        storage.close()
+        app.close()
     # only the server's own loggers: the test's HTTP client (httpx) logs the URLs it sends
     text = "\n".join(f"{rec.getMessage()} {rec.exc_text or ''}" for rec in caplog.records
                      if rec.name.startswith("importapi"))
@@ -355,12 +370,12 @@ def test_key_never_appears_in_a_log_line(data_dir: Path, caplog: pytest.LogCaptu
 def test_revoked_key_is_401_and_other_keys_still_work(api: Api) -> None:
     """A revoked key is refused at once (even after being used); the client's other key,
     created for rotation, keeps working."""
-    info2, key2 = api.storage.create_key(api.client_id)
+    info2, key2 = api.storage.catalog.create_key(api.client_id)
     envelope(api.http.get(auth_url(api, api.key)), 200)
     pushed(api.push(EXAMPLE_1))
-    info1 = next(k for k in api.storage.list_keys(api.client_id) if k.key_id != info2.key_id)
+    info1 = next(k for k in api.storage.catalog.list_keys(api.client_id) if k.key_id != info2.key_id)
 
-    revoked = api.storage.revoke_key(info1.key_id)
+    revoked = api.storage.catalog.revoke_key(info1.key_id)
     assert revoked.revoked_at is not None
 
     error_reasons(api.http.get(auth_url(api, api.key)), 401)
@@ -376,9 +391,9 @@ def test_key_revoked_by_another_process_is_refused(api: Api, database: str) -> N
     """A key revoked through another connection to the warehouse (as `importapi keys revoke`
     does) is refused by the running server."""
     envelope(api.http.get(auth_url(api, api.key)), 200)
-    key_id = api.storage.list_keys(api.client_id)[0].key_id
+    key_id = api.storage.catalog.list_keys(api.client_id)[0].key_id
     with open_storage(database) as other:
-        other.revoke_key(key_id)
+        other.catalog.revoke_key(key_id)
     error_reasons(api.http.get(auth_url(api, api.key)), 401)
     error_reasons(api.push(EXAMPLE_1), 401)
     assert user_tables(api) == []
@@ -388,14 +403,14 @@ def test_key_created_by_another_process_works(api: Api, database: str) -> None:
     """A key created through another connection (as `importapi keys create` does) works."""
     envelope(api.http.get(auth_url(api, api.key)), 200)
     with open_storage(database) as other:
-        _, key2 = other.create_key(api.client_id)
+        _, key2 = other.catalog.create_key(api.client_id)
     envelope(api.http.get(auth_url(api, key2)), 200)
 
 
 def test_keys_are_url_safe_random_and_distinct(api: Api) -> None:
     """Keys use only [A-Za-z0-9_-] (no legacy client URL-encodes them), carry at least 128
     random bits, and are all different."""
-    keys = [api.key] + [api.storage.create_key(api.client_id)[1] for _ in range(30)]
+    keys = [api.key] + [api.storage.catalog.create_key(api.client_id)[1] for _ in range(30)]
     for key in keys:
         assert re.fullmatch(r"[A-Za-z0-9_-]+", key), key
     # after the public key id comes the secret: at least 22 base64url characters (132 bits),
@@ -407,23 +422,23 @@ def test_keys_are_url_safe_random_and_distinct(api: Api) -> None:
 
 def test_several_keys_per_client_all_work(api: Api) -> None:
     """One client may have several live keys at once; each authenticates and pushes."""
-    _, key2 = api.storage.create_key(api.client_id)
-    _, key3 = api.storage.create_key(api.client_id)
+    _, key2 = api.storage.catalog.create_key(api.client_id)
+    _, key3 = api.storage.catalog.create_key(api.client_id)
     for n, key in enumerate([api.key, key2, key3], start=1):
         envelope(api.http.get(auth_url(api, key)), 200)
         pushed(api.push({"keys": ["id"], "id": n}, key=key))
     assert [r["id"] for r in api.rows(order="id")] == [1, 2, 3]
-    assert len(api.storage.list_keys(api.client_id)) == 3
+    assert len(api.storage.catalog.list_keys(api.client_id)) == 3
 
 
 def test_keys_are_stored_only_as_hashes(api: Api, data_dir: Path, database: str) -> None:
     """No file of the warehouse (PostgreSQL: no row of any of its tables) holds a key (or
     its secret part) in plain text, after keys were created, used and revoked."""
-    _, key2 = api.storage.create_key(api.client_id)
+    _, key2 = api.storage.catalog.create_key(api.client_id)
     envelope(api.http.get(auth_url(api, api.key)), 200)
     pushed(api.push(EXAMPLE_1))
     pushed(api.push(EXAMPLE_1, key=key2))
-    api.storage.revoke_key(key2.split("_")[1])
+    api.storage.catalog.revoke_key(key2.split("_")[1])
     if backend_of(api.storage) == "sqlite":
         files = [p for p in data_dir.rglob("*") if p.is_file()]
         blob = b"".join(p.read_bytes() for p in files)
@@ -449,10 +464,10 @@ def test_keys_cannot_read_data_back(api: Api) -> None:
 
 def test_key_records_created_and_last_used_times(api: Api) -> None:
     """A key has a created time at once, and a last-used time after a production push."""
-    (info,) = api.storage.list_keys(api.client_id)
+    (info,) = api.storage.catalog.list_keys(api.client_id)
     assert info.created_at and info.last_used_at is None and info.revoked_at is None
     pushed(api.push(EXAMPLE_1))
-    wait_until(lambda: api.storage.list_keys(api.client_id)[0].last_used_at is not None)
+    wait_until(lambda: api.storage.catalog.list_keys(api.client_id)[0].last_used_at is not None)
 
 
 # -- 6. Status codes and the error envelope ------------------------------------------------
@@ -470,13 +485,15 @@ _ERRORS: dict[int, tuple[str, Callable[[Api], httpx.Response]]] = {
 
 @pytest.mark.parametrize("status", sorted(_ERRORS))
 def test_error_envelope_is_locked(api: Api, status: int) -> None:
-    """Every error answer is exactly {"code", "message", "reasons"} in that order, labelled
-    application/json, with the status as code and a non-empty list of reasons."""
+    """Every error answer is exactly {"code", "message", "reasons", "details"} in that order,
+    labelled application/json, with the status as code, a non-empty list of reasons and the
+    same problems as details."""
     message, request = _ERRORS[status]
     r = request(api)
     body = r.json()
     assert r.status_code == status
-    assert list(body) == ["code", "message", "reasons"]
+    assert list(body) == ["code", "message", "reasons", "details"]
+    assert_details_match(body)
     assert body["code"] == status and body["message"] == message
     assert isinstance(body["reasons"], list) and body["reasons"]
     assert all(isinstance(x, str) and x.strip() for x in body["reasons"])
@@ -492,7 +509,7 @@ def test_status_is_503_when_the_storage_cannot_be_reached(api: Api, data_dir: Pa
     data_dir.rename(moved)
     try:
         r = api.http.get("/")
-        assert list(r.json()) == ["code", "message", "reasons"]
+        assert list(r.json()) == ["code", "message", "reasons", "details"]
         error_reasons(r, 503)
     finally:
         moved.rename(data_dir)
@@ -506,7 +523,7 @@ def test_status_is_503_while_the_database_refuses_connections(api: Api, database
     envelope(api.http.get("/"), 200)
     with refusing_connections(database):
         r = api.http.get("/")
-        assert list(r.json()) == ["code", "message", "reasons"]
+        assert list(r.json()) == ["code", "message", "reasons", "details"]
         error_reasons(r, 503)
     wait_until(lambda: api.http.get("/").status_code == 200, timeout=30)
 

@@ -56,7 +56,7 @@ def test_sandbox_push_answers_201_and_stores_nothing(api: Api, how: str) -> None
         "id": "integer", "email": "text", "status": "text", "created_at": "text"}
     assert plan["widen_columns"] == []
     assert (plan["inserted"], plan["replaced"]) == (2, 1)
-    assert user_tables(api) == [] and api.storage.tables(api.client_id) == []
+    assert user_tables(api) == [] and api.storage.warehouse.tables(api.client_id) == []
 
 
 @pytest.mark.parametrize("how", SANDBOXES)
@@ -160,17 +160,17 @@ def test_sandbox_refuses_what_production_refuses(tmp_path: Path, how: str, case:
 
 def test_sandbox_leaves_no_key_use(api: Api) -> None:
     """Sandbox requests do not record key use; production requests do."""
-    info2, key2 = api.storage.create_key(api.client_id)
+    info2, key2 = api.storage.catalog.create_key(api.client_id)
     envelope(api.http.get("/sandbox" + auth_url(api, api.key)), 200)
     pushed(api.push(EXAMPLE_1, sandbox=True))
     pushed(sandbox_post(api, "sandbox-connect.example.com", EXAMPLE_1))
     pushed(api.push(EXAMPLE_1, key=key2))  # production, with the other key
 
     def used(key_id: str) -> str | None:
-        return next(k.last_used_at for k in api.storage.list_keys(api.client_id) if k.key_id == key_id)
+        return next(k.last_used_at for k in api.storage.catalog.list_keys(api.client_id) if k.key_id == key_id)
 
     wait_until(lambda: used(info2.key_id) is not None)
-    first = next(k for k in api.storage.list_keys(api.client_id) if k.key_id != info2.key_id)
+    first = next(k for k in api.storage.catalog.list_keys(api.client_id) if k.key_id != info2.key_id)
     assert first.last_used_at is None
 
 

@@ -191,7 +191,7 @@ def test_all_or_nothing_on_a_new_table(api: Api) -> None:
     reasons = refused(api, [point(1, a="x"), point(2, b=1.5), {"keys": ["id"], "id": None, "c": 1}])
     assert len(reasons) == 1 and re.search(r"\b2\b", reasons[0])
     assert user_tables(api) == []
-    assert api.storage.tables(api.client_id) == []
+    assert api.storage.warehouse.tables(api.client_id) == []
 
 
 def test_all_or_nothing_on_an_existing_table(api: Api) -> None:
@@ -299,7 +299,7 @@ def test_table_names_match_ignoring_case_and_are_stored_lower_case(api: Api) -> 
     body = pushed(api.push(point(1, v="x"), table="orders"))
     assert (body["inserted"], body["replaced"]) == (0, 1)
     assert user_tables(api) == ["orders"]
-    assert [t.schema.name for t in api.storage.tables(api.client_id)] == ["orders"]
+    assert [t.schema.name for t in api.storage.warehouse.tables(api.client_id)] == ["orders"]
     assert len(api.rows()) == 2
 
 
@@ -319,7 +319,7 @@ def test_bad_table_names_are_400(api: Api, name: str) -> None:
     creates nothing."""
     error_reasons(api.push(EXAMPLE_1, table=name), 400)
     assert user_tables(api) == []
-    assert api.storage.tables(api.client_id) == []
+    assert api.storage.warehouse.tables(api.client_id) == []
 
 
 # -- column types ------------------------------------------------------------------------

@@ -47,10 +47,10 @@ def source(tmp_path: Path) -> Iterator[tuple[Path, Api]]:
     try:
         _fill(api)
         other = api.storage.create_client("second")
-        _, key2 = api.storage.create_key(other.client_id)
-        revoked, _ = api.storage.create_key(api.client_id)
-        api.storage.revoke_key(revoked.key_id)
-        api.storage.set_setting("owner_note", "kept")
+        _, key2 = api.storage.catalog.create_key(other.client_id)
+        revoked, _ = api.storage.catalog.create_key(api.client_id)
+        api.storage.catalog.revoke_key(revoked.key_id)
+        api.storage.catalog.set_setting("owner_note", "kept")
         r = api.http.post(f"/v2/client/{other.client_id}/table/Things/data?apikey={key2}",
                           json={"keys": ["id"], "id": 1, "v": "second client"})
         assert r.status_code == 201, r.text
@@ -69,13 +69,13 @@ QUERIES = {
 
 def _everything(storage: Storage) -> dict[str, Any]:
     """What a user sees of a warehouse: clients, keys, tables with schemas, rows as JSON."""
-    seen: dict[str, Any] = {"clients": storage.list_clients(), "settings": storage.get_setting("owner_note")}
-    for client in storage.list_clients():
+    seen: dict[str, Any] = {"clients": storage.catalog.list_clients(), "settings": storage.catalog.get_setting("owner_note")}
+    for client in storage.catalog.list_clients():
         cid = client.client_id
-        seen[f"keys {cid}"] = storage.list_keys(cid)
-        for info in storage.tables(cid):
+        seen[f"keys {cid}"] = storage.catalog.list_keys(cid)
+        for info in storage.warehouse.tables(cid):
             seen[f"table {cid} {info.schema.name}"] = (info.as_dict(), info.last_push_at)
-            columns, rows = storage.read_rows(cid, info.schema.name)
+            columns, rows = storage.warehouse.read_rows(cid, info.schema.name)
             seen[f"rows {cid} {info.schema.name}"] = (columns, list(rows))
     return seen
 
@@ -107,7 +107,7 @@ def test_sqlite_to_postgresql_and_back_reads_the_same(source: tuple[Path, Api], 
             r = moved.http.post(f"/v2/client/1/table/orders/data?apikey={api.key}",
                                 json={"keys": ["id"], "id": 1000, "status": "after the move"})
             assert r.status_code == 201, r.text
-            revoked = [k for k in moved.storage.list_keys(1) if k.revoked_at]
+            revoked = [k for k in moved.storage.catalog.list_keys(1) if k.revoked_at]
             assert len(revoked) == 1
         finally:
             gen.close()
@@ -122,4 +122,4 @@ def test_copy_refuses_a_target_that_is_not_empty(source: tuple[Path, Api], tmp_p
         assert done.returncode == 1
         assert "Error: the target warehouse already has clients" in done.stderr
         with open_storage(pg) as target:
-            assert [c.name for c in target.list_clients()] == ["already here"]
+            assert [c.name for c in target.catalog.list_clients()] == ["already here"]

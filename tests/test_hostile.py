@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from bench.soak import rss_kib
 from importapi.body import decode_json, gunzip
 from importapi.errors import BadRequest
-from importapi.records import Limits, validate
+from importapi.rjmetrics.validate import validate
+from importapi.settings import Limits
 from tests.conftest import Api, Server
 
 V2 = {"keys": ["id"], "id": 1}
@@ -42,9 +43,9 @@ def answer(r: httpx.Response, status: int) -> dict[str, Any]:
 def state(api: Api) -> dict[str, Any]:
     """Every table of the client: its schema and its rows, in key order."""
     out = {}
-    for info in api.storage.tables(api.client_id):
+    for info in api.storage.warehouse.tables(api.client_id):
         order = ", ".join(f'"{k}"' for k in info.schema.key_fields)
-        rows = api.storage.query(api.client_id, f'SELECT * FROM "{info.schema.name}" ORDER BY {order}')
+        rows = api.storage.warehouse.query(api.client_id, f'SELECT * FROM "{info.schema.name}" ORDER BY {order}')
         out[info.schema.name] = (info.as_dict()["columns"], info.schema.key_fields, rows)
     return out
 
@@ -131,20 +132,20 @@ def test_hostile_bodies_are_refused_and_change_nothing(seeded: Api, body: bytes,
 def test_integers_beyond_64_bits_keep_every_digit(api: Api) -> None:
     big = 2**64 + 1
     answer(post_raw(api, b'{"keys": ["id"], "id": 1, "big": %d, "neg": -%d}' % (big, big * 10**30)), 201)
-    rows = api.storage.query(api.client_id, 'SELECT big, neg FROM "orders"')[1]
+    rows = api.storage.warehouse.query(api.client_id, 'SELECT big, neg FROM "orders"')[1]
     assert [str(v) for v in rows[0]] == [str(big), f"-{big * 10**30}"]
 
 
 def test_a_4_mib_string_is_stored_whole(api: Api) -> None:
     text = "é" + "x" * (4 * MIB - 4) + "ü"
     answer(api.push({"keys": ["id"], "id": 1, "text": text}), 201)
-    assert api.storage.query(api.client_id, 'SELECT text FROM "orders"')[1] == [(text,)]
+    assert api.storage.warehouse.query(api.client_id, 'SELECT text FROM "orders"')[1] == [(text,)]
 
 
 def test_the_content_type_does_not_matter(api: Api) -> None:
     for i, ctype in enumerate(["text/csv", "application/xml", "multipart/form-data; boundary=x", "nonsense"]):
         answer(post_raw(api, json.dumps({"keys": ["id"], "id": i}).encode(), **{"content-type": ctype}), 201)
-    assert len(api.storage.query(api.client_id, 'SELECT id FROM "orders"')[1]) == 4
+    assert len(api.storage.warehouse.query(api.client_id, 'SELECT id FROM "orders"')[1]) == 4
 
 
 def test_escaped_characters_and_pretty_printing_are_not_mistaken_for_repeats(api: Api) -> None:
@@ -153,7 +154,7 @@ def test_escaped_characters_and_pretty_printing_are_not_mistaken_for_repeats(api
     for body in (json.dumps(point), json.dumps(point, indent=2), json.dumps(point, separators=(" , ", " : ")),
                  json.dumps(point, ensure_ascii=False)):
         answer(post_raw(api, body.encode()), 201)
-    row = api.storage.query(api.client_id, 'SELECT q, t, "été" FROM "orders"')[1]
+    row = api.storage.warehouse.query(api.client_id, 'SELECT q, t, "été" FROM "orders"')[1]
     assert row == [('a": "b', "12:30:00", "\U0001f600")]
 
 
@@ -170,7 +171,7 @@ def test_gzip_with_several_members_is_read_whole(api: Api) -> None:
 def test_field_names_built_to_look_like_sql_are_just_names(api: Api, name: str) -> None:
     answer(api.push({"keys": ["id"], "id": 1, name: "v"}), 201)
     answer(api.push({"keys": ["id"], "id": 2, name: "w"}), 201)
-    columns, rows = api.storage.query(api.client_id, 'SELECT * FROM "orders" ORDER BY "id"')
+    columns, rows = api.storage.warehouse.query(api.client_id, 'SELECT * FROM "orders" ORDER BY "id"')
     assert name in columns
     assert [r[columns.index(name)] for r in rows] == ["v", "w"]
 
@@ -186,7 +187,7 @@ def test_field_names_a_backend_keeps_for_itself_are_refused_by_every_backend(see
 @pytest.mark.parametrize("table", ["select", "drop", "table", "master_sqlite_", "order_by", "x" * 63, "_", "0"])
 def test_table_names_that_are_sql_words_are_just_names(api: Api, table: str) -> None:
     answer(api.push({"keys": ["id"], "id": 1}, table=table), 201)
-    assert table in [t.schema.name for t in api.storage.tables(api.client_id)]
+    assert table in [t.schema.name for t in api.storage.warehouse.tables(api.client_id)]
 
 
 @pytest.mark.parametrize("table", [
@@ -205,7 +206,7 @@ def test_table_names_outside_the_alphabet_are_refused(seeded: Api, table: str) -
 def test_key_tricks_in_query_and_header(seeded: Api) -> None:
     path = f"/v2/client/{seeded.client_id}/table/orders/data"
     key = seeded.key
-    other = seeded.storage.create_key(seeded.client_id)[1]
+    other = seeded.storage.catalog.create_key(seeded.client_id)[1]
     before = state(seeded)
     refused = [
         (f"{path}?apikey={key}&apikey={other}", {}),  # two different keys

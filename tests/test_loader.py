@@ -44,7 +44,7 @@ def push(api: Api, *files: Path | str, faults: Faults | None = None, **options: 
 
 
 def stored(api: Api, table: str = "people", columns: str = "*") -> list[dict[str, Any]]:
-    names, rows = api.storage.query(api.client_id, f'SELECT {columns} FROM "{table}" ORDER BY id')
+    names, rows = api.storage.warehouse.query(api.client_id, f'SELECT {columns} FROM "{table}" ORDER BY id')
     return [dict(zip(names, r)) for r in rows]
 
 
@@ -238,7 +238,7 @@ def test_sandbox_and_gzip(api: Api, tmp_path: Path) -> None:
     faults = Faults()
     code, out, _ = push(api, path, keys=["id"], sandbox=True, gzip=True, faults=faults)
     assert code == 0 and "in the sandbox (nothing stored)" in out and "120 inserted" in out
-    assert api.storage.tables(api.client_id) == []
+    assert api.storage.warehouse.tables(api.client_id) == []
     assert {s.content_encoding for s in faults.data_requests()} == {"gzip"}
 
 

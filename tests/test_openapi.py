@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from importapi.openapi import build
-from importapi.records import Limits
+from importapi.settings import Limits
 from tests.conftest import Api, make_api
 
 SPEC = build()

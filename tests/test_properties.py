@@ -19,9 +19,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from importapi.records import validate
-from importapi.storage import PushResult, Storage, open_storage
+from importapi.push import PushResult
+from importapi.rjmetrics.validate import validate
+from importapi.storage import Storage, open_storage
 from tests.conftest import make_api
+from tests.helpers import apply
 
 TABLE = "things"
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -105,14 +107,14 @@ def warehouse() -> Iterator[tuple[Storage, int]]:
 def submit(storage: Storage, client_id: int, request: list[dict[str, Any]], *,
            sandbox: bool = False) -> PushResult:
     batch = validate(copy.deepcopy(request), TABLE)
-    return storage.submit(client_id, batch, sandbox=sandbox).result(timeout=30)
+    return apply(storage, client_id, batch, sandbox=sandbox)
 
 
 def read_table(storage: Storage, client_id: int) -> tuple[list[str], dict[Any, dict[str, Any]]]:
     """The table's columns and its rows by id; no columns and no rows if it does not exist."""
-    if not any(t.schema.name == TABLE for t in storage.tables(client_id)):
+    if not any(t.schema.name == TABLE for t in storage.warehouse.tables(client_id)):
         return [], {}
-    columns, rows = storage.query(client_id, f'SELECT * FROM "{TABLE}"')
+    columns, rows = storage.warehouse.query(client_id, f'SELECT * FROM "{TABLE}"')
     by_id = {}
     for row in rows:
         record = dict(zip(columns, row, strict=True))
@@ -122,7 +124,7 @@ def read_table(storage: Storage, client_id: int) -> tuple[list[str], dict[Any, d
 
 
 def snapshot(storage: Storage, client_id: int) -> Any:
-    return read_table(storage, client_id), [t.as_dict() for t in storage.tables(client_id)]
+    return read_table(storage, client_id), [t.as_dict() for t in storage.warehouse.tables(client_id)]
 
 
 def assert_matches(model: Model, storage: Storage, client_id: int) -> None:

@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from importapi.app import ImportApi
+from importapi.app import create_app
 from importapi.errors import Overloaded, TooManyRequests
 from importapi.ratelimit import ConcurrencyLimit, RateLimiter
 from importapi.settings import Settings
 from importapi.storage import Storage
-from tests.conftest import InProcessClient
+from tests.conftest import InProcessClient, in_process
 
 POINT = {"keys": ["id"], "id": 1, "v": "x"}
 
@@ -109,20 +109,16 @@ def test_the_concurrency_bound_refuses_the_one_over_and_frees_its_slots() -> Non
 @pytest.fixture
 def limited(storage: Storage) -> Iterator[tuple[InProcessClient, int, str, str]]:
     client = storage.create_client("limited")
-    _, key = storage.create_key(client.client_id)
-    _, other = storage.create_key(client.client_id)
-    settings = Settings(access_log=False, rate_limit=0.001, rate_burst=2)
-    http = InProcessClient(ImportApi(storage, settings))
-    try:
+    _, key = storage.catalog.create_key(client.client_id)
+    _, other = storage.catalog.create_key(client.client_id)
+    with in_process(Settings(access_log=False, rate_limit=0.001, rate_burst=2), storage) as http:
         yield http, client.client_id, key, other
-    finally:
-        http.close()
 
 
 def rows(storage: Storage, client_id: int) -> list[Any]:
-    if not storage.tables(client_id):
+    if not storage.warehouse.tables(client_id):
         return []
-    return storage.query(client_id, 'SELECT id FROM "orders" ORDER BY id')[1]
+    return storage.warehouse.query(client_id, 'SELECT id FROM "orders" ORDER BY id')[1]
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after_and_nothing_is_stored(
@@ -145,13 +141,10 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_and_nothing_is_stored(
 
 def test_without_a_rate_limit_a_burst_is_served(storage: Storage) -> None:
     client = storage.create_client("free")
-    _, key = storage.create_key(client.client_id)
-    http = InProcessClient(ImportApi(storage, Settings(access_log=False)))
-    try:
+    _, key = storage.catalog.create_key(client.client_id)
+    with in_process(Settings(access_log=False), storage) as http:
         url = f"/v2/client/{client.client_id}/table/orders/data?apikey={key}"
         assert {http.post(url, json={**POINT, "id": i}).status_code for i in range(60)} == {201}
-    finally:
-        http.close()
 
 
 def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(storage: Storage) -> None:
@@ -159,8 +152,8 @@ def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(
     receive and send); a third request is refused at once, the status route still answers,
     and once the bodies arrive both held pushes are stored."""
     client = storage.create_client("busy")
-    _, key = storage.create_key(client.client_id)
-    app = ImportApi(storage, Settings(access_log=False, max_concurrent=2))
+    _, key = storage.catalog.create_key(client.client_id)
+    app = create_app(Settings(access_log=False, max_concurrent=2), storage=storage)
     body = json.dumps(POINT).encode()
 
     async def scenario() -> tuple[list[int], int, str | None, int]:
@@ -196,7 +189,10 @@ def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(
         return ([s[0]["status"] for _, _, s in held], over_sent[0]["status"],
                 retry.decode() if retry else None, status_sent[0]["status"])
 
-    held_statuses, over, retry_after, status = asyncio.run(scenario())
+    try:
+        held_statuses, over, retry_after, status = asyncio.run(scenario())
+    finally:
+        app.close(storage=False)
     assert held_statuses == [201, 201]
     assert over == 503 and retry_after == "1"
     assert status == 200

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from importapi.app import ImportApi
+from importapi.app import create_app
+from importapi.rjmetrics.shapes import Shapes
 from importapi.settings import Settings
-from importapi.shapes import Shapes
 from importapi.storage import Storage, open_storage
 from tests.conftest import Api, InProcessClient
 
@@ -30,15 +30,13 @@ class Pair:
     def __init__(self, storage: Storage, client_id: int, key: str) -> None:
         self.storage, self.client_id, self.key = storage, client_id, key
         settings = Settings(access_log=False)
-        self.fast = InProcessClient(ImportApi(storage, settings))
-        plain = ImportApi(storage, settings)
-        plain.shapes = Shapes(limit=0)
-        self.plain = InProcessClient(plain)
+        self.apps = [create_app(settings, storage=storage), create_app(settings, storage=storage)]
+        self.apps[1].rjmetrics.shapes = Shapes(limit=0)
+        self.fast, self.plain = (InProcessClient(app) for app in self.apps)
 
     @property
     def shapes(self) -> Shapes:
-        shapes: Shapes = self.fast.app.shapes
-        return shapes
+        return self.apps[0].rjmetrics.shapes
 
     def url(self, table: str, sandbox: bool = False) -> str:
         prefix = "/sandbox" if sandbox else ""
@@ -55,13 +53,13 @@ class Pair:
         return a.status_code, answer_a
 
     def table(self, name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        info = [t.as_dict() for t in self.storage.tables(self.client_id) if t.schema.name == name]
+        info = [t.as_dict() for t in self.storage.warehouse.tables(self.client_id) if t.schema.name == name]
         if not info:
             return [], {}
         described = {k: v for k, v in info[0].items() if k not in ("table", "last_push_at", "created_at")}
         for column in described.get("columns", []):
             column.pop("widened_at", None)
-        columns, rows = self.storage.query(self.client_id, f'SELECT * FROM "{name}"')
+        columns, rows = self.storage.warehouse.query(self.client_id, f'SELECT * FROM "{name}"')
         found = sorted((dict(zip(columns, r)) for r in rows), key=repr)
         return found, described
 
@@ -71,12 +69,14 @@ class Pair:
     def close(self) -> None:
         self.fast.close()
         self.plain.close()
+        for app in self.apps:
+            app.close(storage=False)
 
 
 @contextmanager
 def pair_on(storage: Storage) -> Iterator[Pair]:
     client = storage.create_client("shapes")
-    _, key = storage.create_key(client.client_id)
+    _, key = storage.catalog.create_key(client.client_id)
     pair = Pair(storage, client.client_id, key)
     try:
         yield pair

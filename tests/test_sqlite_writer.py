@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importapi.errors import BadRequest
-from importapi.records import validate
+from importapi.rjmetrics.validate import validate
 from importapi.storage import Storage, open_storage, sqlite_writer
+from tests.helpers import apply, submit
 
 TABLE = "things"
 TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
@@ -43,17 +44,17 @@ def warehouse(json_rows: bool, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stor
 
 def push(storage: Storage, points: list[dict[str, Any]]) -> Any:
     batch = validate([{"keys": ["id"], **p} for p in points], TABLE)
-    return storage.submit(1, batch).result(timeout=30)
+    return apply(storage, 1, batch)
 
 
 def stored(storage: Storage) -> Any:
     """Every row with each value's SQLite storage class, and the table's column kinds."""
-    tables = [t.as_dict() for t in storage.tables(1)]
+    tables = [t.as_dict() for t in storage.warehouse.tables(1)]
     if not tables:
         return None
     columns = [c["name"] for c in tables[0]["columns"]]
     select = ", ".join(f'typeof("{c}"), "{c}"' for c in columns)
-    _, rows = storage.query(1, f'SELECT {select} FROM "{TABLE}" ORDER BY rowid')
+    _, rows = storage.warehouse.query(1, f'SELECT {select} FROM "{TABLE}" ORDER BY rowid')
     return [(c["name"], c["type"], c["widened_at"] is not None) for c in tables[0]["columns"]], rows
 
 
@@ -93,15 +94,15 @@ def test_pushes_grouped_in_one_transaction_each_count_their_own_keys(
     batches = [[{"id": (n * 7 + i) % 40, "v": n} for i in range(n % 5 + 1)] for n in range(60)]
     with warehouse(json_rows, monkeypatch) as storage:
         push(storage, [{"id": 0, "v": -1}])
-        futures = [storage.submit(1, validate([{"keys": ["id"], **p} for p in b], TABLE)) for b in batches]
-        results = [f.result(timeout=30) for f in futures]
+        futures = [submit(storage, 1, validate([{"keys": ["id"], **p} for p in b], TABLE)) for b in batches]
+        results = [f.result(timeout=30)[0] for f in futures]
         seen = {0}
         for batch, result in zip(batches, results):
             keys = [p["id"] for p in batch]
             inserted = len(set(keys) - seen)
             assert (result.inserted, result.replaced) == (inserted, len(keys) - inserted)
             seen |= set(keys)
-        _, rows = storage.query(1, f'SELECT id, v FROM "{TABLE}" ORDER BY id')
+        _, rows = storage.warehouse.query(1, f'SELECT id, v FROM "{TABLE}" ORDER BY id')
         expected = {0: -1}
         for n, batch in enumerate(batches):
             for p in batch:
@@ -132,7 +133,7 @@ def test_the_wal_starts_over_while_writes_never_pause() -> None:
             while len(in_flight) < 8:  # the queue is never empty: the writer never pauses
                 # keys in random order: each push touches pages all over the key index
                 points = [{"keys": ["id"], "id": rng.randrange(2**40), "v": "x" * 200} for _ in range(100)]
-                in_flight.append(storage.submit(1, validate(points, TABLE)))
+                in_flight.append(submit(storage, 1, validate(points, TABLE)))
                 n += 1
             time.sleep(0.001)
         for f in in_flight:

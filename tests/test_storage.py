@@ -21,18 +21,20 @@ from hypothesis import strategies as st
 
 from importapi.errors import BadRequest
 from importapi.kinds import Kind, to_storage, widen_stored
-from importapi.records import validate
-from importapi.storage import PushResult, Storage, open_storage
+from importapi.push import PushResult
+from importapi.rjmetrics.validate import validate
+from importapi.storage import Storage, open_storage
 from tests.backends import backend_of, fresh_postgres, refusing_connections
+from tests.helpers import apply
 
 
 def push(storage: Storage, table: str, points: list[dict[str, Any]], client_id: int = 1,
          sandbox: bool = False) -> PushResult:
-    return storage.submit(client_id, validate([dict(p) for p in points], table), sandbox=sandbox).result(60)
+    return apply(storage, client_id, validate([dict(p) for p in points], table), sandbox=sandbox)
 
 
 def rows(storage: Storage, table: str) -> dict[Any, dict[str, Any]]:
-    columns, found = storage.read_rows(1, table)
+    columns, found = storage.warehouse.read_rows(1, table)
     return {r[0]: dict(zip(columns, r)) for r in found}
 
 
@@ -62,7 +64,7 @@ def test_widening_stored_doubles_writes_them_as_python_does(storage: Storage, la
     push(storage, "t", [{"keys": ["id"], "id": -1, "v": later}])
     kind = {str: Kind.TEXT, int: Kind.DECIMAL, dict: Kind.JSON}[type(later)]
     stored = rows(storage, "t")
-    _, raw = storage.query(1, 'SELECT "id", "v" FROM "t" WHERE "id" >= 0 ORDER BY "id"')
+    _, raw = storage.warehouse.query(1, 'SELECT "id", "v" FROM "t" WHERE "id" >= 0 ORDER BY "id"')
     for (i, value), d in zip(raw, doubles):
         expected = widen_stored(d or 0.0, Kind.DOUBLE, kind)
         if kind is Kind.JSON:
@@ -113,20 +115,20 @@ def test_queries_cannot_write(storage: Storage, sql: str) -> None:
     storage.create_client("c")
     push(storage, "t", [{"keys": ["id"], "id": 1, "v": 1}])
     with pytest.raises(BadRequest):
-        storage.query(1, sql)
+        storage.warehouse.query(1, sql)
     assert rows(storage, "t") == {1: {"id": 1, "v": 1}}
-    assert [t.schema.name for t in storage.tables(1)] == ["t"]
-    assert storage.query(1, "SELECT 'a%b' AS x")[1] == [("a%b",)]  # no placeholder parsing
+    assert [t.schema.name for t in storage.warehouse.tables(1)] == ["t"]
+    assert storage.warehouse.query(1, "SELECT 'a%b' AS x")[1] == [("a%b",)]  # no placeholder parsing
 
 
 def test_catalog_version_follows_other_processes(storage: Storage, database: str) -> None:
     client = storage.create_client("c")
-    info, _ = storage.create_key(client.client_id)
-    before = storage.catalog_version()
+    info, _ = storage.catalog.create_key(client.client_id)
+    before = storage.catalog.version()
     with open_storage(database) as other:
-        other.revoke_key(info.key_id)
-    assert storage.catalog_version() != before
-    stored = storage.find_key(info.key_id)
+        other.catalog.revoke_key(info.key_id)
+    assert storage.catalog.version() != before
+    stored = storage.catalog.find_key(info.key_id)
     assert stored is not None and stored.revoked
 
 
@@ -138,7 +140,7 @@ def test_racing_first_pushes_create_one_table_with_every_column(storage: Storage
         results = list(pool.map(lambda n: push(storage, "new", [{"keys": ["id"], "id": n, f"c{n}": n}]),
                                 range(16)))
     assert sum(r.inserted for r in results) == 16
-    (info,) = storage.tables(1)
+    (info,) = storage.warehouse.tables(1)
     assert set(info.schema.columns) == {"id", *(f"c{n}" for n in range(16))} and info.row_count == 16
 
 
@@ -150,7 +152,7 @@ def test_sandbox_counts_keys_of_a_widening_key_column(storage: Storage) -> None:
                 sandbox=True)
     assert (plan.inserted, plan.replaced) == (1, 1)
     assert plan.plan["widen_columns"] == [{"name": "id", "from": "integer", "to": "text"}]
-    assert storage.tables(1)[0].schema.columns["id"].kind is Kind.INTEGER
+    assert storage.warehouse.tables(1)[0].schema.columns["id"].kind is Kind.INTEGER
 
 
 @pytest.mark.backends("postgresql")
@@ -163,7 +165,7 @@ def test_postgresql_layout_one_schema_per_client_and_real_types(storage: Storage
     push(storage, "orders", [{"keys": ["id", "at"], "id": 1, "at": "x", "b": True, "f": 1.5, "big": 2**70,
                               "j": [1]}])
     push(storage, "orders", [{"keys": ["id"], "id": 2}], client_id=2)
-    _, found = storage.query(1, "SELECT table_schema, table_name, column_name, data_type"
+    _, found = storage.warehouse.query(1, "SELECT table_schema, table_name, column_name, data_type"
                                 " FROM information_schema.columns WHERE table_name = 'orders'"
                                 " ORDER BY table_schema, ordinal_position")
     assert found == [
@@ -172,10 +174,10 @@ def test_postgresql_layout_one_schema_per_client_and_real_types(storage: Storage
         ("client_1", "orders", "big", "numeric"), ("client_1", "orders", "j", "jsonb"),
         ("client_2", "orders", "id", "bigint"),
     ]
-    _, keys = storage.query(1, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'client_1'"
+    _, keys = storage.warehouse.query(1, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'client_1'"
                                " AND tablename = 'orders'")
     assert keys == [('CREATE UNIQUE INDEX orders_pkey ON client_1.orders USING btree (id, at)',)]
-    _, catalog = storage.query(1, "SELECT table_name FROM information_schema.tables"
+    _, catalog = storage.warehouse.query(1, "SELECT table_name FROM information_schema.tables"
                                   " WHERE table_schema = 'importapi' ORDER BY 1")
     assert [r[0] for r in catalog] == ["activity", "api_keys", "catalog_state", "clients", "settings"]
 
@@ -186,13 +188,13 @@ def test_another_process_changing_a_table_is_seen_by_queries_and_pushes(storage:
     storage.create_client("c")
     push(storage, "t", [{"keys": ["id"], "id": 1, "v": 1}])
     for _ in range(6):  # often enough for statements to be prepared on the server
-        assert storage.query(1, 'SELECT * FROM "t"')[0] == ["id", "v"]
+        assert storage.warehouse.query(1, 'SELECT * FROM "t"')[0] == ["id", "v"]
         push(storage, "t", [{"keys": ["id"], "id": 1, "v": 1}])
     with open_storage(database) as other:
         push(other, "t", [{"keys": ["id"], "id": 2, "v": "x", "w": 1}])
     result = push(storage, "t", [{"keys": ["id"], "id": 3, "v": 5}, {"keys": ["id"], "id": 2, "v": 6}])
     assert (result.inserted, result.replaced) == (1, 1)
-    assert storage.query(1, 'SELECT * FROM "t" ORDER BY "id"') == (
+    assert storage.warehouse.query(1, 'SELECT * FROM "t" ORDER BY "id"') == (
         ["id", "v", "w"], [(1, "1", None), (2, "6", None), (3, "5", None)])
 
 
@@ -200,8 +202,8 @@ def test_rows_dropped_unread_give_their_connection_back(storage: Storage) -> Non
     storage.create_client("c")
     push(storage, "t", [{"keys": ["id"], "id": 1}])
     for _ in range(30):  # more than a pool holds
-        storage.read_rows(1, "t")
-    assert list(storage.read_rows(1, "t")[1]) == [(1,)]
+        storage.warehouse.read_rows(1, "t")
+    assert list(storage.warehouse.read_rows(1, "t")[1]) == [(1,)]
 
 
 # -- one behaviour: the same pushes on both backends give the same answers and tables -----
@@ -263,14 +265,14 @@ def test_the_same_pushes_give_the_same_answers_and_tables_on_both_backends(
         for sandbox in (True, False):
             outcomes = [_outcome(s, table, points, sandbox) for s in both]
             assert outcomes[0] == outcomes[1], (points, sandbox)
-    lite, pg = ({t.schema.name: t for t in s.tables(1)}.get(table) for s in both)
+    lite, pg = ({t.schema.name: t for t in s.warehouse.tables(1)}.get(table) for s in both)
     assert (lite is None) == (pg is None)
     if lite is None or pg is None:
         return
     columns = [[(c["name"], c["type"]) for c in info.as_dict()["columns"]] for info in (lite, pg)]
     assert columns[0] == columns[1]
     assert (lite.schema.key_fields, lite.row_count) == (pg.schema.key_fields, pg.row_count)
-    rows = [sorted(s.read_rows(1, table)[1], key=lambda r: str(r[0])) for s in both]
+    rows = [sorted(s.warehouse.read_rows(1, table)[1], key=lambda r: str(r[0])) for s in both]
     assert rows[0] == rows[1]
 
 
@@ -279,8 +281,8 @@ def test_text_keys_come_in_byte_order_on_both_backends(storage: Storage) -> None
     the PostgreSQL database has by default."""
     storage.create_client("c")
     push(storage, "t", [{"keys": ["k"], "k": k} for k in ["b", "_", "B", "a", "é", "A"]])
-    assert [r[0] for r in storage.read_rows(1, "t")[1]] == ["A", "B", "_", "a", "b", "é"]
-    assert [r[0] for r in storage.query(1, 'SELECT "k" FROM "t" ORDER BY "k"')[1]] == ["A", "B", "_", "a", "b", "é"]
+    assert [r[0] for r in storage.warehouse.read_rows(1, "t")[1]] == ["A", "B", "_", "a", "b", "é"]
+    assert [r[0] for r in storage.warehouse.query(1, 'SELECT "k" FROM "t" ORDER BY "k"')[1]] == ["A", "B", "_", "a", "b", "é"]
 
 
 @pytest.mark.backends("postgresql")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import json
-import os
-import re
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -22,10 +20,8 @@ from urllib.parse import quote, urlsplit
 
 from importapi.client._batching import Batch
 from importapi.client._retry import Retry, is_transient
-from importapi.errors import PushError, PushFailed, PushRefused
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-_POINT_REASON = re.compile(r"data point (\d+): (.*)", re.DOTALL)
+from importapi.errors import Code, Detail, PushError, PushFailed, PushRefused
+from importapi.settings import ClientSettings
 
 
 @dataclass(slots=True)
@@ -246,24 +242,31 @@ def _count(body: Any, name: str) -> int:
 def failure(reply: Reply, first: int, count: int) -> PushError:
     """The error for a final reply that was not a success, mapped to the input's records."""
     if reply.status == 0:
-        return PushFailed(0, "No answer", [reply.error or "the server could not be reached"],
+        return PushFailed(0, "No answer", [Detail("", reply.error or "the server could not be reached")],
                           first=first, count=count)
     body = _decode(reply.content)
     phrase = _phrase(reply.status)
     message = body.get("message") if isinstance(body, dict) else None
-    reasons = body.get("reasons") if isinstance(body, dict) else None
-    if not (isinstance(reasons, list) and reasons):
-        reasons = [reply.content.decode("utf-8", "replace")[:500] or phrase]
-    reasons = [str(r) for r in reasons]
+    details = _details(body) or [Detail(Code.SERVER_ERROR if reply.status >= 500 else "",
+                                        reply.content.decode("utf-8", "replace")[:500] or phrase)]
     message = str(message) if message else phrase
     if is_transient(reply.status):
-        return PushFailed(reply.status, message, reasons, first=first, count=count)
-    points: dict[int, list[str]] = {}
-    for reason in reasons:
-        match = _POINT_REASON.fullmatch(reason)
-        if match and int(match.group(1)) < count:
-            points.setdefault(first + int(match.group(1)), []).append(match.group(2))
-    return PushRefused(reply.status, message, reasons, first=first, count=count, points=points)
+        return PushFailed(reply.status, message, details, first=first, count=count)
+    return PushRefused(reply.status, message, details, first=first, count=count)
+
+
+def _details(body: Any) -> list[Detail]:
+    """The problems an error answer names: its ``details``, or (from a server that gives
+    none) its ``reasons`` as details without a code."""
+    if not isinstance(body, dict):
+        return []
+    details = body.get("details")
+    if isinstance(details, list) and details and all(isinstance(d, dict) for d in details):
+        return [Detail(str(d.get("code", "")), str(d.get("message", "")),
+                       d["point"] if isinstance(d.get("point"), int) else None,
+                       d["field"] if isinstance(d.get("field"), str) else None) for d in details]
+    reasons = body.get("reasons")
+    return [Detail("", str(r)) for r in reasons] if isinstance(reasons, list) else []
 
 
 def _phrase(status: int) -> str:
@@ -278,7 +281,7 @@ class ClientBase:
 
     # Where the original client pointed at the hosted service, these point at a local
     # server, or at IMPORTAPI_URL; ``Client(..., url=...)`` sets them per client.
-    API_BASE, SANDBOX_BASE = bases(os.environ.get("IMPORTAPI_URL") or DEFAULT_URL)
+    API_BASE, SANDBOX_BASE = bases(ClientSettings.from_env().url)
 
     def __init__(self, client_id: int, api_key: str, *, url: str | None, concurrency: int,
                  gzip: bool, retry: Retry | None, max_points: int, max_bytes: int) -> None:

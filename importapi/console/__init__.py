@@ -3,35 +3,30 @@
 Server-rendered pages (Starlette and Jinja2 templates, one stylesheet, a few lines of
 JavaScript for copy buttons): sign in, Data -> Connections (clients and their keys, "Add a
 Data Source"), Tables (schemas, rows, downloads) and Activity (latest pushes and
-refusals). ``mount`` attaches it to an ``ImportApi`` together with the activity recorder
-that feeds the Activity page.
+refusals). ``importapi.app.create_app`` mounts it beside the API, with the activity
+recorder that feeds the Activity page.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, cast
 
-if TYPE_CHECKING:
-    from starlette.applications import Starlette
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
-    from importapi.app import ASGIApp, ImportApi
-    from importapi.storage import Storage
+from importapi.console import exports, login, pages
+from importapi.console.owner import LoginThrottle, session_secret
+from importapi.console.web import HERE, PREFIX, Sessions, http_error
+from importapi.storage import Storage
 
 SESSION_HOURS = 12
 
 
 def create_console(storage: Storage) -> Starlette:
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.middleware import Middleware
-    from starlette.routing import Mount, Route
-    from starlette.staticfiles import StaticFiles
-
-    from importapi.console import exports, login, pages
-    from importapi.console.owner import LoginThrottle, session_secret
-    from importapi.console.web import HERE, PREFIX, Sessions, http_error
-
+    """The console's ASGI application, reading and writing ``storage``."""
     routes = [
         Route("/", pages.home),
         Route("/login", login.login_page, methods=["GET"]),
@@ -60,13 +55,3 @@ def create_console(storage: Storage) -> Starlette:
     app.state.throttle = LoginThrottle()
     app.state.login_lock = threading.Lock()
     return app
-
-
-def mount(api: ImportApi) -> None:
-    """Serve the console from ``api`` under /console, and record its activity."""
-    from importapi.activity import ActivityRecorder
-
-    api.console = cast("ASGIApp", create_console(api.storage))
-    recorder = ActivityRecorder(api.storage)
-    api.observers.append(recorder)
-    api.on_shutdown.append(recorder.close)

@@ -66,7 +66,7 @@ def export(request: Request) -> Response:
     cid, table, fmt = (request.path_params[p] for p in ("cid", "table", "fmt"))
     if fmt not in FORMATS:
         return Response(status_code=404)
-    columns, rows = storage_of(request).read_rows(cid, table)
+    columns, rows = storage_of(request).warehouse.read_rows(cid, table)
     body = _csv(columns, rows) if fmt == "csv" else _jsonl(columns, rows)
     return StreamingResponse(body, media_type=FORMATS[fmt], headers={
         "content-disposition": f'attachment; filename="client{cid}-{table}.{fmt}"',

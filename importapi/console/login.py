@@ -80,7 +80,7 @@ def _login(request: Request, data: FormData) -> Response:
         response.headers["retry-after"] = str(seconds)
         return response
     password = data.get("password")
-    stored = storage_of(request).get_setting(PASSWORD_SETTING)
+    stored = storage_of(request).catalog.get_setting(PASSWORD_SETTING)
     if stored is None:
         return _form(request, 401, "No owner password is set yet. On the server, run: "
                      "importapi admin set-password", next_url)

@@ -64,24 +64,24 @@ def validate_password(password: str) -> str:
 
 
 def set_password(storage: Storage, password: str) -> None:
-    storage.set_setting(PASSWORD_SETTING, hash_password(validate_password(password)))
+    storage.catalog.set_setting(PASSWORD_SETTING, hash_password(validate_password(password)))
 
 
 def set_first_password(storage: Storage) -> str | None:
     """On a warehouse without an owner password, make one and return it (to show once);
     None if there already is one."""
-    if storage.get_setting(PASSWORD_SETTING) is not None:
+    if storage.catalog.get_setting(PASSWORD_SETTING) is not None:
         return None
     password = secrets.token_urlsafe(12)
     stored = hash_password(password)
-    if storage.set_setting(PASSWORD_SETTING, stored, replace=False) != stored:
+    if storage.catalog.set_setting(PASSWORD_SETTING, stored, replace=False) != stored:
         return None  # another process set one first
     return password
 
 
 def session_secret(storage: Storage) -> str:
     """The key that signs session cookies, the same in every server process."""
-    return storage.set_setting(SECRET_SETTING, secrets.token_urlsafe(32), replace=False)
+    return storage.catalog.set_setting(SECRET_SETTING, secrets.token_urlsafe(32), replace=False)
 
 
 def fingerprint(secret: str, stored_hash: str | None, epoch: str | None) -> str:
@@ -94,12 +94,12 @@ def fingerprint(secret: str, stored_hash: str | None, epoch: str | None) -> str:
 
 def owner_fingerprint(storage: Storage, secret: str) -> str:
     """The fingerprint a session must carry now to be the owner's."""
-    return fingerprint(secret, storage.get_setting(PASSWORD_SETTING), storage.get_setting(EPOCH_SETTING))
+    return fingerprint(secret, storage.catalog.get_setting(PASSWORD_SETTING), storage.catalog.get_setting(EPOCH_SETTING))
 
 
 def end_sessions(storage: Storage) -> None:
     """Sign every session out (a new epoch)."""
-    storage.set_setting(EPOCH_SETTING, secrets.token_urlsafe(12))
+    storage.catalog.set_setting(EPOCH_SETTING, secrets.token_urlsafe(12))
 
 
 class LoginThrottle:

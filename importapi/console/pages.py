@@ -29,7 +29,7 @@ SAMPLE_RECORD = ('{"keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": 
 
 
 def _client(request: Request) -> ClientInfo:
-    client = storage_of(request).get_client(request.path_params["cid"])
+    client = storage_of(request).catalog.get_client(request.path_params["cid"])
     if client is None:
         raise NotFound(f"client {request.path_params['cid']} does not exist")
     return client
@@ -43,9 +43,9 @@ def home(request: Request) -> Response:
 @page
 def data(request: Request) -> Response:
     storage = storage_of(request)
-    clients = storage.list_clients()
-    keys = [k for c in clients for k in storage.list_keys(c.client_id)]
-    tables = [t for c in clients for t in storage.tables(c.client_id)]
+    clients = storage.catalog.list_clients()
+    keys = [k for c in clients for k in storage.catalog.list_keys(c.client_id)]
+    tables = [t for c in clients for t in storage.warehouse.tables(c.client_id)]
     return render(request, "data.html", section="data", clients=clients,
                   live_keys=sum(1 for k in keys if k.revoked_at is None), tables=tables)
 
@@ -53,7 +53,7 @@ def data(request: Request) -> Response:
 @page
 def connections(request: Request) -> Response:
     storage = storage_of(request)
-    clients = [(c, storage.list_keys(c.client_id)) for c in storage.list_clients()]
+    clients = [(c, storage.catalog.list_keys(c.client_id)) for c in storage.catalog.list_clients()]
     return render(request, "connections.html", section="connections", clients=clients)
 
 
@@ -79,7 +79,7 @@ def add_source(request: Request, data: FormData) -> Response:
     client = _client(request)
     if data.get("source") not in SOURCES:
         return refuse(request, 400, "Unknown data source", "Choose one of the listed data sources.")
-    info, api_key = storage_of(request).create_key(client.client_id)
+    info, api_key = storage_of(request).catalog.create_key(client.client_id)
     base = str(request.base_url).rstrip("/")
     return render(request, "source_created.html", section="connections", client=client, key=info,
                   api_key=api_key, production=f"{base}/v2", sandbox=f"{base}/sandbox/v2",
@@ -90,9 +90,9 @@ def add_source(request: Request, data: FormData) -> Response:
 def revoke_key(request: Request, data: FormData) -> Response:
     client = _client(request)
     key_id = request.path_params["key_id"]
-    if key_id not in {k.key_id for k in storage_of(request).list_keys(client.client_id)}:
+    if key_id not in {k.key_id for k in storage_of(request).catalog.list_keys(client.client_id)}:
         raise NotFound(f"client {client.client_id} has no key {key_id}")
-    storage_of(request).revoke_key(key_id)
+    storage_of(request).catalog.revoke_key(key_id)
     return see_other("/data/connections", f"Revoked key {key_id} of client {client.client_id}: "
                      "pushes with it are refused from now on.", request)
 
@@ -100,13 +100,13 @@ def revoke_key(request: Request, data: FormData) -> Response:
 @page
 def tables(request: Request) -> Response:
     storage = storage_of(request)
-    clients = [(c, storage.tables(c.client_id)) for c in storage.list_clients()]
+    clients = [(c, storage.warehouse.tables(c.client_id)) for c in storage.catalog.list_clients()]
     return render(request, "tables.html", section="tables", clients=clients)
 
 
 def _table_info(request: Request, client: ClientInfo) -> TableInfo:
     name = request.path_params["table"]
-    for info in storage_of(request).tables(client.client_id):
+    for info in storage_of(request).warehouse.tables(client.client_id):
         if info.schema.name == name:
             return info
     raise NotFound(f"client {client.client_id} has no table {name!r}")
@@ -119,7 +119,7 @@ def table(request: Request) -> Response:
     descending = request.query_params.get("order") == "desc"
     pages = max(1, -(-info.row_count // ROWS_PER_PAGE))
     number = min(int_param(request.query_params.get("page"), 1), pages)
-    columns, rows = storage_of(request).read_rows(
+    columns, rows = storage_of(request).warehouse.read_rows(
         client.client_id, info.schema.name, descending=descending,
         offset=(number - 1) * ROWS_PER_PAGE, limit=ROWS_PER_PAGE)
     return render(request, "table.html", section="tables", client=client, info=info,
@@ -147,7 +147,7 @@ def _cells(row: tuple[Any, ...]) -> list[tuple[str, str]]:
 @page
 def activity(request: Request) -> Response:
     storage = storage_of(request)
-    names = {c.client_id: c.name for c in storage.list_clients()}
+    names = {c.client_id: c.name for c in storage.catalog.list_clients()}
     return render(request, "activity.html", section="activity", names=names, window=KEEP,
-                  pushes=storage.recent_activity(100, refused=False),
-                  refusals=storage.recent_activity(100, refused=True))
+                  pushes=storage.catalog.recent_activity(100, refused=False),
+                  refusals=storage.catalog.recent_activity(100, refused=True))

@@ -1,9 +1,10 @@
-"""The storage interface and the plain records it hands out.
+"""The warehouse interface (one implementation per backend) and the plain records that
+storage hands out.
 
-Pushes go through ``submit``, which returns a ``concurrent.futures.Future`` so that a
-backend can group concurrent pushes into one transaction (group commit) while the command
-line simply blocks on it; the server awaits ``push``, which a backend may answer for a whole
-group at once.
+Pushes go through ``Warehouse.submit``, which returns a ``concurrent.futures.Future`` so
+that a backend can group concurrent pushes into one transaction (group commit) while the
+command line simply blocks on it; the server awaits ``push``, which a backend may answer for
+a whole group at once.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import asyncio
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import Any
 
-from importapi.kinds import Kind
-from importapi.records import Batch, Limits
+from importapi.errors import Detail
+from importapi.push import Push, PushResult
 from importapi.schema import TableSchema
-
-DEFAULT_DATABASE = "sqlite:///importapi-data"
+from importapi.settings import Limits
 
 
 def utcnow() -> str:
@@ -110,11 +110,15 @@ class Activity:
     replaced: int
     sandbox: bool
     status: int
-    reasons: tuple[str, ...] = ()
+    details: tuple[Detail, ...] = ()
 
     @property
     def refused(self) -> bool:
         return self.status >= 400
+
+    @property
+    def reasons(self) -> list[str]:
+        return [d.reason for d in self.details]
 
 
 @dataclass
@@ -127,60 +131,27 @@ class CatalogDump:
     settings: dict[str, str]
 
 
-@dataclass
-class PushResult:
-    table: str
-    inserted: int
-    replaced: int
-    plan: dict[str, Any] = field(default_factory=dict)
-    kinds: dict[str, Kind] | None = None
-    """The table's columns and their kinds once the push is applied (not for the sandbox)."""
+class Warehouse(abc.ABC):
+    """One backend's data: each client's tables, their schemas and rows.
 
-
-class Storage(abc.ABC):
-    """What the server and the command line need from a warehouse backend."""
+    Every method blocks (callers on the event loop run it in a thread), except ``submit``,
+    which only queues the push, and ``push``, which awaits it: both may run on the loop.
+    """
 
     limits: Limits
 
-    # -- clients and keys -------------------------------------------------
     @abc.abstractmethod
-    def create_client(self, name: str, client_id: int | None = None) -> ClientInfo: ...
+    def create_space(self, client_id: int) -> None:
+        """Make room for a new client's tables (a file, a schema); doing it again is harmless."""
 
     @abc.abstractmethod
-    def get_client(self, client_id: int) -> ClientInfo | None: ...
+    def submit(self, push: Push) -> Future[list[PushResult]]:
+        """Apply (or, in the sandbox, plan) a validated push; resolves after the commit,
+        with a result per batch. Queues the push and returns at once."""
 
-    @abc.abstractmethod
-    def list_clients(self) -> list[ClientInfo]: ...
-
-    @abc.abstractmethod
-    def create_key(self, client_id: int) -> tuple[KeyInfo, str]:
-        """A new key for the client: its record and the key itself, shown once."""
-
-    @abc.abstractmethod
-    def list_keys(self, client_id: int) -> list[KeyInfo]: ...
-
-    @abc.abstractmethod
-    def revoke_key(self, key_id: str) -> KeyInfo: ...
-
-    @abc.abstractmethod
-    def find_key(self, key_id: str) -> StoredKey | None: ...
-
-    @abc.abstractmethod
-    def touch_keys(self, last_used: dict[str, str]) -> None:
-        """Record when keys were last used (written in batches, off the request path)."""
-
-    @abc.abstractmethod
-    def catalog_version(self) -> int:
-        """A number that changes whenever another process changes clients or keys."""
-
-    # -- data -------------------------------------------------------------
-    @abc.abstractmethod
-    def submit(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> Future[PushResult]:
-        """Apply (or, in the sandbox, plan) a validated push; resolves after the commit."""
-
-    async def push(self, client_id: int, batch: Batch, *, sandbox: bool = False) -> PushResult:
-        """``submit`` for the event loop: the result, once committed."""
-        return await asyncio.wrap_future(self.submit(client_id, batch, sandbox=sandbox))
+    async def push(self, push: Push) -> list[PushResult]:
+        """``submit`` for the event loop: the results, once committed."""
+        return await asyncio.wrap_future(self.submit(push))
 
     @abc.abstractmethod
     def tables(self, client_id: int) -> list[TableInfo]: ...
@@ -198,34 +169,6 @@ class Storage(abc.ABC):
 
         Values come back as the JSON values they hold (``kinds.from_storage``). The rows are
         read lazily (an export streams them); an unknown table is a NotFound."""
-
-    # -- the console: owner settings and the activity window --------------
-    @abc.abstractmethod
-    def get_setting(self, name: str) -> str | None:
-        """One of the warehouse's own settings (the owner's password hash, the session secret)."""
-
-    @abc.abstractmethod
-    def set_setting(self, name: str, value: str, *, replace: bool = True) -> str:
-        """Store a setting and return the value now stored; ``replace=False`` keeps an
-        existing value, so processes racing to create one agree on it."""
-
-    @abc.abstractmethod
-    def record_activity(self, events: Sequence[Activity], keep: int) -> None:
-        """Append finished requests, then keep only the newest ``keep`` pushes and the
-        newest ``keep`` refusals (``Activity.refused``)."""
-
-    @abc.abstractmethod
-    def recent_activity(self, limit: int, *, refused: bool) -> list[Activity]:
-        """The newest recorded pushes, or refusals, newest first."""
-
-    # -- copying a warehouse (importapi copy) -------------------------------
-    @abc.abstractmethod
-    def export_catalog(self) -> CatalogDump:
-        """Every client, key and setting, with their ids and times."""
-
-    @abc.abstractmethod
-    def restore_catalog(self, dump: CatalogDump) -> None:
-        """Recreate an exported catalog in a warehouse that has no clients yet."""
 
     @abc.abstractmethod
     def restore_table(self, client_id: int, schema: TableSchema, rows: Iterable[Sequence[Any]],
@@ -249,9 +192,3 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

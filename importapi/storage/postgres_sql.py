@@ -5,36 +5,21 @@
     client_<id>._importapi_tables, _importapi_columns                 a client's table schemas
     client_<id>.<table>                                               a client's tables
 
-Everything here is text; ``postgres.py`` runs it. Identifiers go through ``quote`` only.
+Everything here is text; ``postgres.py`` runs it. Identifiers go through ``sql.quote`` only.
 """
 
 from __future__ import annotations
 
 from importapi.kinds import Kind
 from importapi.schema import TableSchema
+from importapi.storage import sql
+from importapi.storage.sql import TYPES, names, quote
 
-CATALOG = "importapi"
-
-SQL_TYPES = {
-    Kind.BOOLEAN: "boolean",
-    Kind.INTEGER: "bigint",
-    Kind.DOUBLE: "double precision",
-    Kind.DECIMAL: "numeric",
-    Kind.TEXT: "text",
-    Kind.JSON: "jsonb",
-}
+SQL_TYPES = TYPES["postgresql"]
 
 
 def declared_type(kind: Kind) -> str:
-    """A column's type as declared. Text compares and sorts byte by byte (collation "C"),
-    as in SQLite, whatever the database's default collation: the same key order (and the
-    same ORDER BY) on both backends, still served by the key's index."""
-    return 'text COLLATE "C"' if kind is Kind.TEXT else SQL_TYPES[kind]
-
-
-def quote(name: str) -> str:
-    """The one place identifiers are quoted: every name is a quoted identifier."""
-    return '"' + name.replace('"', '""') + '"'
+    return sql.declared_type("postgresql", kind)
 
 
 def client_schema(client_id: int) -> str:
@@ -138,15 +123,15 @@ CATALOG_DDL = [
 def client_ddl(client_id: int) -> list[str]:
     s = client_schema(client_id)
     return [
-        f"CREATE SCHEMA {s}",
-        f"""CREATE TABLE {s}._importapi_tables (
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"""CREATE TABLE IF NOT EXISTS {s}._importapi_tables (
             name text PRIMARY KEY,
             key_fields text[] NOT NULL,
             created_at timestamptz NOT NULL,
             last_push_at timestamptz,
             version bigint NOT NULL
         )""",
-        f"""CREATE TABLE {s}._importapi_columns (
+        f"""CREATE TABLE IF NOT EXISTS {s}._importapi_columns (
             table_name text NOT NULL REFERENCES {s}._importapi_tables (name),
             name text NOT NULL,
             kind text NOT NULL,
@@ -182,13 +167,12 @@ def widen_expr(column: str, old: Kind, new: Kind) -> str:
 
 
 def column_def(name: str, kind: Kind, key: bool) -> str:
-    return f"{quote(name)} {declared_type(kind)}" + (" NOT NULL" if key else "")
+    return sql.column_def("postgresql", name, kind, key)
 
 
 def create_table(client_id: int, schema: TableSchema) -> str:
-    defs = [column_def(c.name, c.kind, c.name in schema.key_fields) for c in schema.columns.values()]
-    keys = ", ".join(quote(k) for k in schema.key_fields)
-    return f"CREATE TABLE {table_ref(client_id, schema.name)} ({', '.join(defs)}, PRIMARY KEY ({keys}))"
+    defs = sql.column_defs("postgresql", [(c.name, c.kind) for c in schema.columns.values()], schema.key_fields)
+    return f"CREATE TABLE {table_ref(client_id, schema.name)} ({defs}, PRIMARY KEY ({names(schema.key_fields)}))"
 
 
 class TableSQL:
@@ -206,7 +190,7 @@ class TableSQL:
         cols = list(schema.columns)
         self.columns = cols
         self.kinds = [c.kind for c in schema.columns.values()]
-        keys = ", ".join(quote(k) for k in schema.key_fields)
+        keys = names(schema.key_fields)
         # %b: arrays go in binary, which costs a fraction of quoting every element as text
         arrays = ", ".join(f"%b::{SQL_TYPES[k]}[]" for k in self.kinds)
         others = [c for c in cols if c not in schema.key_fields]
@@ -215,7 +199,7 @@ class TableSQL:
             action = f"DO UPDATE SET {sets} RETURNING xmax = 0"
         else:
             action = "DO NOTHING RETURNING true"
-        self.upsert = (f"INSERT INTO {t} ({', '.join(quote(c) for c in cols)})"
+        self.upsert = (f"INSERT INTO {t} ({names(cols)})"
                        f" SELECT * FROM unnest({arrays}) ON CONFLICT ({keys}) {action}")
         self.key_positions = [cols.index(k) for k in schema.key_fields]
         self.all_keys = not others

@@ -1,10 +1,10 @@
 """The writer of one client's SQLite file: group commit, schema changes, upserts.
 
 Pushes queue up for the file's one writer thread, which applies them together in one
-transaction, each in a SAVEPOINT of its own: a refused push rolls back alone, and every push
-is answered only after the transaction holding it has committed. A second thread copies the
-WAL back into the file (checkpoints), so a commit never waits for that. Also here: the one
-function that quotes identifiers, and the SQLite type of each column kind.
+transaction; a push that changes a table runs in a SAVEPOINT of its own, so a refused push
+rolls back alone, and every push is answered only after the transaction holding it has
+committed. A second thread copies the WAL back into the file (checkpoints), so a commit
+never waits for that.
 """
 
 from __future__ import annotations
@@ -20,28 +20,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from importapi.errors import BadRequest, ImportApiError, ServerError, StorageUnavailable
-from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, widen_stored
-from importapi.records import Batch, Limits
+from importapi.errors import BadRequest, Code, ImportApiError, ServerError
+from importapi.kinds import widen_stored
+from importapi.push import Batch, Push, PushResult
 from importapi.schema import Column, Plan, Rows, TableSchema, count_changes, make_plan, prepare_rows
-from importapi.storage.base import PushResult, utcnow
+from importapi.settings import Limits
+from importapi.storage.base import utcnow
+from importapi.storage.sql import column_def, column_defs, names, quote
+from importapi.storage.sqlite_sql import (
+    TableSQL,
+    connect,
+    create_key_index,
+    create_table,
+    encode_rows,
+    holds_inexact,
+    json_rows_work,
+    load_schemas,
+    storage_error,
+    widen_function,
+)
 
 log = logging.getLogger("importapi.storage")
 
-SQL_TYPES = {
-    Kind.BOOLEAN: "BOOLEAN",
-    Kind.INTEGER: "INTEGER",
-    Kind.DOUBLE: "REAL",
-    Kind.DECIMAL: "TEXT",
-    Kind.TEXT: "TEXT",
-    Kind.JSON: "TEXT",
-}
 MAX_GROUP = 64
 # Past this rowid SQLite may pick new rowids at random instead of one above the largest.
 _ROWIDS_IN_ORDER = 2**62
-BUSY_TIMEOUT_MS = 10_000
 # Once the WAL holds this many frames (32 MiB of 4 KiB pages), the writer finishes the next
 # background checkpoint so that the WAL starts over (see _Checkpointer); below it, the WAL
 # is left to grow and the writer spends nothing on checkpoints.
@@ -52,104 +55,21 @@ RESTART_WAL_FRAMES = 8192
 WRITER_CACHE_KIB = 16384
 
 
-def quote(name: str) -> str:
-    """The one place identifiers are quoted: every name is a quoted identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def connect(path: Path | str, synchronous: str = "FULL", **kwargs: Any) -> sqlite3.Connection:
-    conn: sqlite3.Connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, **kwargs)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    return conn
-
-
-def storage_error(exc: sqlite3.Error) -> ImportApiError:
-    text = str(exc).lower()
-    if isinstance(exc, sqlite3.OperationalError) and any(
-        w in text for w in ("locked", "busy", "disk", "full", "unable to open", "readonly")
-    ):
-        return StorageUnavailable(f"the warehouse cannot take writes right now ({exc})")
-    return ServerError()
-
-
-def _widen_function(value: Any, old: str, new: str) -> Any:
-    return widen_stored(value, Kind.from_label(old), Kind.from_label(new))
-
-
-def _holds_inexact(conn: sqlite3.Connection, table: str, column: str) -> bool:
-    """Does an integer column hold a value that a double would round?"""
-    c = quote(column)
-    sql = f"SELECT 1 FROM {quote(table)} WHERE {c} > ? OR {c} < ? LIMIT 1"
-    return conn.execute(sql, (DOUBLE_EXACT, -DOUBLE_EXACT)).fetchone() is not None
-
-
-# Doubles whose text is hardest to read back exactly: the extremes, subnormals, halfway cases.
-_HARD_DOUBLES = (0.1, 1 / 3, -2.5e-8, 5e-324, 2.2250738585072014e-308, 2.225073858507201e-308,
-                 1.7976931348623157e308, 9007199254740993.0, 0.30000000000000004, 1e23, 8.41e21,
-                 4.35679e-10, 123456789012345.67, -0.0)
-
-
-def json_rows_work(conn: sqlite3.Connection) -> bool:
-    """Can this SQLite take a push's rows as one JSON text (``TableSQL.upsert_rows``)?
-
-    Binding rows one by one makes the driver take Python's lock back after every row, and
-    a writer thread that must win that lock back a hundred times per push, from an event
-    loop busy with requests, waits most of the time. One statement for all the rows is one
-    wait. It needs SQLite 3.38 (``->>``) and a JSON reader that gives back every double
-    and 64-bit integer exactly, which is checked here on the cases that go wrong first.
-    """
-    ints = (INT64_MIN, INT64_MAX, INT64_MIN + 1, 0)
-    rows = [(v, repr(v), ints[i % 4], i % 2 == 0) for i, v in enumerate(_HARD_DOUBLES)]
-    try:
-        back = conn.execute("SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
-                            (encode_rows(rows),)).fetchall()
-    except sqlite3.Error:
-        return False
-    return [(repr(a), b, c, d) for a, b, c, d in back] == [(b, b, c, int(d)) for _, b, c, d in rows]
-
-
-encode_rows = msgspec.json.Encoder().encode
-
-
-def execute_script(conn: sqlite3.Connection, script: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
-    schemas: dict[str, TableSchema] = {}
-    for name, key_fields, created_at in conn.execute(
-        "SELECT name, key_fields, created_at FROM _importapi_tables"
-    ):
-        schemas[name] = TableSchema(name, tuple(json.loads(key_fields)), {}, created_at)
-    for table, name, kind, widened_at in conn.execute(
-        "SELECT table_name, name, kind, widened_at FROM _importapi_columns ORDER BY table_name, position"
-    ):
-        schemas[table].columns[name] = Column(name, Kind.from_label(kind), widened_at)
-    return schemas
+Results = list[PushResult]
+Outcome = Results | BaseException
 
 
 @dataclass
 class _Job:
     """A queued push, answered through a thread's future or an event loop's."""
 
-    batch: Batch
-    sandbox: bool
-    future: Future[PushResult] | None
+    push: Push
+    future: Future[Results] | None
     loop: asyncio.AbstractEventLoop | None = None
-    answer: asyncio.Future[PushResult] | None = None
+    answer: asyncio.Future[Results] | None = None
 
 
-def _deliver(outcomes: list[tuple[asyncio.Future[PushResult], PushResult | BaseException]]) -> None:
+def _deliver(outcomes: list[tuple[asyncio.Future[Results], Outcome]]) -> None:
     """On the event loop: answer every push of a group at once."""
     for answer, outcome in outcomes:
         if answer.done():  # the request was cancelled (its client went away)
@@ -160,10 +80,10 @@ def _deliver(outcomes: list[tuple[asyncio.Future[PushResult], PushResult | BaseE
             answer.set_result(outcome)
 
 
-def _answer(jobs: list[tuple[_Job, PushResult | BaseException]]) -> None:
+def _answer(jobs: list[tuple[_Job, Outcome]]) -> None:
     """Resolve each job's future; pushes from event loops with one call per loop, not one
     wake-up and hand-over per push."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[PushResult], PushResult | BaseException]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Results], Outcome]]] = {}
     for job, outcome in jobs:
         if job.loop is not None and job.answer is not None:
             by_loop.setdefault(job.loop, []).append((job.answer, outcome))
@@ -177,48 +97,6 @@ def _answer(jobs: list[tuple[_Job, PushResult | BaseException]]) -> None:
             loop.call_soon_threadsafe(_deliver, outcomes)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
-
-
-class TableSQL:
-    """Statements for one table at one schema, built once and reused."""
-
-    def __init__(self, schema: TableSchema, max_points: int) -> None:
-        t = quote(schema.name)
-        cols = list(schema.columns)
-        keys = list(schema.key_fields)
-        col_list = ", ".join(quote(c) for c in cols)
-        marks = ", ".join("?" for _ in cols)
-        others = [c for c in cols if c not in schema.key_fields]
-        conflict = ", ".join(quote(k) for k in keys)
-        if others:
-            update = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in others)
-            action = f"DO UPDATE SET {update}"
-        else:
-            action = "DO NOTHING"
-        self.columns = cols
-        self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
-        # The same upsert taking all rows as one JSON array of arrays: one statement, one
-        # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
-        # needs it between a SELECT and ON CONFLICT.
-        values = ", ".join(f"value ->> {i}" for i in range(len(cols)))
-        self.upsert_rows = (f"INSERT INTO {t} ({col_list}) SELECT {values} FROM json_each(?) WHERE true"
-                            f" ON CONFLICT ({conflict}) {action}")
-        key_cols = ", ".join(quote(k) for k in keys)
-        if len(keys) == 1:
-            probe = ", ".join("?" for _ in range(max_points))
-            self.existing = f"SELECT {key_cols} FROM {t} WHERE {key_cols} IN ({probe})"
-        else:
-            row = "(" + ", ".join("?" for _ in keys) + ")"
-            probe = ", ".join(row for _ in range(max_points))
-            self.existing = f"SELECT {key_cols} FROM {t} WHERE ({key_cols}) IN (VALUES {probe})"
-        self.key_width = len(keys)
-        self.max_points = max_points
-        # A new row gets the rowid one above the table's largest, and a replaced row keeps
-        # its own: so the largest rowid after an upsert less the largest before is how many
-        # keys it inserted, without probing each key.
-        lower = {c.lower() for c in cols}
-        rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
-        self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
 
 
 class _Checkpointer:
@@ -286,15 +164,15 @@ class ClientWriter:
         self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
         self.thread.start()
 
-    def submit(self, batch: Batch, sandbox: bool) -> Future[PushResult]:
-        future: Future[PushResult] = Future()
-        self.jobs.put(_Job(batch, sandbox, future))
+    def submit(self, push: Push) -> Future[Results]:
+        future: Future[Results] = Future()
+        self.jobs.put(_Job(push, future))
         return future
 
-    def submit_from_loop(self, batch: Batch, sandbox: bool, loop: asyncio.AbstractEventLoop,
-                         answer: asyncio.Future[PushResult]) -> None:
+    def submit_from_loop(self, push: Push, loop: asyncio.AbstractEventLoop,
+                         answer: asyncio.Future[Results]) -> None:
         """``submit`` for an event loop: ``answer`` is resolved on ``loop``."""
-        self.jobs.put(_Job(batch, sandbox, None, loop, answer))
+        self.jobs.put(_Job(push, None, loop, answer))
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -323,7 +201,7 @@ class ClientWriter:
                     conn = connect(self.path, self.synchronous)
                     conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
                     conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
-                    conn.create_function("_importapi_widen", 3, _widen_function, deterministic=True)
+                    conn.create_function("_importapi_widen", 3, widen_function, deterministic=True)
                     self.json_rows = json_rows_work(conn)
                 if self.checkpointer.caught_up.is_set():
                     self._finish_checkpoint(conn)
@@ -362,7 +240,7 @@ class ClientWriter:
         """One transaction for the group. Each statement here costs the thread a wait for
         Python's lock when it ends, so a group runs as few as it can."""
         conn.execute("BEGIN IMMEDIATE")
-        results: list[tuple[_Job, PushResult | BaseException]] = []
+        results: list[tuple[_Job, Outcome]] = []
         stamps: dict[str, str] = {}
         try:
             self._refresh(conn)
@@ -387,38 +265,54 @@ class ClientWriter:
         self.stamped.update(stamps)
         _answer(results)
 
-    def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> PushResult | BaseException:
-        batch = job.batch
+    def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> Outcome:
+        push = job.push
         try:
-            schema = self.schemas.get(batch.table)
-            plan = make_plan(schema, batch, self.limits,
-                             lambda column: _holds_inexact(conn, batch.table, column))
-            rows = prepare_rows(plan, batch)
-            if job.sandbox:
-                existing = self._existing(conn, schema, plan, rows.keys)
-                inserted, replaced = count_changes(rows.point_keys, existing)
-                return PushResult(batch.table, inserted, replaced, plan.describe())
+            planned = [self._plan(conn, batch) for batch in push.batches]
+            if push.sandbox:
+                return [self._sandbox(conn, batch, plan, rows) for batch, plan, rows in planned]
         except ImportApiError as exc:
             return exc
-        if plan.changes_schema:
-            # A change can still be refused here (widening a key column can make two rows
-            # share a key): it rolls back alone, in a savepoint of its own.
-            conn.execute(f"SAVEPOINT push{n}")
-            try:
-                self._change_schema(conn, schema, plan)
-                self.schema_version = -2  # changed by this group: read again before COMMIT
-            except sqlite3.IntegrityError as exc:
-                conn.execute(f"ROLLBACK TO push{n}")
-                conn.execute(f"RELEASE push{n}")
-                self.schema_version = -1
-                self._refresh(conn)
-                self.last_rowid.pop(batch.table, None)
-                return BadRequest(
-                    f"table {batch.table!r}: widening a key column would make two rows share a key ({exc})"
-                )
+        if not any(plan.changes_schema for _batch, plan, _rows in planned):
+            return [self._write_batch(conn, batch, plan, rows) for batch, plan, rows in planned]
+        # A change can still be refused here (widening a key column can make two rows share
+        # a key): the push rolls back alone, in a savepoint of its own.
+        conn.execute(f"SAVEPOINT push{n}")
+        results = []
+        table = ""
+        try:
+            for batch, plan, rows in planned:
+                table = batch.table
+                if plan.changes_schema:
+                    self._change_schema(conn, self.schemas.get(batch.table), plan)
+                    self.schema_version = -2  # changed by this group: read again before COMMIT
+                    self.last_rowid.pop(batch.table, None)
+                results.append(self._write_batch(conn, batch, plan, rows))
+        except sqlite3.IntegrityError as exc:
+            conn.execute(f"ROLLBACK TO push{n}")
             conn.execute(f"RELEASE push{n}")
-            self.last_rowid.pop(batch.table, None)
-        inserted = self._upsert(conn, self._statements(self.schemas[batch.table]), schema, plan, rows)
+            self.schema_version = -1
+            self._refresh(conn)
+            for batch in push.batches:
+                self.last_rowid.pop(batch.table, None)
+            return BadRequest(f"table {table!r}: widening a key column would make two rows share a key ({exc})",
+                              code=Code.KEY_WIDENING_COLLISION)
+        conn.execute(f"RELEASE push{n}")
+        return results
+
+    def _plan(self, conn: sqlite3.Connection, batch: Batch) -> tuple[Batch, Plan, Rows]:
+        schema = self.schemas.get(batch.table)
+        plan = make_plan(schema, batch, self.limits, lambda column: holds_inexact(conn, batch.table, column))
+        return batch, plan, prepare_rows(plan, batch)
+
+    def _sandbox(self, conn: sqlite3.Connection, batch: Batch, plan: Plan, rows: Rows) -> PushResult:
+        existing = self._existing(conn, self.schemas.get(batch.table), plan, rows.keys)
+        inserted, replaced = count_changes(rows.point_keys, existing)
+        return PushResult(batch.table, inserted, replaced, plan.describe())
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: Batch, plan: Plan, rows: Rows) -> PushResult:
+        schema = self.schemas[batch.table]
+        inserted = self._upsert(conn, self._statements(schema), schema, plan, rows)
         self.pushed.add(batch.table)
         return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe(), plan.kinds)
 
@@ -476,12 +370,7 @@ class ClientWriter:
         now = utcnow()
         t = quote(plan.table)
         if schema is None:
-            defs = ", ".join(
-                f"{quote(c.name)} {SQL_TYPES[c.kind]}" + (" NOT NULL" if c.name in plan.key_fields else "")
-                for c in plan.add
-            )
-            conn.execute(f"CREATE TABLE {t} ({defs})")
-            self._create_key_index(conn, plan)
+            create_table(conn, plan.table, [(c.name, c.kind) for c in plan.add], plan.key_fields)
             conn.execute(
                 "INSERT INTO _importapi_tables (name, key_fields, created_at) VALUES (?, ?, ?)",
                 (plan.table, json.dumps(list(plan.key_fields)), now),
@@ -490,7 +379,7 @@ class ClientWriter:
         else:
             schema = TableSchema(schema.name, schema.key_fields, dict(schema.columns), schema.created_at)
             for c in plan.add:
-                conn.execute(f"ALTER TABLE {t} ADD COLUMN {quote(c.name)} {SQL_TYPES[c.kind]}")
+                conn.execute(f"ALTER TABLE {t} ADD COLUMN {column_def('sqlite', c.name, c.kind)}")
         position = len(schema.columns)
         for c in plan.add:
             conn.execute(
@@ -512,20 +401,11 @@ class ClientWriter:
         self.sql.pop(plan.table, None)
         self._statements(schema)
 
-    def _create_key_index(self, conn: sqlite3.Connection, plan: Plan) -> None:
-        keys = ", ".join(quote(k) for k in plan.key_fields)
-        index = quote(f"_importapi_key_{plan.table}")
-        conn.execute(f"CREATE UNIQUE INDEX {index} ON {quote(plan.table)} ({keys})")
-
     def _rebuild(self, conn: sqlite3.Connection, schema: TableSchema, plan: Plan) -> None:
         """Widen columns: SQLite cannot change a column's type, so the table is rebuilt."""
         t, tmp = quote(plan.table), quote(f"_importapi_rebuild_{plan.table}")
         widened = {name: (old, new) for name, old, new in plan.widen}
-        defs = ", ".join(
-            f"{quote(c.name)} {SQL_TYPES[c.kind]}" + (" NOT NULL" if c.name in plan.key_fields else "")
-            for c in schema.columns.values()
-        )
-        cols = ", ".join(quote(c) for c in schema.columns)
+        defs = column_defs("sqlite", [(c.name, c.kind) for c in schema.columns.values()], plan.key_fields)
         exprs = ", ".join(
             f"_importapi_widen({quote(c)}, '{widened[c][0].label}', '{widened[c][1].label}')"
             if c in widened
@@ -533,7 +413,7 @@ class ClientWriter:
             for c in schema.columns
         )
         conn.execute(f"CREATE TABLE {tmp} ({defs})")
-        conn.execute(f"INSERT INTO {tmp} ({cols}) SELECT {exprs} FROM {t} ORDER BY rowid")
+        conn.execute(f"INSERT INTO {tmp} ({names(schema.columns)}) SELECT {exprs} FROM {t} ORDER BY rowid")
         conn.execute(f"DROP TABLE {t}")
         conn.execute(f"ALTER TABLE {tmp} RENAME TO {t}")
-        self._create_key_index(conn, plan)
+        create_key_index(conn, plan.table, plan.key_fields)

@@ -10,7 +10,7 @@ kinds or order its values.
 
 Anything the typed decoder does not take (a field the shape lacks or misses, a value of
 another type, a null key, an integer beyond 2**53, a float beyond it, ``keys`` naming other
-fields or in another order) is decoded again the general way (``importapi.records``), which
+fields or in another order) is decoded again the general way (``importapi.rjmetrics.validate``), which
 accepts or refuses it with its reasons. So is a name given twice, which the decoder would
 take silently: without a backslash in the body, every ``"`` opens or closes a string, and
 a name, a text value and each name in ``keys`` is one string, so counting them proves no
@@ -33,7 +33,8 @@ from msgspec.structs import astuple
 
 from importapi.body import names_once
 from importapi.kinds import DOUBLE_EXACT, Kind
-from importapi.records import Batch, Limits
+from importapi.push import Batch
+from importapi.settings import Limits
 
 # A double column takes any float, but an integer beyond 2**53 sent to it needs a decimal
 # column: the typed decoder would round it to a float, so both are left to the general way.

@@ -1,4 +1,4 @@
-"""Validation of an upsert request: from a decoded JSON body to a ``Batch``.
+"""Validation of an RJMetrics upsert request: from a decoded JSON body to a ``Batch``.
 
 Everything the request alone can tell is checked here, for the whole request, before
 anything is written: the body's shape, each data point's ``keys`` and key values, field
@@ -9,80 +9,25 @@ limit) is checked by ``importapi.schema``.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from importapi.errors import BadRequest
+from importapi.errors import BadRequest, Code, Detail
 from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, join, kind_of
+from importapi.names import field_name_problem
+from importapi.push import Batch
+from importapi.settings import Limits
 
-TABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
-RESERVED_TABLE_PREFIXES = ("sqlite_", "_importapi", "pg_")
-MAX_NAME_BYTES = 63
-# PostgreSQL's system columns: no table can have a column of these names.
-SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 MAX_REASONS = 50
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_points: int = 100
-    max_body_bytes: int = 5 * 1024 * 1024
-    max_depth: int = 32
-    max_columns: int = 1000
-    max_key_fields: int = 8
-
-
-@dataclass
-class Batch:
-    """A validated request: data points in order, and the kind each field asks for."""
-
-    table: str
-    key_fields: tuple[str, ...]
-    points: list[dict[str, Any]]
-    kinds: dict[str, Kind] = field(default_factory=dict)
-    mixed: set[str] = field(default_factory=set)
-    """Fields whose values in this request are of more than one kind."""
-    inexact: set[str] = field(default_factory=set)
-    """Fields holding an integer that a double cannot hold exactly (beyond 2**53)."""
-    columns: tuple[str, ...] | None = None
-    """When set, each data point is a tuple of these fields' values, in this order (a request
-    read by its table's known shape, ``importapi.shapes``); else each is a dict."""
-
-
-def table_name(raw: str) -> str:
-    """The stored (lower-case) name of a table, or a 400 that says what is wrong."""
-    if not TABLE_NAME.fullmatch(raw):
-        raise BadRequest(
-            f"table name {raw!r} is not valid: use 1 to 63 letters, digits or underscores"
-        )
-    name = raw.lower()
-    if name.startswith(RESERVED_TABLE_PREFIXES):
-        raise BadRequest(f"table name {raw!r} is reserved: names starting with "
-                         + ", ".join(RESERVED_TABLE_PREFIXES) + " are kept for the system")
-    return name
-
-
-def field_name_problem(name: str) -> str | None:
-    if not name:
-        return "a field name is empty"
-    if "\x00" in name:
-        return f"field name {name!r} contains a NUL character"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        return f"field name {name[:20]!r}... is longer than {MAX_NAME_BYTES} bytes"
-    if name.lower() in SYSTEM_COLUMNS:
-        return f"field name {name!r} is reserved: the database keeps it for a system column"
-    return None
-
-
-def _name_problem(name: str, lower_names: dict[str, str]) -> str | None:
+def _name_problem(name: str, lower_names: dict[str, str]) -> tuple[Code, str] | None:
     problem = field_name_problem(name)
     if problem:
         return problem
     other = lower_names.setdefault(name.lower(), name)
     if other != name:
-        return (f"field names {other!r} and {name!r} differ only in case; "
-                "columns are matched ignoring case")
+        return (Code.FIELD_NAME_CASE,
+                f"field names {other!r} and {name!r} differ only in case; columns are matched ignoring case")
     return None
 
 
@@ -102,52 +47,55 @@ def _type_name(value: Any) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
-class _Collector:
+class Collector:
+    """The problems of a request, at most ``MAX_REASONS`` of them, raised together."""
+
     def __init__(self) -> None:
-        self.reasons: list[str] = []
+        self.details: list[Detail] = []
         self.dropped = 0
 
-    def add(self, index: int | None, text: str) -> None:
-        if len(self.reasons) >= MAX_REASONS:
+    def add(self, index: int | None, code: Code, text: str, field: str | None = None) -> None:
+        if len(self.details) >= MAX_REASONS:
             self.dropped += 1
             return
-        self.reasons.append(text if index is None else f"data point {index}: {text}")
+        self.details.append(Detail(code, text, index, field))
 
     def raise_if_any(self) -> None:
-        if self.reasons:
-            extra = [f"... and {self.dropped} more problems"] if self.dropped else []
-            raise BadRequest(*self.reasons, extra=extra)
+        if self.details:
+            more = [Detail(Code.MORE_PROBLEMS, f"... and {self.dropped} more problems")] if self.dropped else []
+            raise BadRequest(details=[*self.details, *more])
 
 
-def _v2_keys(point: dict[str, Any], i: int, limits: Limits, out: _Collector) -> tuple[str, ...] | None:
+def _v2_keys(point: dict[str, Any], i: int, limits: Limits, out: Collector) -> tuple[str, ...] | None:
     keys = point.get("keys", _MISSING)
     if keys is _MISSING:
-        out.add(i, 'has no "keys" field: name the fields that identify it, e.g. "keys": ["id"]')
+        out.add(i, Code.KEYS_MISSING, 'has no "keys" field: name the fields that identify it, e.g. "keys": ["id"]')
         return None
     if type(keys) is not list or not keys:
-        out.add(i, f'"keys" must be a non-empty array of field names, got {_type_name(keys)}')
+        out.add(i, Code.KEYS_INVALID, f'"keys" must be a non-empty array of field names, got {_type_name(keys)}')
         return None
     if any(type(k) is not str for k in keys):
-        out.add(i, '"keys" must contain only field names (strings)')
+        out.add(i, Code.KEYS_INVALID, '"keys" must contain only field names (strings)')
         return None
     if len(set(keys)) != len(keys):
-        out.add(i, f'"keys" names a field more than once: {keys}')
+        out.add(i, Code.KEYS_INVALID, f'"keys" names a field more than once: {keys}')
         return None
     if len(keys) > limits.max_key_fields:
-        out.add(i, f'"keys" names {len(keys)} fields; at most {limits.max_key_fields} are allowed')
+        out.add(i, Code.KEYS_TOO_MANY, f'"keys" names {len(keys)} fields; at most {limits.max_key_fields} are allowed')
         return None
     ok = True
     for k in keys:
         if k == "keys":
-            out.add(i, '"keys" cannot name the field "keys" itself')
+            out.add(i, Code.KEYS_INVALID, '"keys" cannot name the field "keys" itself', "keys")
             ok = False
         elif k not in point:
-            out.add(i, f"key field {k!r} is missing")
+            out.add(i, Code.KEY_MISSING, f"key field {k!r} is missing", k)
             ok = False
         else:
             v = point[k]
             if v is None or type(v) is dict or type(v) is list:
-                out.add(i, f"key field {k!r} must be a string, number or boolean, got {_type_name(v)}")
+                out.add(i, Code.KEY_INVALID, f"key field {k!r} must be a string, number or boolean, got "
+                        f"{_type_name(v)}", k)
                 ok = False
     return tuple(keys) if ok else None
 
@@ -155,17 +103,18 @@ def _v2_keys(point: dict[str, Any], i: int, limits: Limits, out: _Collector) -> 
 _MISSING = object()
 
 
-def _v1_id(point: dict[str, Any], i: int, out: _Collector) -> bool:
+def _v1_id(point: dict[str, Any], i: int, out: Collector) -> bool:
     """v1 keys a data point by ``_id``: an integer, or a string of digits (made an integer)."""
     value = point.get("_id", _MISSING)
     if value is _MISSING:
-        out.add(i, 'has no "_id" field: v1 data points are keyed by an integer "_id"')
+        out.add(i, Code.ID_MISSING, 'has no "_id" field: v1 data points are keyed by an integer "_id"', "_id")
         return False
     if type(value) is str and value.isascii() and value.isdigit():
         point["_id"] = int(value)
         return True
     if type(value) is not int:
-        out.add(i, f'"_id" must be an integer or a string of digits, got {_type_name(value)}')
+        out.add(i, Code.ID_INVALID, f'"_id" must be an integer or a string of digits, got {_type_name(value)}',
+                "_id")
         return False
     return True
 
@@ -178,7 +127,7 @@ class _Validator:
     def __init__(self, version: int, limits: Limits) -> None:
         self.version = version
         self.limits = limits
-        self.out = _Collector()
+        self.out = Collector()
         self.kinds: dict[str, Kind] = {}
         self.mixed: set[str] = set()
         self.inexact: set[str] = set()
@@ -195,8 +144,8 @@ class _Validator:
             if self.keys is None:
                 self.keys, self.key_set, self.keys_list = keys, frozenset(keys), list(keys)
             elif keys != self.keys and frozenset(keys) != self.key_set:
-                self.out.add(i, f"keys {list(keys)} differ from {list(self.keys)} named by an earlier "
-                             "data point; a table has one set of key fields")
+                self.out.add(i, Code.KEYS_DIFFER, f"keys {list(keys)} differ from {list(self.keys)} named by "
+                             "an earlier data point; a table has one set of key fields")
         names = tuple(point)
         types = tuple(map(type, point.values()))
         shape = self.shapes.get((names, types))
@@ -239,7 +188,7 @@ class _Validator:
             if name not in self.seen:
                 problem = _name_problem(name, self.lower_names)
                 if problem:
-                    self.out.add(i, problem)
+                    self.out.add(i, *problem, name)
                     ok = False
                     continue
                 self.seen.add(name)
@@ -269,26 +218,28 @@ class _Validator:
 
     def _depth_ok(self, i: int, name: str, value: Any) -> bool:
         if 1 + _depth(value) > self.limits.max_depth:
-            self.out.add(i, f"field {name!r} is nested deeper than {self.limits.max_depth} levels")
+            self.out.add(i, Code.NESTED_TOO_DEEP, f"field {name!r} is nested deeper than "
+                         f"{self.limits.max_depth} levels", name)
             return False
         return True
 
 
-def validate(body: Any, table: str, *, version: int = 2, limits: Limits = Limits()) -> Batch:
+def validate(body: Any, table: str, *, version: int = 2, limits: Limits | None = None) -> Batch:
     """Check a decoded body against everything the request alone can tell."""
+    limits = limits or Limits()
     points = body if type(body) is list else [body]
     if not points:
-        raise BadRequest("the body is an empty array: send 1 to 100 data points")
+        raise BadRequest("the body is an empty array: send 1 to 100 data points", code=Code.POINTS_EMPTY)
     if len(points) > limits.max_points:
         raise BadRequest(
-            f"the body has {len(points)} data points; at most {limits.max_points} are allowed per request"
-        )
+            f"the body has {len(points)} data points; at most {limits.max_points} are allowed per request",
+            code=Code.POINTS_TOO_MANY)
     v = _Validator(version, limits)
     for i, point in enumerate(points):
         if type(point) is dict:
             v.point(i, point)
         else:
-            v.out.add(i, f"is {_type_name(point)}; a data point must be an object")
+            v.out.add(i, Code.POINT_NOT_OBJECT, f"is {_type_name(point)}; a data point must be an object")
     v.out.raise_if_any()
     assert v.keys is not None
     return Batch(table=table, key_fields=v.keys, points=points, kinds=v.kinds, mixed=v.mixed,

@@ -1,0 +1,183 @@
+"""The SQL of the SQLite backend: connections, its errors, a client file's layout, and the
+statements of one table.
+
+    client_<id>.sqlite3    a client's tables, and beside them their schemas
+                           (_importapi_tables, _importapi_columns), so a schema change commits
+                           in the same transaction as the rows that caused it
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from importapi.errors import ImportApiError, ServerError, StorageUnavailable
+from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, widen_stored
+from importapi.schema import Column, TableSchema
+from importapi.storage.sql import column_defs, names, quote
+
+BUSY_TIMEOUT_MS = 10_000
+
+CLIENT_DDL = """
+CREATE TABLE IF NOT EXISTS _importapi_tables (
+    name TEXT PRIMARY KEY,
+    key_fields TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_push_at TEXT
+);
+CREATE TABLE IF NOT EXISTS _importapi_columns (
+    table_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    widened_at TEXT,
+    PRIMARY KEY (table_name, name)
+);
+"""
+
+# SQLite's primary result codes (the low byte of an extended code) that mean the file
+# cannot be written now, rather than a fault of ours: busy or locked by another process,
+# an I/O error, a full disk, a file that cannot be opened, a read-only file.
+_UNAVAILABLE = {5: "busy", 6: "locked", 8: "read-only", 10: "I/O error", 13: "full", 14: "cannot be opened"}
+
+
+def connect(path: Path | str, synchronous: str = "FULL", **kwargs: Any) -> sqlite3.Connection:
+    conn: sqlite3.Connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, **kwargs)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    return conn
+
+
+def error_code(exc: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (0 when the driver gives none)."""
+    return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def storage_error(exc: sqlite3.Error) -> ImportApiError:
+    """The refusal a driver error becomes: 503 when the file cannot take writes now, else 500."""
+    if error_code(exc) in _UNAVAILABLE:
+        return StorageUnavailable(f"the warehouse cannot take writes right now ({exc})")
+    return ServerError()
+
+
+def create_table(conn: sqlite3.Connection, name: str, columns: list[tuple[str, Kind]],
+                 key_fields: tuple[str, ...]) -> None:
+    """A table and the unique index on its key fields."""
+    conn.execute(f"CREATE TABLE {quote(name)} ({column_defs('sqlite', columns, key_fields)})")
+    create_key_index(conn, name, key_fields)
+
+
+def create_key_index(conn: sqlite3.Connection, table: str, key_fields: tuple[str, ...]) -> None:
+    conn.execute(f"CREATE UNIQUE INDEX {quote('_importapi_key_' + table)} ON {quote(table)} ({names(key_fields)})")
+
+
+def widen_function(value: Any, old: str, new: str) -> Any:
+    return widen_stored(value, Kind.from_label(old), Kind.from_label(new))
+
+
+def holds_inexact(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Does an integer column hold a value that a double would round?"""
+    c = quote(column)
+    sql = f"SELECT 1 FROM {quote(table)} WHERE {c} > ? OR {c} < ? LIMIT 1"
+    return conn.execute(sql, (DOUBLE_EXACT, -DOUBLE_EXACT)).fetchone() is not None
+
+
+# Doubles whose text is hardest to read back exactly: the extremes, subnormals, halfway cases.
+_HARD_DOUBLES = (0.1, 1 / 3, -2.5e-8, 5e-324, 2.2250738585072014e-308, 2.225073858507201e-308,
+                 1.7976931348623157e308, 9007199254740993.0, 0.30000000000000004, 1e23, 8.41e21,
+                 4.35679e-10, 123456789012345.67, -0.0)
+
+
+def json_rows_work(conn: sqlite3.Connection) -> bool:
+    """Can this SQLite take a push's rows as one JSON text (``TableSQL.upsert_rows``)?
+
+    Binding rows one by one makes the driver take Python's lock back after every row, and
+    a writer thread that must win that lock back a hundred times per push, from an event
+    loop busy with requests, waits most of the time. One statement for all the rows is one
+    wait. It needs SQLite 3.38 (``->>``) and a JSON reader that gives back every double
+    and 64-bit integer exactly, which is checked here on the cases that go wrong first.
+    """
+    ints = (INT64_MIN, INT64_MAX, INT64_MIN + 1, 0)
+    rows = [(v, repr(v), ints[i % 4], i % 2 == 0) for i, v in enumerate(_HARD_DOUBLES)]
+    try:
+        back = conn.execute("SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
+                            (encode_rows(rows),)).fetchall()
+    except sqlite3.Error:
+        return False
+    return [(repr(a), b, c, d) for a, b, c, d in back] == [(b, b, c, int(d)) for _, b, c, d in rows]
+
+
+encode_rows = msgspec.json.Encoder().encode
+
+
+def execute_script(conn: sqlite3.Connection, script: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
+    schemas: dict[str, TableSchema] = {}
+    for name, key_fields, created_at in conn.execute(
+        "SELECT name, key_fields, created_at FROM _importapi_tables"
+    ):
+        schemas[name] = TableSchema(name, tuple(json.loads(key_fields)), {}, created_at)
+    for table, name, kind, widened_at in conn.execute(
+        "SELECT table_name, name, kind, widened_at FROM _importapi_columns ORDER BY table_name, position"
+    ):
+        schemas[table].columns[name] = Column(name, Kind.from_label(kind), widened_at)
+    return schemas
+
+
+class TableSQL:
+    """Statements for one table at one schema, built once and reused."""
+
+    def __init__(self, schema: TableSchema, max_points: int) -> None:
+        t = quote(schema.name)
+        cols = list(schema.columns)
+        keys = list(schema.key_fields)
+        col_list = names(cols)
+        marks = ", ".join("?" for _ in cols)
+        others = [c for c in cols if c not in schema.key_fields]
+        conflict = names(keys)
+        if others:
+            update = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in others)
+            action = f"DO UPDATE SET {update}"
+        else:
+            action = "DO NOTHING"
+        self.columns = cols
+        self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
+        # The same upsert taking all rows as one JSON array of arrays: one statement, one
+        # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
+        # needs it between a SELECT and ON CONFLICT.
+        values = ", ".join(f"value ->> {i}" for i in range(len(cols)))
+        self.upsert_rows = (f"INSERT INTO {t} ({col_list}) SELECT {values} FROM json_each(?) WHERE true"
+                            f" ON CONFLICT ({conflict}) {action}")
+        key_cols = names(keys)
+        if len(keys) == 1:
+            probe = ", ".join("?" for _ in range(max_points))
+            self.existing = f"SELECT {key_cols} FROM {t} WHERE {key_cols} IN ({probe})"
+        else:
+            row = "(" + ", ".join("?" for _ in keys) + ")"
+            probe = ", ".join(row for _ in range(max_points))
+            self.existing = f"SELECT {key_cols} FROM {t} WHERE ({key_cols}) IN (VALUES {probe})"
+        self.key_width = len(keys)
+        self.max_points = max_points
+        # A new row gets the rowid one above the table's largest, and a replaced row keeps
+        # its own: so the largest rowid after an upsert less the largest before is how many
+        # keys it inserted, without probing each key.
+        lower = {c.lower() for c in cols}
+        rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
+        self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
