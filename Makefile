@@ -32,8 +32,8 @@ test: $(BIN)/.installed $(LEGACY_VENV)/bin/.installed
 	IMPORTAPI_LEGACY_PYTHON=$(LEGACY_VENV)/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: $(BIN)/.installed
-	$(BIN)/pip install -q ruff mypy
 	$(BIN)/ruff check importapi tests bench
+	$(BIN)/ruff format --check importapi tests bench
 	$(BIN)/mypy
 
 # Durability under SIGKILL, the long form: >= 10 minutes, >= 20 kills, then a calm stretch

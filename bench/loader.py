@@ -35,12 +35,14 @@ from bench import targets
 def write_jsonl(path: Path, lines: int) -> int:
     with path.open("w") as f:
         for start in range(0, lines, 10_000):
-            f.write("".join(
-                f'{{"id": {i}, "name": "customer {i}", "email": "user{i}@example.com", '
-                f'"amount": {i + 0.25}, "active": {"true" if i % 2 else "false"}, '
-                f'"created_at": "2024-05-01 12:34:56"}}\n'
-                for i in range(start, min(start + 10_000, lines))
-            ))
+            f.write(
+                "".join(
+                    f'{{"id": {i}, "name": "customer {i}", "email": "user{i}@example.com", '
+                    f'"amount": {i + 0.25}, "active": {"true" if i % 2 else "false"}, '
+                    f'"created_at": "2024-05-01 12:34:56"}}\n'
+                    for i in range(start, min(start + 10_000, lines))
+                )
+            )
     return path.stat().st_size
 
 
@@ -121,34 +123,71 @@ def main() -> None:
     try:
         with targets.importapi(folder / "warehouse") as target:
             base, key = target.base, target.key
-            env = {**os.environ, "IMPORTAPI_API_KEY": key, "IMPORTAPI_URL": base,
-                   "TERM": "xterm-256color", "COLUMNS": "150"}
-            argv = [sys.executable, "-m", "importapi", "push", "bench", str(path), "--keys", "id",
-                    "--concurrency", str(args.concurrency), "--json"]
+            env = {
+                **os.environ,
+                "IMPORTAPI_API_KEY": key,
+                "IMPORTAPI_URL": base,
+                "TERM": "xterm-256color",
+                "COLUMNS": "150",
+            }
+            argv = [
+                sys.executable,
+                "-m",
+                "importapi",
+                "push",
+                "bench",
+                str(path),
+                "--keys",
+                "id",
+                "--concurrency",
+                str(args.concurrency),
+                "--json",
+            ]
             code, screen, wall, cpu = push_in_terminal(argv, env)
             found = re.search(r"^\{.*\}\s*$", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen), re.MULTILINE)
             if code != 0 or not found:
                 raise SystemExit(f"push failed ({code}):\n{screen[-3000:]}")
             summary = json.loads(found.group(0))
             rows = subprocess.run(
-                [sys.executable, "-m", "importapi", "query", "1", "SELECT count(*) AS n FROM bench",
-                 "--format", "json", "--database", str(folder / "warehouse")],
-                capture_output=True, text=True, check=True).stdout
+                [
+                    sys.executable,
+                    "-m",
+                    "importapi",
+                    "query",
+                    "1",
+                    "SELECT count(*) AS n FROM bench",
+                    "--format",
+                    "json",
+                    "--database",
+                    str(folder / "warehouse"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             print(f"last progress frame: {last_frame(screen)}")
             print(f"summary: {json.dumps(summary)}")
             print(f"rows in the warehouse afterwards: {json.loads(rows)[0]['n']:,}")
-            print(f"loader: {summary['records'] / wall:,.0f} records/s over {wall:,.1f} s wall "
-                  f"(importapi push, --concurrency {args.concurrency}, server on the same 2 cores); "
-                  f"the loader's own CPU {cpu:,.1f} s = {cpu / summary['records'] * 1e6:,.1f} µs per record")
+            print(
+                f"loader: {summary['records'] / wall:,.0f} records/s over {wall:,.1f} s wall "
+                f"(importapi push, --concurrency {args.concurrency}, server on the same 2 cores); "
+                f"the loader's own CPU {cpu:,.1f} s = {cpu / summary['records'] * 1e6:,.1f} µs per record"
+            )
 
-            done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, base, key, str(args.stream),
-                                   str(args.concurrency)], capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, "-c", MEMORY_CHILD, base, key, str(args.stream), str(args.concurrency)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             mem = json.loads(done.stdout)
-            print(f"client streaming {args.stream:,} records from a generator: "
-                  f"peak Python allocations {mem['traced_peak'] / 1e6:,.2f} MB (tracemalloc), "
-                  f"peak RSS grew {mem['rss_peak_growth'] / 1e6:,.2f} MB while streaming "
-                  f"(process peak {mem['rss_peak'] / 1e6:,.1f} MB); "
-                  f"{mem['summary']['records']:,} records in {mem['summary']['requests']:,} requests")
+            print(
+                f"client streaming {args.stream:,} records from a generator: "
+                f"peak Python allocations {mem['traced_peak'] / 1e6:,.2f} MB (tracemalloc), "
+                f"peak RSS grew {mem['rss_peak_growth'] / 1e6:,.2f} MB while streaming "
+                f"(process peak {mem['rss_peak'] / 1e6:,.1f} MB); "
+                f"{mem['summary']['records']:,} records in {mem['summary']['requests']:,} requests"
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from bench.records import body_for
 
 
-async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes,
-                   body: bytes) -> int:
+async def _request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
+) -> int:
     writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
     status_line = await reader.readline()
     length = 0
@@ -27,11 +28,21 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
     return int(status_line.split()[1])
 
 
-async def _run(host: str, port: int, path: str, headers: dict[str, str], make_body: Callable[[int], bytes],
-               rate: float, seconds: float, connections: int) -> tuple[list[float], int]:
+async def _run(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    make_body: Callable[[int], bytes],
+    rate: float,
+    seconds: float,
+    connections: int,
+) -> tuple[list[float], int]:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"{extra}Content-Length: ").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"{extra}Content-Length: "
+    ).encode()
     queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
     latencies: list[float] = []
     errors = 0
@@ -69,16 +80,35 @@ async def _run(host: str, port: int, path: str, headers: dict[str, str], make_bo
     return latencies, errors
 
 
-def fixed_rate(host: str, port: int, path: str, *, fmt: str, mix: str, base: int, prefilled: int,
-               rate: float, seconds: float, headers: dict[str, str] | None = None,
-               connections: int = 64) -> dict[str, float]:
-    latencies, errors = asyncio.run(_run(
-        host, port, path, headers or {}, lambda n: body_for(fmt, mix, n, base, prefilled),
-        rate, seconds, connections))
+def fixed_rate(
+    host: str,
+    port: int,
+    path: str,
+    *,
+    fmt: str,
+    mix: str,
+    base: int,
+    prefilled: int,
+    rate: float,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    connections: int = 64,
+) -> dict[str, float]:
+    latencies, errors = asyncio.run(
+        _run(
+            host,
+            port,
+            path,
+            headers or {},
+            lambda n: body_for(fmt, mix, n, base, prefilled),
+            rate,
+            seconds,
+            connections,
+        )
+    )
     latencies.sort()
 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
 
-    return {"rate_rps": rate, "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
-            "errors": errors}
+    return {"rate_rps": rate, "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "errors": errors}

@@ -11,9 +11,14 @@ COLUMNS = ("id", "name", "email", "amount", "active", "created_at")
 
 
 def record(i: int) -> dict[str, Any]:
-    return {"id": i, "name": f"customer {i}", "email": f"user{i}@example.com",
-            "amount": i % 1000 + 0.25, "active": i % 2 == 0,
-            "created_at": f"2024-05-{i % 28 + 1:02d} 12:34:56"}
+    return {
+        "id": i,
+        "name": f"customer {i}",
+        "email": f"user{i}@example.com",
+        "amount": i % 1000 + 0.25,
+        "active": i % 2 == 0,
+        "created_at": f"2024-05-{i % 28 + 1:02d} 12:34:56",
+    }
 
 
 def ids_for(mix: str, n: int, base: int, prefilled: int, rng: random.Random | None = None) -> list[int]:

@@ -36,18 +36,41 @@ PREFILL = 100_000
 NEW_KEYS_BASE = 10**9
 
 
-def wrk(target: targets.Running, mix: str, seconds: int, base: int = NEW_KEYS_BASE,
-        prefilled: int = PREFILL) -> dict[str, float]:
-    cmd = ["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(HERE / "push.lua"), target.base, "--",
-           target.path, target.fmt, mix, str(base), str(prefilled), target.token]
+def wrk(
+    target: targets.Running, mix: str, seconds: int, base: int = NEW_KEYS_BASE, prefilled: int = PREFILL
+) -> dict[str, float]:
+    cmd = [
+        "wrk",
+        "-t2",
+        "-c32",
+        f"-d{seconds}s",
+        "-s",
+        str(HERE / "push.lua"),
+        target.base,
+        "--",
+        target.path,
+        target.fmt,
+        mix,
+        str(base),
+        str(prefilled),
+        target.token,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    m = re.search(r"RESULT requests=(\d+) errors=(\d+) non2xx=(\d+) duration_us=(\d+) "
-                  r"p50=(\d+) p95=(\d+) p99=(\d+)", out)
+    m = re.search(
+        r"RESULT requests=(\d+) errors=(\d+) non2xx=(\d+) duration_us=(\d+) "
+        r"p50=(\d+) p95=(\d+) p99=(\d+)",
+        out,
+    )
     if not m:
         raise RuntimeError(f"wrk printed no result:\n{out}")
     req, err, bad, dur, p50, p95, p99 = map(int, m.groups())
-    return {"records_per_s": (req - bad) * 100 / (dur / 1e6), "errors": err + bad,
-            "p50_ms": p50 / 1000, "p95_ms": p95 / 1000, "p99_ms": p99 / 1000}
+    return {
+        "records_per_s": (req - bad) * 100 / (dur / 1e6),
+        "errors": err + bad,
+        "p50_ms": p50 / 1000,
+        "p95_ms": p95 / 1000,
+        "p99_ms": p99 / 1000,
+    }
 
 
 class MemorySampler:
@@ -96,7 +119,10 @@ def start(system: str) -> Iterator[targets.Running]:
             yield target
     else:
         workers = int(system.rsplit("x", 1)[1])
-        with postgres.fresh_warehouse("postgresql") as url, targets.importapi(database=url, workers=workers) as target:
+        with (
+            postgres.fresh_warehouse("postgresql") as url,
+            targets.importapi(database=url, workers=workers) as target,
+        ):
             yield target
 
 
@@ -116,9 +142,18 @@ def half_rate(system: str, mix: str, max_records_per_s: float, seconds: int) -> 
         if mix == "replace":
             targets.prefill(target, PREFILL)
         with Steadiness(seconds) as host:
-            result = loadgen.fixed_rate("127.0.0.1", target.port, target.path, fmt=target.fmt, mix=mix,
-                                        base=NEW_KEYS_BASE, prefilled=PREFILL, headers=target.headers(),
-                                        rate=max_records_per_s / 2 / 100, seconds=seconds)
+            result = loadgen.fixed_rate(
+                "127.0.0.1",
+                target.port,
+                target.path,
+                fmt=target.fmt,
+                mix=mix,
+                base=NEW_KEYS_BASE,
+                prefilled=PREFILL,
+                headers=target.headers(),
+                rate=max_records_per_s / 2 / 100,
+                seconds=seconds,
+            )
         if host.result:
             result["host_slow_pct"] = host.result["slow_pct"]
         return result
@@ -147,13 +182,17 @@ def growth(rows: int, seconds: int) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    title = (f"importapi benchmark, {results['when']}: wrk 2 threads / 32 connections, 100 records "
-             f"per request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds"
-             "\nimportapi = SQLite, 1 process; postgresql xN = importapi on PostgreSQL, N processes"
-             "\nhost slow = % of the time a fixed CPU task ran 3x slower or worse during the half-rate run"
-             " (the host slowing the machine's cores; bench/steadiness.py)")
-    header = (f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
-              f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'host slow':>9} {'errors':>6} {'peak MB':>8}")
+    title = (
+        f"importapi benchmark, {results['when']}: wrk 2 threads / 32 connections, 100 records "
+        f"per request, {results['seconds']}s runs, medians of {results['rounds']} alternating rounds"
+        "\nimportapi = SQLite, 1 process; postgresql xN = importapi on PostgreSQL, N processes"
+        "\nhost slow = % of the time a fixed CPU task ran 3x slower or worse during the half-rate run"
+        " (the host slowing the machine's cores; bench/steadiness.py)"
+    )
+    header = (
+        f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
+        f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'host slow':>9} {'errors':>6} {'peak MB':>8}"
+    )
     lines = [title, "", header]
     for mix in results["mixes"]:
         r = results["mixes"][mix]
@@ -162,26 +201,41 @@ def report(results: dict[str, Any]) -> str:
                 continue
             s = r[system]
             hr = s.get("half_rate", {})
-            lat = (f"{s['p50_ms']:7.1f} {s['p95_ms']:7.1f} {s['p99_ms']:7.1f}" if "p50_ms" in s
-                   else f"{'':7} {'':7} {'':7}")
-            half = (f"{hr['p50_ms']:10.1f} {hr['p95_ms']:7.1f} {hr['p99_ms']:7.1f}" if hr
-                    else f"{'':10} {'':7} {'':7}")
+            lat = (
+                f"{s['p50_ms']:7.1f} {s['p95_ms']:7.1f} {s['p99_ms']:7.1f}"
+                if "p50_ms" in s
+                else f"{'':7} {'':7} {'':7}"
+            )
+            half = (
+                f"{hr['p50_ms']:10.1f} {hr['p95_ms']:7.1f} {hr['p99_ms']:7.1f}"
+                if hr
+                else f"{'':10} {'':7} {'':7}"
+            )
             half += f" {hr['host_slow_pct']:9.1f}" if "host_slow_pct" in hr else f" {'':9}"
             peak = f"{s['peak_rss_mb']:8.0f}" if "peak_rss_mb" in s else f"{'':8}"
             errors = f"{s.get('errors', 0):6.0f}"
             name = "sqlite limit" if system == "limit" else system
             lines.append(f"{mix:10} {name:12} {s['records_per_s']:10.0f} {lat} {half} {errors} {peak}")
-        lines.append(f"{'':10} {'ratios':12} importapi/datasette {r['ratio_peer']:.1f}x, "
-                     f"importapi/limit {r['ratio_limit'] * 100:.0f}%")
+        lines.append(
+            f"{'':10} {'ratios':12} importapi/datasette {r['ratio_peer']:.1f}x, "
+            f"importapi/limit {r['ratio_limit'] * 100:.0f}%"
+        )
     if "growth" in results:
         g = results["growth"]
-        lines += ["", (f"growth: ascending into a table of {g['table_rows']:,} rows: "
-                       f"{g['records_per_s']:.0f} records/s, {g['ratio_empty'] * 100:.0f}% of the "
-                       f"empty-table rate; p99 {g['p99_ms']:.1f} ms; peak {g['peak_rss_mb']:.0f} MB")]
+        lines += [
+            "",
+            (
+                f"growth: ascending into a table of {g['table_rows']:,} rows: "
+                f"{g['records_per_s']:.0f} records/s, {g['ratio_empty'] * 100:.0f}% of the "
+                f"empty-table rate; p99 {g['p99_ms']:.1f} ms; peak {g['peak_rss_mb']:.0f} MB"
+            ),
+        ]
     mem = results["mixes"]["ascending"]["importapi"]["runs"][0]["rss_samples_mb"]
     if mem:
-        lines.append(f"memory under sustained load (importapi, ascending, MB once a second): "
-                     f"first {mem[0]:.0f}, last {mem[-1]:.0f}, max {max(mem):.0f}")
+        lines.append(
+            f"memory under sustained load (importapi, ascending, MB once a second): "
+            f"first {mem[0]:.0f}, last {mem[-1]:.0f}, max {max(mem):.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -196,7 +250,9 @@ def compare(previous: dict[str, Any], results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--half-rate-seconds", type=int, default=6)
@@ -208,8 +264,12 @@ def main() -> None:
     if args.quick:
         args.seconds, args.rounds, args.half_rate_seconds, args.growth_rows = 4, 1, 3, 0
 
-    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "seconds": args.seconds,
-                               "rounds": args.rounds, "mixes": {}}
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "mixes": {},
+    }
     systems = ["importapi", "datasette"]
     problem = "left out (--no-postgres)" if args.no_postgres else postgres_problem()
     if problem is None:
@@ -229,7 +289,9 @@ def main() -> None:
         halves: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
         for _ in range(args.rounds):
             for system in systems:
-                halves[system].append(half_rate(system, mix, r[system]["records_per_s"], args.half_rate_seconds))
+                halves[system].append(
+                    half_rate(system, mix, r[system]["records_per_s"], args.half_rate_seconds)
+                )
         for system in systems:
             r[system]["half_rate"] = median_of(halves[system])
         r["ratio_peer"] = r["importapi"]["records_per_s"] / r["datasette"]["records_per_s"]

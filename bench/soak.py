@@ -85,8 +85,9 @@ def wait_until_up(base: str, proc: subprocess.Popen[Any] | None = None, timeout:
 class ProcessTarget:
     """``python -m importapi serve`` in a session of its own, SIGKILLed as a group."""
 
-    def __init__(self, database: str, log_path: Path, workers: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, database: str, log_path: Path, workers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.database = database
         self.log_path = log_path
         self.workers = workers
@@ -101,9 +102,22 @@ class ProcessTarget:
             port = s.getsockname()[1]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "importapi", "serve", "--port", str(port),
-                 "--workers", str(self.workers), "--database", self.database],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "importapi",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(self.workers),
+                    "--database",
+                    self.database,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
             )
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base, self.proc)
@@ -163,8 +177,14 @@ class Pusher:
         size = self.h.group_size
         out: list[dict[str, Any]] = []
         for j in range(size):
-            point: dict[str, Any] = {"keys": ["id"], "id": group * size + j, "grp": group, "seq": seq,
-                                     "v": f"{self.n}:{seq}:{j}", "pad": "x" * self.rng.randrange(0, 200)}
+            point: dict[str, Any] = {
+                "keys": ["id"],
+                "id": group * size + j,
+                "grp": group,
+                "seq": seq,
+                "v": f"{self.n}:{seq}:{j}",
+                "pad": "x" * self.rng.randrange(0, 200),
+            }
             # The schema keeps changing for a while (new columns), then one column widens.
             if seq <= 30:
                 point[f"c{seq % 15}"] = seq
@@ -218,8 +238,9 @@ class Pusher:
                 counts.unknown += 1
                 counts.problem("unexpected_5xx", f"{self.table} seq {seq}: {status} {answer.text[:200]}")
             else:
-                counts.problem("unexpected_4xx", f"{self.table} seq {seq} (bad={bad}): {status} "
-                               f"{answer.text[:200]}")
+                counts.problem(
+                    "unexpected_4xx", f"{self.table} seq {seq} (bad={bad}): {status} {answer.text[:200]}"
+                )
 
     def verify(self, storage: Storage) -> None:
         """Compare the warehouse with what may be there; then narrow to what is."""
@@ -252,13 +273,25 @@ class Pusher:
                 if seq not in possible:
                     known = max((s for s in possible if s is not None), default=0)
                     kind = "lost_acked" if seq < known else "phantom"
-                    counts.problem(kind, f"{where}: holds seq {seq}; expected one of {sorted(possible, key=str)}")
+                    counts.problem(
+                        kind, f"{where}: holds seq {seq}; expected one of {sorted(possible, key=str)}"
+                    )
                 self.possible[group] = {seq}
 
 
 class Harness:
-    def __init__(self, target: Target, database: str, *, clients: int = 2, pushers_per_client: int = 2,
-                 groups: int = 40, group_size: int = 10, bad_ratio: float = 0.07, seed: int = 0) -> None:
+    def __init__(
+        self,
+        target: Target,
+        database: str,
+        *,
+        clients: int = 2,
+        pushers_per_client: int = 2,
+        groups: int = 40,
+        group_size: int = 10,
+        bad_ratio: float = 0.07,
+        seed: int = 0,
+    ) -> None:
         self.target = target
         self.database = database
         self.groups = groups
@@ -281,8 +314,12 @@ class Harness:
                 _, key = storage.catalog.create_key(client.client_id)
                 for _ in range(pushers_per_client):
                     n = len(self.pushers)
-                    self.pushers.append(Pusher(self, n, client.client_id, key, random.Random(seed * 1000 + n)))
-        self.threads = [threading.Thread(target=p.run, name=f"pusher-{p.n}", daemon=True) for p in self.pushers]
+                    self.pushers.append(
+                        Pusher(self, n, client.client_id, key, random.Random(seed * 1000 + n))
+                    )
+        self.threads = [
+            threading.Thread(target=p.run, name=f"pusher-{p.n}", daemon=True) for p in self.pushers
+        ]
 
     def start(self) -> None:
         self.base = self.target.start()
@@ -322,8 +359,9 @@ class Harness:
             t.join(timeout=60)
         self.verify()
 
-    def run_for(self, seconds: float, *, next_kill: Callable[[], float] | None,
-                sample_every: float = 5.0) -> None:
+    def run_for(
+        self, seconds: float, *, next_kill: Callable[[], float] | None, sample_every: float = 5.0
+    ) -> None:
         """Push for ``seconds``; kill whenever ``next_kill()`` seconds have passed (None: never)."""
         end = time.monotonic() + seconds
         kill_at = time.monotonic() + next_kill() if next_kill else float("inf")
@@ -341,13 +379,21 @@ class Harness:
         c = self.counts
         elapsed = time.monotonic() - self.started
         return {
-            "seconds": round(elapsed, 1), "kills": self.kills, "requests": c.requests,
-            "acknowledged_requests": c.acked, "acknowledged_points": c.acked_points,
+            "seconds": round(elapsed, 1),
+            "kills": self.kills,
+            "requests": c.requests,
+            "acknowledged_requests": c.acked,
+            "acknowledged_points": c.acked_points,
             "points_per_second": round(c.acked_points / elapsed, 1) if elapsed else 0,
-            "refused_as_expected": c.refused_as_expected, "unknown_outcome": c.unknown,
-            "lost_acknowledged": c.lost_acked, "half_applied": c.half_applied, "phantom": c.phantom,
-            "unexpected_5xx": c.unexpected_5xx, "unexpected_4xx": c.unexpected_4xx,
-            "unexpected_errors": c.unexpected_errors, "problems": c.problems,
+            "refused_as_expected": c.refused_as_expected,
+            "unknown_outcome": c.unknown,
+            "lost_acknowledged": c.lost_acked,
+            "half_applied": c.half_applied,
+            "phantom": c.phantom,
+            "unexpected_5xx": c.unexpected_5xx,
+            "unexpected_4xx": c.unexpected_4xx,
+            "unexpected_errors": c.unexpected_errors,
+            "problems": c.problems,
             "memory": memory_summary(self.rss, self.kills),
         }
 
@@ -360,7 +406,7 @@ def memory_summary(samples: list[tuple[float, int, int]], last_life: int) -> dic
     last = [(t, kib) for t, life, kib in samples if life == last_life]
     summary: dict[str, Any] = {"peak_mib_per_life": [round(v / 1024, 1) for _, v in sorted(peaks.items())]}
     if len(last) >= 4:
-        half = last[len(last) // 2:]
+        half = last[len(last) // 2 :]
         summary["last_life_mib"] = [round(k / 1024, 1) for _, k in last]
         summary["last_life_seconds"] = round(last[-1][0] - last[0][0], 1)
         summary["second_half_growth_mib"] = round((half[-1][1] - half[0][1]) / 1024, 1)
@@ -368,11 +414,19 @@ def memory_summary(samples: list[tuple[float, int, int]], last_life: int) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=12, help="whole run, calm stretch included")
     parser.add_argument("--calm-minutes", type=float, default=4, help="final stretch without kills")
-    parser.add_argument("--kill-every", type=float, nargs=2, default=(6, 16), metavar=("MIN", "MAX"),
-                        help="seconds between kills, drawn uniformly")
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        nargs=2,
+        default=(6, 16),
+        metavar=("MIN", "MAX"),
+        help="seconds between kills, drawn uniformly",
+    )
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--pushers-per-client", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
@@ -381,14 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="importapi-soak-"))
     database = args.database or f"sqlite:///{folder / 'warehouse'}"
-    target = ProcessTarget(database, folder / "server.log", workers=args.workers,
-                           env={"IMPORTAPI_ACCESS_LOG": "0"})
-    harness = Harness(target, database, clients=args.clients, pushers_per_client=args.pushers_per_client,
-                      seed=args.seed)
+    target = ProcessTarget(
+        database, folder / "server.log", workers=args.workers, env={"IMPORTAPI_ACCESS_LOG": "0"}
+    )
+    harness = Harness(
+        target, database, clients=args.clients, pushers_per_client=args.pushers_per_client, seed=args.seed
+    )
     rng = random.Random(args.seed)
     low, high = args.kill_every
-    print(f"soak: {args.minutes} min ({args.calm_minutes} calm) on {database}; log {target.log_path}",
-          flush=True)
+    print(
+        f"soak: {args.minutes} min ({args.calm_minutes} calm) on {database}; log {target.log_path}",
+        flush=True,
+    )
     harness.start()
     try:
         harness.run_for((args.minutes - args.calm_minutes) * 60, next_kill=lambda: rng.uniform(low, high))
@@ -399,8 +457,14 @@ def main(argv: list[str] | None = None) -> int:
         target.kill()
     report = harness.report()
     print(json.dumps(report, indent=2))
-    bad = (report["lost_acknowledged"] + report["half_applied"] + report["phantom"]
-           + report["unexpected_5xx"] + report["unexpected_4xx"] + report["unexpected_errors"])
+    bad = (
+        report["lost_acknowledged"]
+        + report["half_applied"]
+        + report["phantom"]
+        + report["unexpected_5xx"]
+        + report["unexpected_4xx"]
+        + report["unexpected_errors"]
+    )
     return 1 if bad else 0
 
 

@@ -22,11 +22,21 @@ HERE = Path(__file__).parent
 
 
 def sample_body(n: int = 100) -> bytes:
-    return json.dumps([
-        {"keys": ["id"], "id": i, "name": f"customer {i}", "email": f"user{i}@example.com",
-         "amount": i + 0.25, "active": i % 2 == 0, "created_at": "2024-05-01 12:34:56", "visits": i % 97}
-        for i in range(n)
-    ]).encode()
+    return json.dumps(
+        [
+            {
+                "keys": ["id"],
+                "id": i,
+                "name": f"customer {i}",
+                "email": f"user{i}@example.com",
+                "amount": i + 0.25,
+                "active": i % 2 == 0,
+                "created_at": "2024-05-01 12:34:56",
+                "visits": i % 97,
+            }
+            for i in range(n)
+        ]
+    ).encode()
 
 
 def json_figures() -> list[tuple[str, float, str]]:
@@ -36,8 +46,11 @@ def json_figures() -> list[tuple[str, float, str]]:
     body = sample_body()
     big = b'{"n": 123456789012345678901234567890}'
     rows = []
-    for name, fn in [("json (stdlib)", json.loads), ("orjson", orjson.loads),
-                     ("msgspec", msgspec.json.Decoder().decode)]:
+    for name, fn in [
+        ("json (stdlib)", json.loads),
+        ("orjson", orjson.loads),
+        ("msgspec", msgspec.json.Decoder().decode),
+    ]:
         n = 2000
         secs = min(timeit.repeat(lambda fn=fn: fn(body), number=n, repeat=5)) / n
         exact = fn(big)["n"] == 123456789012345678901234567890
@@ -68,13 +81,17 @@ def main() -> None:
     for _ in range(args.rounds):
         for s in servers:
             results[s].append(run_server(s, args.seconds, args.order))
-    print(f"\nPOST of 100 records, {args.order} keys, wrk 2 threads / 32 connections, "
-          f"{args.seconds}s x {args.rounds} rounds (medians):")
+    print(
+        f"\nPOST of 100 records, {args.order} keys, wrk 2 threads / 32 connections, "
+        f"{args.seconds}s x {args.rounds} rounds (medians):"
+    )
     print(f"  {'server':10} {'records/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for s, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"  {s:10} {med['records_per_s']:10.0f} {med['p50_ms']:8.2f} {med['p95_ms']:8.2f} "
-              f"{med['p99_ms']:8.2f} {med['errors']:7.0f}")
+        print(
+            f"  {s:10} {med['records_per_s']:10.0f} {med['p50_ms']:8.2f} {med['p95_ms']:8.2f} "
+            f"{med['p99_ms']:8.2f} {med['errors']:7.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -38,9 +38,12 @@ def probe(seconds: float, every: float = 0.01) -> dict[str, float]:
         pieces.append(time.thread_time() - started)
         time.sleep(every)
     median = statistics.median(pieces)
-    return {"samples": len(pieces), "median_ms": median * 1000,
-            "p99_ms": sorted(pieces)[int(0.99 * (len(pieces) - 1))] * 1000,
-            "slow_pct": 100 * sum(p >= SLOW * median for p in pieces) / len(pieces)}
+    return {
+        "samples": len(pieces),
+        "median_ms": median * 1000,
+        "p99_ms": sorted(pieces)[int(0.99 * (len(pieces) - 1))] * 1000,
+        "slow_pct": 100 * sum(p >= SLOW * median for p in pieces) / len(pieces),
+    }
 
 
 class Steadiness:
@@ -52,8 +55,9 @@ class Steadiness:
         self.result: dict[str, float] = {}
 
     def __enter__(self) -> Self:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.steadiness", str(self.seconds)],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.steadiness", str(self.seconds)], stdout=subprocess.PIPE, text=True
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

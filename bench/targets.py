@@ -66,7 +66,9 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def _process(cmd: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    cmd: list[str], env: dict[str, str], log: Path, ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
     try:
@@ -82,28 +84,61 @@ def _process(cmd: list[str], env: dict[str, str], log: Path, ready_url: str) -> 
 
 
 @contextmanager
-def importapi(folder: Path | None = None, *, workers: int = 1, database: str | None = None,
-              env: dict[str, str] | None = None) -> Iterator[Running]:
+def importapi(
+    folder: Path | None = None,
+    *,
+    workers: int = 1,
+    database: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Running]:
     """``importapi serve`` with its defaults, on a fresh warehouse unless one is given."""
     own = folder is None
     folder = folder or Path(tempfile.mkdtemp(prefix="bench-importapi-"))
     port = free_port()
     log = folder.parent / f"{folder.name}.log"
-    cmd = [sys.executable, "-m", "importapi", "serve", "--port", str(port), "--workers", str(workers),
-           "--database", database or str(folder)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "importapi",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--database",
+        database or str(folder),
+    ]
     try:
         with _process(cmd, env or {}, log, f"http://127.0.0.1:{port}/") as proc:
             key = re.search(r"imp_[A-Za-z0-9_-]+", log.read_text())
             if key is None:  # an existing warehouse: make a key for this run
                 out = subprocess.run(
-                    [sys.executable, "-m", "importapi", "keys", "create", "1", "--json",
-                     "--database", database or str(folder)],
-                    capture_output=True, text=True, check=True).stdout
+                    [
+                        sys.executable,
+                        "-m",
+                        "importapi",
+                        "keys",
+                        "create",
+                        "1",
+                        "--json",
+                        "--database",
+                        database or str(folder),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 key = re.search(r"imp_[A-Za-z0-9_-]+", out)
             assert key is not None
-            yield Running("importapi", f"http://127.0.0.1:{port}",
-                          f"/v2/client/1/table/bench/data?apikey={key.group(0)}", "importapi",
-                          proc.pid, key=key.group(0), folder=folder)
+            yield Running(
+                "importapi",
+                f"http://127.0.0.1:{port}",
+                f"/v2/client/1/table/bench/data?apikey={key.group(0)}",
+                "importapi",
+                proc.pid,
+                key=key.group(0),
+                folder=folder,
+            )
     finally:
         if own:
             shutil.rmtree(folder, ignore_errors=True)
@@ -114,8 +149,10 @@ def ensure_datasette() -> Path:
     exe = DATASETTE_VENV / "bin" / "datasette"
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "venv", str(DATASETTE_VENV)], check=True)
-        subprocess.run([str(DATASETTE_VENV / "bin" / "pip"), "install", "-q",
-                        f"datasette=={DATASETTE_VERSION}"], check=True)
+        subprocess.run(
+            [str(DATASETTE_VENV / "bin" / "pip"), "install", "-q", f"datasette=={DATASETTE_VERSION}"],
+            check=True,
+        )
     return exe
 
 
@@ -127,19 +164,32 @@ def datasette() -> Iterator[Running]:
     db = folder / "bench.db"
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT, email TEXT, amount REAL,"
-                     " active INTEGER, created_at TEXT)")
+        conn.execute(
+            "CREATE TABLE bench (id INTEGER PRIMARY KEY, name TEXT, email TEXT, amount REAL,"
+            " active INTEGER, created_at TEXT)"
+        )
     conn.close()
     secret = "bench-secret"
-    token = subprocess.run([str(exe), "create-token", "root", "--secret", secret],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    token = subprocess.run(
+        [str(exe), "create-token", "root", "--secret", secret], capture_output=True, text=True, check=True
+    ).stdout.strip()
     port = free_port()
     try:
-        with _process([str(exe), "serve", str(db), "--port", str(port), "--root"],
-                      {"DATASETTE_SECRET": secret}, folder / "datasette.log",
-                      f"http://127.0.0.1:{port}/") as proc:
-            yield Running("datasette", f"http://127.0.0.1:{port}", "/bench/bench/-/upsert",
-                          "datasette", proc.pid, token=token, folder=folder)
+        with _process(
+            [str(exe), "serve", str(db), "--port", str(port), "--root"],
+            {"DATASETTE_SECRET": secret},
+            folder / "datasette.log",
+            f"http://127.0.0.1:{port}/",
+        ) as proc:
+            yield Running(
+                "datasette",
+                f"http://127.0.0.1:{port}",
+                "/bench/bench/-/upsert",
+                "datasette",
+                proc.pid,
+                token=token,
+                folder=folder,
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -148,8 +198,11 @@ def prefill(target: Running, rows: int) -> None:
     """Push ``rows`` records with ids 0..rows-1 over HTTP, for the replacement mix."""
     with httpx.Client(base_url=target.base, headers=target.headers(), timeout=60) as client:
         for n in range(rows // 100):
-            r = client.post(target.path, content=body_for(target.fmt, "ascending", n, 0, 0),
-                            headers={"Content-Type": "application/json"})
+            r = client.post(
+                target.path,
+                content=body_for(target.fmt, "ascending", n, 0, 0),
+                headers={"Content-Type": "application/json"},
+            )
             r.raise_for_status()
 
 

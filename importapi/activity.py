@@ -64,12 +64,29 @@ class ActivityRecorder:
     def __call__(self, req: RequestRecord) -> None:
         """The hot path: one check and one append, nothing else."""
         route = req.route
-        if route != "data" and (req.status < 400 or route == "status" or (
-                route == "other" and not req.path.startswith(_API_PREFIXES))):
+        if route != "data" and (
+            req.status < 400
+            or route == "status"
+            or (route == "other" and not req.path.startswith(_API_PREFIXES))
+        ):
             return
-        self._pending.append((time.time(), req.rid, route, req.client_id, req.key_id, req.table,
-                              req.points, req.inserted, req.replaced, req.sandbox, req.status,
-                              req.details, req.path))
+        self._pending.append(
+            (
+                time.time(),
+                req.rid,
+                route,
+                req.client_id,
+                req.key_id,
+                req.table,
+                req.points,
+                req.inserted,
+                req.replaced,
+                req.sandbox,
+                req.status,
+                req.details,
+                req.path,
+            )
+        )
         if not self._wake.is_set():
             self._wake.set()
 
@@ -99,8 +116,20 @@ class ActivityRecorder:
         at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, details, path = item
         if status >= 400 and cid is None:
             cid, table = _from_path(path)
-        return Activity(_stamp(at), rid, route, cid, key_id, table, points, inserted, replaced,
-                        sandbox, status, tuple(details))
+        return Activity(
+            _stamp(at),
+            rid,
+            route,
+            cid,
+            key_id,
+            table,
+            points,
+            inserted,
+            replaced,
+            sandbox,
+            status,
+            tuple(details),
+        )
 
     def close(self) -> None:
         """Stop the writer and write what is still queued."""

@@ -56,16 +56,23 @@ class Routes(Protocol):
 
 def log_access(req: RequestRecord) -> None:
     if access_log.isEnabledFor(logging.INFO):  # a record made directly: no search for the caller
-        access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0,
-                                                _encode(req.log_fields()).decode(), (), None))
+        access_log.handle(
+            access_log.makeRecord(
+                access_log.name, logging.INFO, __file__, 0, _encode(req.log_fields()).decode(), (), None
+            )
+        )
 
 
 class ImportApi:
     def __init__(self, storage: Storage, settings: Settings) -> None:
         self.storage = storage
         self.settings = settings
-        self.services = Services(storage, settings, Authenticator(storage.catalog, settings.key_touch_seconds),
-                                 RateLimiter(settings.rate_limit, settings.rate_burst))
+        self.services = Services(
+            storage,
+            settings,
+            Authenticator(storage.catalog, settings.key_touch_seconds),
+            RateLimiter(settings.rate_limit, settings.rate_burst),
+        )
         # Called with every finished request, after its answer is sent; keep them cheap.
         self.observers: list[Observer] = [log_access] if settings.access_log else []
         self.metrics = Metrics()
@@ -110,7 +117,7 @@ class ImportApi:
     def _routes_for(self, req: RequestRecord, path: str) -> tuple[Routes, str]:
         if path == "/sandbox" or path.startswith("/sandbox/"):
             req.sandbox = True
-            path = path[len("/sandbox"):] or "/"
+            path = path[len("/sandbox") :] or "/"
         return self.rjmetrics, path
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -152,7 +159,9 @@ class ImportApi:
         req.error = type(exc).__name__
         if not isinstance(exc, ImportApiError) or isinstance(exc, ServerError):
             # storage logged the cause of its ServerError; the client learns only the request id
-            exc = ServerError(f"something went wrong on our side; quote request id {req.rid} when reporting it")
+            exc = ServerError(
+                f"something went wrong on our side; quote request id {req.rid} when reporting it"
+            )
         req.details = exc.details
         answer = routes.refusal(req, exc)
         if isinstance(exc, MethodNotAllowed):
@@ -187,8 +196,12 @@ class ImportApi:
         return Answer(200, {}, raw=self._openapi)
 
 
-def create_app(settings: Settings | None = None, *, storage: Storage | None = None,
-               recorder: ActivityRecorder | None = None) -> ImportApi:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    storage: Storage | None = None,
+    recorder: ActivityRecorder | None = None,
+) -> ImportApi:
     """The application for the configured warehouse: the API, the console under /console,
     and the activity recorder that feeds the console (one on ``storage`` unless given).
     No process-wide side effects: those belong to the code that runs the server
@@ -201,4 +214,3 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     app.on_shutdown.append(recorder.close)
     app.console = cast(ASGIApp, create_console(storage))
     return app
-

@@ -23,15 +23,15 @@ MAX_CACHED = 10_000
 
 def presented_key(query_string: bytes, authorization: bytes | None) -> str:
     """The one key a request presents, or a 401 saying why there is none."""
-    given = [v for k, v in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-             if k == "apikey"]
+    given = [v for k, v in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if k == "apikey"]
     if authorization:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             given.append(token.strip())
     if not given or not all(given):
-        raise Unauthorized("no API key: pass ?apikey=KEY or the header Authorization: Bearer KEY",
-                           code=Code.API_KEY_MISSING)
+        raise Unauthorized(
+            "no API key: pass ?apikey=KEY or the header Authorization: Bearer KEY", code=Code.API_KEY_MISSING
+        )
     if len(set(given)) > 1:
         raise Unauthorized("more than one API key was given; send exactly one", code=Code.API_KEY_AMBIGUOUS)
     return given[0]
@@ -73,8 +73,9 @@ class Authenticator:
         if stored.revoked:
             raise Unauthorized(f"the API key {key_id} has been revoked", code=Code.API_KEY_REVOKED)
         if client_id is not None and stored.client_id != client_id:
-            raise Unauthorized(f"the API key {key_id} does not belong to client {client_id}",
-                               code=Code.API_KEY_MISMATCH)
+            raise Unauthorized(
+                f"the API key {key_id} does not belong to client {client_id}", code=Code.API_KEY_MISMATCH
+            )
         if not sandbox:
             self._touch(stored.key_id)
         return stored

@@ -21,8 +21,9 @@ _decode = msgspec.json.Decoder().decode
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the body is larger than {limit} bytes; send at most {limit} bytes "
-                           "(after decompression) per request")
+    return PayloadTooLarge(
+        f"the body is larger than {limit} bytes; send at most {limit} bytes (after decompression) per request"
+    )
 
 
 def encoding_of(header: bytes | None) -> str:
@@ -31,7 +32,9 @@ def encoding_of(header: bytes | None) -> str:
         return ""
     if value in ("gzip", "x-gzip"):
         return "gzip"
-    raise UnsupportedEncoding(f"Content-Encoding {value!r} is not supported: send the body plain or gzip-compressed")
+    raise UnsupportedEncoding(
+        f"Content-Encoding {value!r} is not supported: send the body plain or gzip-compressed"
+    )
 
 
 async def read_body(receive: Receive, encoding: str, content_length: bytes | None, limit: int) -> bytes:
@@ -39,8 +42,9 @@ async def read_body(receive: Receive, encoding: str, content_length: bytes | Non
         try:
             declared = int(content_length)
         except ValueError:
-            raise BadRequest("the Content-Length header is not a number",
-                             code=Code.CONTENT_LENGTH_INVALID) from None
+            raise BadRequest(
+                "the Content-Length header is not a number", code=Code.CONTENT_LENGTH_INVALID
+            ) from None
         if declared > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
@@ -49,7 +53,9 @@ async def read_body(receive: Receive, encoding: str, content_length: bytes | Non
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise BadRequest("the client disconnected before sending the whole body", code=Code.BODY_INCOMPLETE)
+            raise BadRequest(
+                "the client disconnected before sending the whole body", code=Code.BODY_INCOMPLETE
+            )
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -93,10 +99,13 @@ def decode_json(body: bytes) -> Any:
     except RecursionError:
         raise BadRequest("the body is nested too deeply to be read", code=Code.BODY_TOO_DEEP) from None
     except msgspec.DecodeError as exc:
-        raise _not_utf8(body) or BadRequest(f"the body is not valid JSON: {exc}", code=Code.BODY_NOT_JSON) from None
+        raise _not_utf8(body) or BadRequest(
+            f"the body is not valid JSON: {exc}", code=Code.BODY_NOT_JSON
+        ) from None
     except UnicodeDecodeError as exc:  # msgspec before 0.23 (later ones raise DecodeError)
-        raise _not_utf8(body) or BadRequest(f"the body is not valid UTF-8 ({exc})",
-                                            code=Code.BODY_NOT_UTF8) from None
+        raise _not_utf8(body) or BadRequest(
+            f"the body is not valid UTF-8 ({exc})", code=Code.BODY_NOT_UTF8
+        ) from None
     _refuse_repeated_names(body, value)
     if b"\\u0000" in body:  # JSON can carry a NUL only escaped; look closer only then
         _refuse_nul(value)
@@ -108,8 +117,9 @@ def _not_utf8(body: bytes) -> BadRequest | None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return BadRequest(f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8",
-                          code=Code.BODY_NOT_UTF8)
+        return BadRequest(
+            f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8", code=Code.BODY_NOT_UTF8
+        )
     return None
 
 
@@ -128,13 +138,20 @@ def _refuse_nul(value: Any) -> None:
     neither backend takes it; a field name with one is refused by validation."""
     points = value if type(value) is list else [value]
     try:
-        bad = [i for i, p in enumerate(points)
-               if _holds_nul(list(p.values()) if type(p) is dict else p)]
+        bad = [i for i, p in enumerate(points) if _holds_nul(list(p.values()) if type(p) is dict else p)]
     except RecursionError:
         return  # validation refuses the nesting
     if bad:
-        raise BadRequest(details=[Detail(Code.TEXT_HAS_NUL, "a string holds the character U+0000 (NUL), which"
-                                         " the warehouse cannot store", i) for i in bad])
+        raise BadRequest(
+            details=[
+                Detail(
+                    Code.TEXT_HAS_NUL,
+                    "a string holds the character U+0000 (NUL), which the warehouse cannot store",
+                    i,
+                )
+                for i in bad
+            ]
+        )
 
 
 # A name, then white space, then the colon: the one way to write a pair without '":'.
@@ -190,7 +207,10 @@ def _no_repeated_name(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: set[str] = set()
     for name, _ in pairs:
         if name in seen:
-            raise BadRequest(f"the name {name!r} is given more than once in one object; give each field once",
-                             code=Code.NAME_REPEATED, field=name)
+            raise BadRequest(
+                f"the name {name!r} is given more than once in one object; give each field once",
+                code=Code.NAME_REPEATED,
+                field=name,
+            )
         seen.add(name)
     return {}

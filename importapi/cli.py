@@ -27,7 +27,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def database_option(fn: F) -> F:
     return click.option(
-        "--database", default=None, metavar="URL",
+        "--database",
+        default=None,
+        metavar="URL",
         help="sqlite:///FOLDER (default: IMPORTAPI_DATABASE, else sqlite:///importapi-data) or postgresql://...",
     )(fn)
 
@@ -67,10 +69,13 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Where to listen (default: IMPORTAPI_HOST, else 127.0.0.1).")
-@click.option("--port", default=None, type=click.IntRange(0, 65535),
-              help="The port (default: IMPORTAPI_PORT, else 8080).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Server processes.")
+@click.option(
+    "--port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="The port (default: IMPORTAPI_PORT, else 8080).",
+)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
 @database_option
 @errors_as_messages
 def serve(host: str | None, port: int | None, workers: int, database: str | None) -> None:
@@ -81,7 +86,9 @@ def serve(host: str | None, port: int | None, workers: int, database: str | None
     settings = Settings.from_env(database=database, host=host, port=port)
     with open_storage(settings) as storage:
         try:  # client 1, once: of servers starting together on a new warehouse, one makes it
-            client = storage.create_client("default", client_id=1) if not storage.catalog.list_clients() else None
+            client = (
+                storage.create_client("default", client_id=1) if not storage.catalog.list_clients() else None
+            )
         except ClientExists:
             client = None
         if client is not None:
@@ -95,10 +102,14 @@ def serve(host: str | None, port: int | None, workers: int, database: str | None
         password = set_first_password(storage)
     base = f"http://{settings.host}:{settings.port}"
     if password:
-        click.echo(f"The web console at {base}/console has the owner password\n\n    {password}\n\n"
-                   "It is shown only this once. Change it: importapi admin set-password\n")
-    click.echo(f"importapi {__version__} on {base}/v2 (sandbox: {base}/sandbox/v2), "
-               f"console {base}/console, warehouse {settings.database}")
+        click.echo(
+            f"The web console at {base}/console has the owner password\n\n    {password}\n\n"
+            "It is shown only this once. Change it: importapi admin set-password\n"
+        )
+    click.echo(
+        f"importapi {__version__} on {base}/v2 (sandbox: {base}/sandbox/v2), "
+        f"console {base}/console, warehouse {settings.database}"
+    )
     run(settings, workers=workers)
 
 
@@ -177,8 +188,10 @@ def keys_create(client_id: int, as_json: bool, database: str | None) -> None:
     if as_json:
         emit({"client_id": client_id, "key_id": info.key_id, "api_key": api_key})
     else:
-        click.echo(f"Created key {info.key_id} for client {client_id}:\n\n    {api_key}\n\n"
-                   "It is shown only this once.")
+        click.echo(
+            f"Created key {info.key_id} for client {client_id}:\n\n    {api_key}\n\n"
+            "It is shown only this once."
+        )
 
 
 @keys.command("list")
@@ -238,8 +251,9 @@ def tables(client_id: int, as_json: bool, database: str | None) -> None:
 @main.command()
 @click.argument("client_id", type=int)
 @click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
 @database_option
 @errors_as_messages
 def query(client_id: int, sql: str, fmt: str, database: str | None) -> None:
@@ -268,49 +282,96 @@ def copy_(source: str, target: str) -> None:
 
     with storage_for(source) as src, storage_for(target) as dst:
         done = copy_warehouse(src, dst, lambda line: click.echo(line, err=True))
-    click.echo(f"Copied {done.clients} clients, {done.keys} keys, {done.tables} tables and "
-               f"{done.rows} rows from {source} to {target}.")
+    click.echo(
+        f"Copied {done.clients} clients, {done.keys} keys, {done.tables} tables and "
+        f"{done.rows} rows from {source} to {target}."
+    )
 
 
 @main.command()
 @click.argument("table")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True)
+)
 @click.option("--keys", metavar="FIELD[,FIELD]", help="Key fields, set on every record (needed for CSV).")
-@click.option("--url", default=lambda: ClientSettings.from_env().url,
-              help="The server (default: IMPORTAPI_URL, else http://127.0.0.1:8080).")
-@click.option("--client-id", type=click.IntRange(1), default=lambda: ClientSettings.from_env().client_id,
-              help="Default: IMPORTAPI_CLIENT_ID, else 1.")
+@click.option(
+    "--url",
+    default=lambda: ClientSettings.from_env().url,
+    help="The server (default: IMPORTAPI_URL, else http://127.0.0.1:8080).",
+)
+@click.option(
+    "--client-id",
+    type=click.IntRange(1),
+    default=lambda: ClientSettings.from_env().client_id,
+    help="Default: IMPORTAPI_CLIENT_ID, else 1.",
+)
 @click.option("--api-key", default=lambda: ClientSettings.from_env().api_key, help="Or IMPORTAPI_API_KEY.")
 @click.option("--sandbox", is_flag=True, help="Check everything, store nothing.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Requests in flight.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl"]),
-              help="Input format (default: from the extension; needed for stdin).")
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Requests in flight."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "jsonl"]),
+    help="Input format (default: from the extension; needed for stdin).",
+)
 @click.option("--infer-types", is_flag=True, help="CSV: integers, numbers, booleans, empty as null.")
 @click.option("--skip", type=click.IntRange(0), default=0, help="Skip the first N records (to resume).")
 @click.option("--gzip", is_flag=True, help="Compress requests.")
-@click.option("--progress-interval", type=click.FloatRange(0), default=10.0, show_default=True,
-              help="Seconds between progress lines when not on a terminal.")
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between progress lines when not on a terminal.",
+)
 @json_option
 @errors_as_messages
-def push(table: str, files: tuple[str, ...], keys: str | None, url: str, client_id: int, api_key: str,
-         sandbox: bool, concurrency: int, fmt: str | None, infer_types: bool, skip: int, gzip: bool,
-         progress_interval: float, as_json: bool) -> None:
+def push(
+    table: str,
+    files: tuple[str, ...],
+    keys: str | None,
+    url: str,
+    client_id: int,
+    api_key: str,
+    sandbox: bool,
+    concurrency: int,
+    fmt: str | None,
+    infer_types: bool,
+    skip: int,
+    gzip: bool,
+    progress_interval: float,
+    as_json: bool,
+) -> None:
     """Push records from CSV, JSON or JSON Lines files (or - for stdin) into TABLE."""
     if not api_key:
         raise click.MissingParameter(param_hint="'--api-key' (or IMPORTAPI_API_KEY)", param_type="option")
     from importapi.loader import Load, parse_keys, run
 
-    load = Load(table, list(files), api_key, parse_keys(keys), url, client_id, sandbox, concurrency, fmt,
-                infer_types, skip, gzip, as_json, progress_interval)
+    load = Load(
+        table,
+        list(files),
+        api_key,
+        parse_keys(keys),
+        url,
+        client_id,
+        sandbox,
+        concurrency,
+        fmt,
+        infer_types,
+        skip,
+        gzip,
+        as_json,
+        progress_interval,
+    )
     sys.exit(run(load, sys.stdout, sys.stderr))
 
 
 def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)

@@ -132,8 +132,9 @@ class ImportApiError(Exception):
     retry_after: int | None = None
     """Seconds to wait before trying again, sent as ``Retry-After`` when set."""
 
-    def __init_subclass__(cls, status: int = 0, message: str = "", code: Code | None = None,
-                          **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, status: int = 0, message: str = "", code: Code | None = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
         if status:
             cls.status = status
@@ -142,8 +143,15 @@ class ImportApiError(Exception):
         if code is not None:
             cls.code = code
 
-    def __init__(self, text: str | None = None, *, code: Code | None = None, point: int | None = None,
-                 field: str | None = None, details: Sequence[Detail] = ()) -> None:
+    def __init__(
+        self,
+        text: str | None = None,
+        *,
+        code: Code | None = None,
+        point: int | None = None,
+        field: str | None = None,
+        details: Sequence[Detail] = (),
+    ) -> None:
         self.details: list[Detail] = list(details) or [
             Detail(code or self.code, text or self.message, point, field)
         ]
@@ -158,8 +166,12 @@ class ImportApiError(Exception):
         return [d.code for d in self.details]
 
     def envelope(self) -> dict[str, object]:
-        return {"code": self.status, "message": self.message, "reasons": self.reasons,
-                "details": [d.as_dict() for d in self.details]}
+        return {
+            "code": self.status,
+            "message": self.message,
+            "reasons": self.reasons,
+            "details": [d.as_dict() for d in self.details],
+        }
 
 
 class BadRequest(ImportApiError, status=400, message="Bad Request"):
@@ -178,7 +190,9 @@ class NotFound(ImportApiError, status=404, message="Not Found", code=Code.NOT_FO
     pass
 
 
-class MethodNotAllowed(ImportApiError, status=405, message="Method Not Allowed", code=Code.METHOD_NOT_ALLOWED):
+class MethodNotAllowed(
+    ImportApiError, status=405, message="Method Not Allowed", code=Code.METHOD_NOT_ALLOWED
+):
     def __init__(self, text: str, *, allow: Sequence[str] = ()) -> None:
         super().__init__(text)
         self.allow = tuple(allow)
@@ -192,8 +206,9 @@ class PayloadTooLarge(ImportApiError, status=413, message="Payload Too Large", c
     pass
 
 
-class UnsupportedEncoding(ImportApiError, status=415, message="Unsupported Media Type",
-                          code=Code.ENCODING_UNSUPPORTED):
+class UnsupportedEncoding(
+    ImportApiError, status=415, message="Unsupported Media Type", code=Code.ENCODING_UNSUPPORTED
+):
     pass
 
 
@@ -213,8 +228,9 @@ class ServerError(ImportApiError, status=500, message="Server Error", code=Code.
     pass
 
 
-class StorageUnavailable(ImportApiError, status=503, message="Service Unavailable",
-                         code=Code.STORAGE_UNAVAILABLE):
+class StorageUnavailable(
+    ImportApiError, status=503, message="Service Unavailable", code=Code.STORAGE_UNAVAILABLE
+):
     pass
 
 
@@ -231,8 +247,9 @@ class PushError(ImportApiError):
     ``acknowledged`` count is where a resumed push starts.
     """
 
-    def __init__(self, status: int, message: str, details: Sequence[Detail], *, first: int = 0,
-                 count: int = 0) -> None:
+    def __init__(
+        self, status: int, message: str, details: Sequence[Detail], *, first: int = 0, count: int = 0
+    ) -> None:
         super().__init__(details=details)
         self.status = status
         self.message = message
@@ -252,8 +269,9 @@ class PushRefused(PushError):
     the messages the server gave about it; problems of the whole request are the details
     without a point."""
 
-    def __init__(self, status: int, message: str, details: Sequence[Detail], *, first: int = 0,
-                 count: int = 0) -> None:
+    def __init__(
+        self, status: int, message: str, details: Sequence[Detail], *, first: int = 0, count: int = 0
+    ) -> None:
         super().__init__(status, message, details, first=first, count=count)
         self.points: dict[int, list[str]] = {}
         for d in self.details:

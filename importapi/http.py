@@ -60,8 +60,9 @@ class Services:
             async with asyncio.timeout(timeout):
                 return await read_body(receive, encoding, req.headers.get(b"content-length"), limit)
         except TimeoutError:
-            raise RequestTimeout(f"the body did not arrive within {timeout:g} seconds; "
-                                 "send it whole, promptly") from None
+            raise RequestTimeout(
+                f"the body did not arrive within {timeout:g} seconds; send it whole, promptly"
+            ) from None
 
     async def in_thread(self, fn: Any, *args: Any) -> Any:
         """A blocking call (storage) off the event loop."""

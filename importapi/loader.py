@@ -46,7 +46,9 @@ def format_of(path: str, given: str | None) -> str:
         raise InputError("say which format stdin has: --format csv, json or jsonl")
     fmt = EXTENSIONS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise InputError(f"{path}: cannot tell the format from the extension; use --format csv, json or jsonl")
+        raise InputError(
+            f"{path}: cannot tell the format from the extension; use --format csv, json or jsonl"
+        )
     return fmt
 
 
@@ -294,8 +296,13 @@ class Load:
 
     def resume(self, skip: int) -> str:
         default = Load("", [], "")
-        options = {"keys": ",".join(self.keys) if self.keys else None, "format": self.fmt,
-                   "infer_types": self.infer_types, "sandbox": self.sandbox, "gzip": self.gzip}
+        options = {
+            "keys": ",".join(self.keys) if self.keys else None,
+            "format": self.fmt,
+            "infer_types": self.infer_types,
+            "sandbox": self.sandbox,
+            "gzip": self.gzip,
+        }
         for name in ("url", "client_id", "concurrency"):
             if getattr(self, name) != getattr(default, name):
                 options[name] = getattr(self, name)
@@ -314,12 +321,19 @@ def parse_keys(text: str | None) -> list[str] | None:
 def run(load: Load, out: IO[str], err: IO[str], transport: httpx.BaseTransport | None = None) -> int:
     """Push the inputs; print progress on ``err`` and a summary on ``out``; the exit code.
     ``transport`` reaches a server other than over the network (the app in process)."""
-    source = Source(load.files, load.fmt, load.keys, load.infer_types, load.skip,
-                    remember=(load.concurrency + 3) * 100)
+    source = Source(
+        load.files, load.fmt, load.keys, load.infer_types, load.skip, remember=(load.concurrency + 3) * 100
+    )
     if load.keys is None and "csv" in source.formats:
         raise InputError("CSV rows name no key fields: give them with --keys, e.g. --keys id")
-    client = Client(load.client_id, load.api_key, url=load.url, concurrency=load.concurrency,
-                    gzip=load.gzip, transport=transport)
+    client = Client(
+        load.client_id,
+        load.api_key,
+        url=load.url,
+        concurrency=load.concurrency,
+        gzip=load.gzip,
+        transport=transport,
+    )
     with client:
         _check_key(client, load)
         base = client.SANDBOX_BASE if load.sandbox else client.API_BASE
@@ -367,14 +381,20 @@ def _check_key(client: Client, load: Load) -> None:
 def _print_summary(s: PushSummary, load: Load, status: str, out: IO[str]) -> None:
     if load.as_json:
         resume = None if status == "ok" else load.skip + s.acknowledged
-        out.write(msgspec.json.encode({**s.as_dict(), "skipped": load.skip, "status": status,
-                                       "resume_skip": resume}).decode() + "\n")
+        out.write(
+            msgspec.json.encode(
+                {**s.as_dict(), "skipped": load.skip, "status": status, "resume_skip": resume}
+            ).decode()
+            + "\n"
+        )
         return
     where = " in the sandbox (nothing stored)" if load.sandbox else ""
     skipped = f", after skipping {load.skip:,}" if load.skip else ""
-    out.write(f"{_records(s.records)} pushed to {load.table}{where} in {s.requests:,} requests{skipped}: "
-              f"{s.inserted:,} inserted, {s.replaced:,} replaced, {s.retries:,} retries, "
-              f"{s.elapsed:,.1f} s, {s.rate:,.0f} records/s\n")
+    out.write(
+        f"{_records(s.records)} pushed to {load.table}{where} in {s.requests:,} requests{skipped}: "
+        f"{s.inserted:,} inserted, {s.replaced:,} replaced, {s.retries:,} retries, "
+        f"{s.elapsed:,.1f} s, {s.rate:,.0f} records/s\n"
+    )
 
 
 def _failure_text(exc: PushError, source: Source) -> str:
@@ -385,8 +405,9 @@ def _failure_text(exc: PushError, source: Source) -> str:
     if isinstance(exc, PushRefused):
         lines = [f"Error: the server refused the request holding {numbers} ({held}): {status}"]
     else:
-        lines = [(f"Error: the request holding {numbers} ({held}) did not go through after "
-                  f"every retry: {status}")]
+        lines = [
+            (f"Error: the request holding {numbers} ({held}) did not go through after every retry: {status}")
+        ]
     for index, messages in sorted(getattr(exc, "points", {}).items()):
         lines += [f"  {source.where(index)}: {message}" for message in messages]
     lines += [f"  {d.message}" for d in exc.details if d.point is None]
@@ -395,8 +416,10 @@ def _failure_text(exc: PushError, source: Source) -> str:
 
 def _resume_text(load: Load, skip: int, acknowledged: int) -> str:
     again = ", feeding it the same input" if "-" in load.files else ""
-    return (f"The first {_records(acknowledged)} of this run are acknowledged. To resume after "
-            f"the last of them (the API key given as before{again}):\n  {load.resume(skip)}\n")
+    return (
+        f"The first {_records(acknowledged)} of this run are acknowledged. To resume after "
+        f"the last of them (the API key given as before{again}):\n  {load.resume(skip)}\n"
+    )
 
 
 def _records(n: int) -> str:

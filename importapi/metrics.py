@@ -43,17 +43,25 @@ class Metrics:
         self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("importapi_requests", "Answers sent, by route and status.",
-                                ["route", "status"], registry=r)
-        self.points = Counter("importapi_data_points", "Data points stored, by outcome.",
-                              ["outcome"], registry=r)
-        self.rejections = Counter("importapi_rejections", "Refused requests, by reason.",
-                                  ["reason"], registry=r)
-        self.latency = Histogram("importapi_request_duration_seconds",
-                                 "Time from the request's start to its answer, by route.",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.storage_errors = Counter("importapi_storage_errors",
-                                      "Requests that failed in the storage.", registry=r)
+        self.requests = Counter(
+            "importapi_requests", "Answers sent, by route and status.", ["route", "status"], registry=r
+        )
+        self.points = Counter(
+            "importapi_data_points", "Data points stored, by outcome.", ["outcome"], registry=r
+        )
+        self.rejections = Counter(
+            "importapi_rejections", "Refused requests, by reason.", ["reason"], registry=r
+        )
+        self.latency = Histogram(
+            "importapi_request_duration_seconds",
+            "Time from the request's start to its answer, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "importapi_storage_errors", "Requests that failed in the storage.", registry=r
+        )
 
         self._inserted = self.points.labels("inserted")
         self._replaced = self.points.labels("replaced")
@@ -64,7 +72,9 @@ class Metrics:
         children = self._children.get((req.route, req.status))
         if children is None:
             children = self._children[(req.route, req.status)] = (
-                self.requests.labels(req.route, str(req.status)), self.latency.labels(req.route))
+                self.requests.labels(req.route, str(req.status)),
+                self.latency.labels(req.route),
+            )
         children[0].inc()
         children[1].observe(req.duration_ms / 1000)
         if req.status == 201 and not req.sandbox:

@@ -21,13 +21,18 @@ SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
 def table_name(raw: str) -> str:
     """The stored (lower-case) name of a table, or a 400 that says what is wrong."""
     if not TABLE_NAME.fullmatch(raw):
-        raise BadRequest(f"table name {raw!r} is not valid: use 1 to 63 letters, digits or underscores",
-                         code=Code.TABLE_NAME_INVALID)
+        raise BadRequest(
+            f"table name {raw!r} is not valid: use 1 to 63 letters, digits or underscores",
+            code=Code.TABLE_NAME_INVALID,
+        )
     name = raw.lower()
     if name.startswith(RESERVED_TABLE_PREFIXES):
-        raise BadRequest(f"table name {raw!r} is reserved: names starting with "
-                         + ", ".join(RESERVED_TABLE_PREFIXES) + " are kept for the system",
-                         code=Code.TABLE_NAME_RESERVED)
+        raise BadRequest(
+            f"table name {raw!r} is reserved: names starting with "
+            + ", ".join(RESERVED_TABLE_PREFIXES)
+            + " are kept for the system",
+            code=Code.TABLE_NAME_RESERVED,
+        )
     return name
 
 
@@ -40,6 +45,8 @@ def field_name_problem(name: str) -> tuple[Code, str] | None:
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         return Code.FIELD_NAME_INVALID, f"field name {name[:20]!r}... is longer than {MAX_NAME_BYTES} bytes"
     if name.lower() in SYSTEM_COLUMNS:
-        return (Code.FIELD_NAME_RESERVED,
-                f"field name {name!r} is reserved: the database keeps it for a system column")
+        return (
+            Code.FIELD_NAME_RESERVED,
+            f"field name {name!r} is reserved: the database keeps it for a system column",
+        )
     return None

@@ -22,9 +22,26 @@ _rid_counter = itertools.count(1)
 class RequestRecord:
     """One request as the answer, the access log and other observers see it."""
 
-    __slots__ = ("client_id", "details", "duration_ms", "error", "headers", "inserted", "key_id", "method",
-                 "path", "points", "replaced", "rid", "route", "sandbox", "stale", "status", "table",
-                 "version")
+    __slots__ = (
+        "client_id",
+        "details",
+        "duration_ms",
+        "error",
+        "headers",
+        "inserted",
+        "key_id",
+        "method",
+        "path",
+        "points",
+        "replaced",
+        "rid",
+        "route",
+        "sandbox",
+        "stale",
+        "status",
+        "table",
+        "version",
+    )
 
     def __init__(self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
         self.rid = f"{_RID_PREFIX}{next(_rid_counter):06x}"
@@ -59,11 +76,21 @@ class RequestRecord:
     def log_fields(self) -> dict[str, Any]:
         """The access log's fields: never a key, only the key's id."""
         return {
-            "request_id": self.rid, "method": self.method, "route": self.route,
-            "version": self.version or None, "sandbox": self.sandbox, "client_id": self.client_id,
-            "key_id": self.key_id, "table": self.table, "data_points": self.points,
-            "inserted": self.inserted, "replaced": self.replaced, "stale": self.stale,
-            "status": self.status, "code": self.code, "duration_ms": self.duration_ms,
+            "request_id": self.rid,
+            "method": self.method,
+            "route": self.route,
+            "version": self.version or None,
+            "sandbox": self.sandbox,
+            "client_id": self.client_id,
+            "key_id": self.key_id,
+            "table": self.table,
+            "data_points": self.points,
+            "inserted": self.inserted,
+            "replaced": self.replaced,
+            "stale": self.stale,
+            "status": self.status,
+            "code": self.code,
+            "duration_ms": self.duration_ms,
         }
 
 

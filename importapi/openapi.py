@@ -45,24 +45,34 @@ def _schemas(limits: Limits) -> dict[str, Any]:
     scalar = {"type": ["string", "integer", "number", "boolean"]}
     return {
         "Envelope": {
-            "type": "object", "required": ["code", "message"],
+            "type": "object",
+            "required": ["code", "message"],
             "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
         },
         "Error": {
-            "allOf": [_ref("Envelope")], "required": ["reasons"],
+            "allOf": [_ref("Envelope")],
+            "required": ["reasons"],
             "properties": {
                 "code": {"type": "integer", "minimum": 400, "maximum": 599},
                 "reasons": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                "details": {"type": "array", "minItems": 1, "items": _ref("Detail"),
-                            "description": "The reasons as data, one to one and in the same order."},
+                "details": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _ref("Detail"),
+                    "description": "The reasons as data, one to one and in the same order.",
+                },
                 "request_id": {"type": "string"},
             },
         },
         "Detail": {
-            "type": "object", "required": ["code", "message"],
+            "type": "object",
+            "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "enum": [c.value for c in Code],
-                         "description": "A stable identifier of the problem (docs/errors.md)."},
+                "code": {
+                    "type": "string",
+                    "enum": [c.value for c in Code],
+                    "description": "A stable identifier of the problem (docs/errors.md).",
+                },
                 "point": {"type": "integer", "minimum": 0, "description": "The data point's index."},
                 "field": {"type": "string", "description": "The field the problem is about."},
                 "message": {"type": "string"},
@@ -70,34 +80,51 @@ def _schemas(limits: Limits) -> dict[str, Any]:
         },
         "Status": {
             "allOf": [_ref("Envelope")],
-            "properties": {"service": {"type": "string"}, "version": {"type": "string"},
-                           "sandbox": {"type": "boolean"}},
+            "properties": {
+                "service": {"type": "string"},
+                "version": {"type": "string"},
+                "sandbox": {"type": "boolean"},
+            },
         },
         "Authenticated": {
-            "allOf": [_ref("Envelope")], "required": ["client_id"],
+            "allOf": [_ref("Envelope")],
+            "required": ["client_id"],
             "properties": {"client_id": {"type": "integer"}, "sandbox": {"type": "boolean"}},
         },
         "Created": {
-            "allOf": [_ref("Envelope")], "required": ["table", "inserted", "replaced"],
+            "allOf": [_ref("Envelope")],
+            "required": ["table", "inserted", "replaced"],
             "properties": {
-                "code": {"const": 201}, "table": {"type": "string"},
+                "code": {"const": 201},
+                "table": {"type": "string"},
                 "inserted": {"type": "integer", "minimum": 0},
                 "replaced": {"type": "integer", "minimum": 0},
-                "sandbox": {"type": "boolean"}, "plan": {"type": "object"},
+                "sandbox": {"type": "boolean"},
+                "plan": {"type": "object"},
             },
         },
         "DataPoint": {
-            "type": "object", "required": ["keys"],
+            "type": "object",
+            "required": ["keys"],
             "description": "Fields become columns; `keys` names the fields that identify the data point.",
-            "properties": {"keys": {"type": "array", "minItems": 1, "maxItems": limits.max_key_fields,
-                                    "uniqueItems": True, "items": {"type": "string", "minLength": 1}}},
+            "properties": {
+                "keys": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": limits.max_key_fields,
+                    "uniqueItems": True,
+                    "items": {"type": "string", "minLength": 1},
+                }
+            },
             "additionalProperties": True,
         },
         "DataPointV1": {
-            "type": "object", "required": ["_id"],
+            "type": "object",
+            "required": ["_id"],
             "description": "v1 data points are keyed by `_id`: an integer or a string of digits.",
-            "properties": {"_id": {"oneOf": [{"type": "integer"},
-                                             {"type": "string", "pattern": "^[0-9]+$"}]}},
+            "properties": {
+                "_id": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+$"}]}
+            },
             "additionalProperties": True,
         },
         "KeyValue": scalar,
@@ -106,35 +133,58 @@ def _schemas(limits: Limits) -> dict[str, Any]:
 
 def _params(*names: str) -> list[dict[str, Any]]:
     known = {
-        "cid": {"name": "cid", "in": "path", "required": True, "description": "The client id.",
-                "schema": {"type": "integer", "minimum": 1}},
-        "table": {"name": "table", "in": "path", "required": True,
-                  "description": "Matched ignoring case, stored lower-case.",
-                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,63}$"}},
+        "cid": {
+            "name": "cid",
+            "in": "path",
+            "required": True,
+            "description": "The client id.",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+        "table": {
+            "name": "table",
+            "in": "path",
+            "required": True,
+            "description": "Matched ignoring case, stored lower-case.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,63}$"},
+        },
     }
     return [known[n] for n in names]
 
 
 def _auth_path(tag: str) -> dict[str, Any]:
-    return {"get": {
-        "tags": [tag], "summary": "Is the key a live key of this client?", "security": SECURITY,
-        "parameters": _params("cid"),
-        "responses": {"200": _answer("The key is a live key of this client.", "Authenticated"),
-                      **_errors("401", "404", "429", "500", "503")},
-    }}
+    return {
+        "get": {
+            "tags": [tag],
+            "summary": "Is the key a live key of this client?",
+            "security": SECURITY,
+            "parameters": _params("cid"),
+            "responses": {
+                "200": _answer("The key is a live key of this client.", "Authenticated"),
+                **_errors("401", "404", "429", "500", "503"),
+            },
+        }
+    }
 
 
 def _data_path(tag: str, point: str, limits: Limits) -> dict[str, Any]:
-    body = {"oneOf": [_ref(point), {"type": "array", "minItems": 1, "maxItems": limits.max_points,
-                                    "items": _ref(point)}]}
+    body = {
+        "oneOf": [
+            _ref(point),
+            {"type": "array", "minItems": 1, "maxItems": limits.max_points, "items": _ref(point)},
+        ]
+    }
 
     def operation(verb: str) -> dict[str, Any]:
         return {
-            "tags": [tag], "summary": f"Upsert data points ({verb})", "security": SECURITY,
+            "tags": [tag],
+            "summary": f"Upsert data points ({verb})",
+            "security": SECURITY,
             "parameters": _params("cid", "table"),
             "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
-            "responses": {"201": _answer("Every data point is durably stored.", "Created"),
-                          **_errors("400", "401", "404", "408", "413", "415", "429", "500", "503")},
+            "responses": {
+                "201": _answer("Every data point is durably stored.", "Created"),
+                **_errors("400", "401", "404", "408", "413", "415", "429", "500", "503"),
+            },
         }
 
     return {"post": operation("POST"), "put": operation("PUT")}
@@ -142,15 +192,37 @@ def _data_path(tag: str, point: str, limits: Limits) -> dict[str, Any]:
 
 def _service_paths() -> dict[str, Any]:
     return {
-        "/": {"get": {"summary": "Status: 200 while the service can take writes",
-                      "responses": {"200": _answer("Up.", "Status"), **_errors("500", "503")}}},
-        "/ready": {"get": {"summary": "Readiness: a write path of the storage works",
-                           "responses": {"200": _answer("Ready.", "Envelope"), **_errors("500", "503")}}},
-        "/metrics": {"get": {"summary": "Counters in the Prometheus text format", "responses": {
-            "200": {"description": "Prometheus exposition.", "content": {"text/plain": {"schema": {
-                "type": "string"}}}}}}},
-        "/openapi.json": {"get": {"summary": "This description", "responses": {
-            "200": {"description": "OpenAPI 3.1.", "content": {JSON: {"schema": {"type": "object"}}}}}}},
+        "/": {
+            "get": {
+                "summary": "Status: 200 while the service can take writes",
+                "responses": {"200": _answer("Up.", "Status"), **_errors("500", "503")},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: a write path of the storage works",
+                "responses": {"200": _answer("Ready.", "Envelope"), **_errors("500", "503")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Counters in the Prometheus text format",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus exposition.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This description",
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1.", "content": {JSON: {"schema": {"type": "object"}}}}
+                },
+            }
+        },
     }
 
 
@@ -165,10 +237,13 @@ def build(limits: Limits | None = None) -> dict[str, Any]:
             paths[f"{base}/table/{{table}}/data"] = _data_path(label, point, limits)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "importapi", "version": __version__,
-                 "description": "Push JSON records over HTTP; they land as upserts in typed SQL tables. "
-                                "Every answer is a JSON object starting with code and message; "
-                                "errors add a non-empty reasons list."},
+        "info": {
+            "title": "importapi",
+            "version": __version__,
+            "description": "Push JSON records over HTTP; they land as upserts in typed SQL tables. "
+            "Every answer is a JSON object starting with code and message; "
+            "errors add a non-empty reasons list.",
+        },
         "paths": paths,
         "components": {
             "schemas": _schemas(limits),

@@ -55,11 +55,15 @@ class Display:
         self._task: TaskID | None = None
         if stream.isatty():
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
                 TextColumn("{task.fields[records]:>12,} records"),
                 TextColumn("{task.fields[rate]:>9,.0f} records/s"),
-                TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(file=stream), refresh_per_second=4,
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=stream),
+                refresh_per_second=4,
             )
             self._task = self._bar.add_task(label, total=total_bytes, records=0, rate=0.0)
 

@@ -22,11 +22,14 @@ from importapi.settings import Settings
 
 
 def _late_answer(timeout: float) -> bytes:
-    late = RequestTimeout(f"the request line and headers did not arrive within {timeout:g} seconds",
-                          code=Code.HEAD_TIMEOUT)
+    late = RequestTimeout(
+        f"the request line and headers did not arrive within {timeout:g} seconds", code=Code.HEAD_TIMEOUT
+    )
     body = json.dumps(late.envelope()).encode()
-    head = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
+    head = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
     return head + body
 
 

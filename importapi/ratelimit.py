@@ -51,8 +51,7 @@ class RateLimiter:
 
     def _forget_full(self, now: float) -> None:
         """Drop the buckets that have refilled: forgetting them changes no answer."""
-        full = [k for k, (t, when) in self._buckets.items()
-                if t + (now - when) * self.rate >= self.burst]
+        full = [k for k, (t, when) in self._buckets.items() if t + (now - when) * self.rate >= self.burst]
         for k in full:
             del self._buckets[k]
 

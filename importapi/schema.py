@@ -56,9 +56,7 @@ class Plan:
             "create_table": self.create,
             "key_fields": list(self.key_fields),
             "add_columns": [{"name": c.name, "type": c.kind.label} for c in self.add],
-            "widen_columns": [
-                {"name": n, "from": old.label, "to": new.label} for n, old, new in self.widen
-            ],
+            "widen_columns": [{"name": n, "from": old.label, "to": new.label} for n, old, new in self.widen],
         }
 
 
@@ -73,8 +71,12 @@ def _exact(kind: Kind, name: str, batch: Batch) -> Kind:
     return Kind.DECIMAL if kind is Kind.DOUBLE and name in batch.inexact else kind
 
 
-def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits,
-              stored_inexact: Callable[[str], bool] | None = None) -> Plan:
+def make_plan(
+    schema: TableSchema | None,
+    batch: Batch,
+    limits: Limits,
+    stored_inexact: Callable[[str], bool] | None = None,
+) -> Plan:
     """What this push does to the table, or a 400 naming each problem.
 
     ``stored_inexact(column)`` says whether an integer column holds values beyond 2**53; it
@@ -83,17 +85,20 @@ def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits,
     if schema is None:
         order = [*batch.key_fields, *(n for n in batch.kinds if n not in batch.key_fields)]
         kinds = {name: _exact(batch.kinds[name], name, batch) for name in order}
-        plan = Plan(batch.table, True, batch.key_fields, kinds,
-                    add=[Column(n, k) for n, k in kinds.items()])
+        plan = Plan(batch.table, True, batch.key_fields, kinds, add=[Column(n, k) for n, k in kinds.items()])
         _check_width(plan, limits)
         return plan
 
     problems: list[Detail] = []
     if frozenset(batch.key_fields) != frozenset(schema.key_fields):
-        problems.append(Detail(
-            Code.KEY_FIELDS_FIXED,
-            f"keys {list(batch.key_fields)} differ from the key fields of table "
-            f"{schema.name!r}, {list(schema.key_fields)}; a table's key fields are fixed by its first push", 0))
+        problems.append(
+            Detail(
+                Code.KEY_FIELDS_FIXED,
+                f"keys {list(batch.key_fields)} differ from the key fields of table "
+                f"{schema.name!r}, {list(schema.key_fields)}; a table's key fields are fixed by its first push",
+                0,
+            )
+        )
     kinds = {name: col.kind for name, col in schema.columns.items()}
     plan = Plan(schema.name, False, schema.key_fields, kinds)
     lower = schema.lower_names()
@@ -102,9 +107,15 @@ def make_plan(schema: TableSchema | None, batch: Batch, limits: Limits,
         if current is None:
             other = lower.get(name.lower())
             if other is not None:
-                problems.append(Detail(
-                    Code.FIELD_NAME_CASE, f"field {name!r} differs only in case from column {other!r} of "
-                    f"table {schema.name!r}; use the column's spelling", _first_index(batch, name), name))
+                problems.append(
+                    Detail(
+                        Code.FIELD_NAME_CASE,
+                        f"field {name!r} differs only in case from column {other!r} of "
+                        f"table {schema.name!r}; use the column's spelling",
+                        _first_index(batch, name),
+                        name,
+                    )
+                )
                 continue
             kinds[name] = kind = _exact(kind, name, batch)
             plan.add.append(Column(name, kind))
@@ -125,7 +136,9 @@ def _check_width(plan: Plan, limits: Limits) -> None:
     if len(plan.kinds) > limits.max_columns:
         raise BadRequest(
             f"table {plan.table!r} would have {len(plan.kinds)} columns; at most "
-            f"{limits.max_columns} are allowed (key columns included)", code=Code.TOO_MANY_COLUMNS)
+            f"{limits.max_columns} are allowed (key columns included)",
+            code=Code.TOO_MANY_COLUMNS,
+        )
 
 
 @dataclass
@@ -148,7 +161,8 @@ def prepare_rows(plan: Plan, batch: Batch) -> Rows:
     # A column needs converting only where its values are not already what it stores:
     # the driver binds str, int, float and bool as they are.
     convert = [
-        (j, kind) for j, (name, kind) in enumerate(plan.kinds.items())
+        (j, kind)
+        for j, (name, kind) in enumerate(plan.kinds.items())
         if name in batch.kinds
         and (kind not in _AS_BOUND or name in batch.mixed or batch.kinds[name] is not kind)
     ]

@@ -40,7 +40,7 @@ class _SecondsCachedFormatter(logging.Formatter):
     _second = -1
     _text = ""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: ARG002
         second = int(record.created)
         if second != self._second:
             self._text, self._second = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)), second
@@ -148,19 +148,32 @@ def run(settings: Settings, *, workers: int = 1) -> None:
         from granian.constants import Interfaces
 
         Granian(
-            "importapi.server:serve_app", factory=True, address=settings.host, port=settings.port,
-            interface=Interfaces.ASGI, workers=workers, log_access=False,
+            "importapi.server:serve_app",
+            factory=True,
+            address=settings.host,
+            port=settings.port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            log_access=False,
         ).serve()
         return
     import uvicorn
 
     uvicorn.run(
-        "importapi.server:serve_app", factory=True, host=settings.host, port=settings.port, workers=workers,
-        access_log=False, proxy_headers=False, server_header=False, log_config=None,
+        "importapi.server:serve_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
         timeout_graceful_shutdown=10,
         # Slow clients: a request's head has a deadline (importapi.protocol), its body one
         # too (IMPORTAPI_BODY_TIMEOUT, in the app). An idle connection is closed after 20 s:
         # longer than the 15 s that target-stitch's HTTP client keeps one for reuse, so a
         # client never sends a request on a connection the server is just closing.
-        http="importapi.protocol:HeaderDeadlineProtocol", timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        http="importapi.protocol:HeaderDeadlineProtocol",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )

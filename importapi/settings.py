@@ -93,7 +93,7 @@ def _choice(choices: tuple[str, ...], upper: bool = False) -> Callable[[str, str
     return parse
 
 
-def _text(name: str, raw: str) -> str:
+def _text(_name: str, raw: str) -> str:
     return raw
 
 
@@ -200,6 +200,8 @@ class ClientSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSettings:
         env = os.environ if env is None else env
         client_id = env.get("IMPORTAPI_CLIENT_ID")
-        return cls(url=env.get("IMPORTAPI_URL") or DEFAULT_URL,
-                   client_id=_positive_int("IMPORTAPI_CLIENT_ID", client_id) if client_id else 1,
-                   api_key=env.get("IMPORTAPI_API_KEY") or None)
+        return cls(
+            url=env.get("IMPORTAPI_URL") or DEFAULT_URL,
+            client_id=_positive_int("IMPORTAPI_CLIENT_ID", client_id) if client_id else 1,
+            api_key=env.get("IMPORTAPI_API_KEY") or None,
+        )

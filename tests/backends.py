@@ -37,7 +37,9 @@ def postgres_problem() -> str | None:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         detail = " ".join(str(exc).split())
-        return f"PostgreSQL is not reachable at {ADMIN_URL} ({detail}); start it with scripts/ensure-postgres.sh"
+        return (
+            f"PostgreSQL is not reachable at {ADMIN_URL} ({detail}); start it with scripts/ensure-postgres.sh"
+        )
     return None
 
 
@@ -77,8 +79,10 @@ def fresh_postgres() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         # a linguistic default collation, as production databases often have: importapi must
         # not depend on the database's collation (its text columns are declared "C")
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE \'en-US\''
-                      " LOCALE 'C.UTF-8'")
+        admin.execute(
+            f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            " LOCALE 'C.UTF-8'"
+        )
     try:
         yield url_for(name)
     finally:
@@ -103,18 +107,42 @@ def backend_of(storage: Storage) -> str:
 # -- what the contract tests ask of each backend's SQL catalog --------------------------
 
 DECLARED = {
-    "sqlite": {"integer": "INTEGER", "text": "TEXT", "double": "REAL", "boolean": "BOOLEAN",
-               "json": "TEXT", "decimal": "TEXT"},
-    "postgresql": {"integer": "bigint", "text": "text", "double": "double precision",
-                   "boolean": "boolean", "json": "jsonb", "decimal": "numeric"},
+    "sqlite": {
+        "integer": "INTEGER",
+        "text": "TEXT",
+        "double": "REAL",
+        "boolean": "BOOLEAN",
+        "json": "TEXT",
+        "decimal": "TEXT",
+    },
+    "postgresql": {
+        "integer": "bigint",
+        "text": "text",
+        "double": "double precision",
+        "boolean": "boolean",
+        "json": "jsonb",
+        "decimal": "numeric",
+    },
 }
 """The SQL type each backend declares for each column kind."""
 
 STORED = {
-    "sqlite": {"integer": "integer", "double": "real", "text": "text", "boolean": "integer",
-               "json": "text", "decimal": "text"},
-    "postgresql": {"integer": "bigint", "double": "double precision", "text": "text",
-                   "boolean": "boolean", "json": "jsonb", "decimal": "numeric"},
+    "sqlite": {
+        "integer": "integer",
+        "double": "real",
+        "text": "text",
+        "boolean": "integer",
+        "json": "text",
+        "decimal": "text",
+    },
+    "postgresql": {
+        "integer": "bigint",
+        "double": "double precision",
+        "text": "text",
+        "boolean": "boolean",
+        "json": "jsonb",
+        "decimal": "numeric",
+    },
 }
 """What each backend reports as a stored value's type (SQLite: ``typeof``)."""
 
@@ -126,39 +154,54 @@ def _sql(storage: Storage, client_id: int, query: str) -> list[tuple[Any, ...]]:
 def declared_types(storage: Storage, client_id: int, table: str) -> dict[str, str]:
     if backend_of(storage) == "sqlite":
         return dict(_sql(storage, client_id, f"SELECT name, type FROM pragma_table_info('{table}')"))
-    return dict(_sql(storage, client_id,
-                     "SELECT column_name, data_type FROM information_schema.columns"
-                     f" WHERE table_schema = current_schema() AND table_name = '{table}'"))
+    return dict(
+        _sql(
+            storage,
+            client_id,
+            "SELECT column_name, data_type FROM information_schema.columns"
+            f" WHERE table_schema = current_schema() AND table_name = '{table}'",
+        )
+    )
 
 
 def value_types(storage: Storage, client_id: int, table: str, column: str, order: str) -> list[str]:
     """The type each stored value of a column has, in the given row order."""
     quoted = '"' + column.replace('"', '""') + '"'
     fn = "typeof" if backend_of(storage) == "sqlite" else "pg_typeof"
-    return [str(r[0]) for r in _sql(storage, client_id, f'SELECT {fn}({quoted}) FROM "{table}" ORDER BY {order}')]
+    return [
+        str(r[0]) for r in _sql(storage, client_id, f'SELECT {fn}({quoted}) FROM "{table}" ORDER BY {order}')
+    ]
 
 
 def sql_objects(storage: Storage, client_id: int) -> list[tuple[Any, ...]]:
     """Every SQL object of the client's warehouse, with its definition."""
     if backend_of(storage) == "sqlite":
         return _sql(storage, client_id, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
-    return _sql(storage, client_id, """
+    return _sql(
+        storage,
+        client_id,
+        """
         SELECT 'column', c.table_name || '.' || c.column_name,
                c.data_type || ' ' || c.is_nullable || ' ' || c.ordinal_position
           FROM information_schema.columns c WHERE c.table_schema = current_schema()
         UNION ALL
         SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()
-        ORDER BY 1, 2""")
+        ORDER BY 1, 2""",
+    )
 
 
 def user_tables(storage: Storage, client_id: int) -> list[str]:
     """The client's tables that are not the system's own."""
     if backend_of(storage) == "sqlite":
-        query = ("SELECT name FROM sqlite_master WHERE type = 'table'"
-                 " AND name NOT LIKE '\\_importapi%' ESCAPE '\\' ORDER BY name")
+        query = (
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE '\\_importapi%' ESCAPE '\\' ORDER BY name"
+        )
     else:
-        query = ("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-                 " AND table_name NOT LIKE '\\_importapi%' ORDER BY table_name")
+        query = (
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            " AND table_name NOT LIKE '\\_importapi%' ORDER BY table_name"
+        )
     return [r[0] for r in _sql(storage, client_id, query)]
 
 

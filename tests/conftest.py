@@ -26,16 +26,34 @@ from importapi.storage import Storage, open_storage
 from tests.backends import BACKENDS, insertion_order, warehouse
 
 EXAMPLE_1 = {
-    "keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": "pending",
+    "keys": ["id"],
+    "id": 1,
+    "email": "joe@schmo.com",
+    "status": "pending",
     "created_at": "2012-08-01 14:22:32",
 }
 EXAMPLE_2 = [
-    {"keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": "pending",
-     "created_at": "2012-08-01 14:22:32"},
-    {"keys": ["id"], "id": 2, "email": "anne@schmo.com", "status": "pending",
-     "created_at": "2012-08-03 23:12:30"},
-    {"keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": "complete",
-     "created_at": "2012-08-05 04:51:02"},
+    {
+        "keys": ["id"],
+        "id": 1,
+        "email": "joe@schmo.com",
+        "status": "pending",
+        "created_at": "2012-08-01 14:22:32",
+    },
+    {
+        "keys": ["id"],
+        "id": 2,
+        "email": "anne@schmo.com",
+        "status": "pending",
+        "created_at": "2012-08-03 23:12:30",
+    },
+    {
+        "keys": ["id"],
+        "id": 1,
+        "email": "joe@schmo.com",
+        "status": "complete",
+        "created_at": "2012-08-05 04:51:02",
+    },
 ]
 
 
@@ -77,9 +95,7 @@ class InProcessClient:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-        )
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         future = asyncio.run_coroutine_threadsafe(self.client.request(method, url, **kwargs), self.loop)
@@ -123,11 +139,19 @@ class Api:
     client_id: int
     key: str
 
-    def url(self, table: str = "orders", *, version: str = "v2", cid: int | None = None,
-            sandbox: bool = False, key: str | None = None) -> str:
+    def url(
+        self,
+        table: str = "orders",
+        *,
+        version: str = "v2",
+        cid: int | None = None,
+        sandbox: bool = False,
+        key: str | None = None,
+    ) -> str:
         prefix = "/sandbox" if sandbox else ""
-        return (f"{prefix}/{version}/client/{cid or self.client_id}/table/{table}/data"
-                f"?apikey={key or self.key}")
+        return (
+            f"{prefix}/{version}/client/{cid or self.client_id}/table/{table}/data?apikey={key or self.key}"
+        )
 
     def push(self, data: object, table: str = "orders", **kw: object) -> httpx.Response:
         return self.http.post(self.url(table, **kw), json=data)  # type: ignore[arg-type]
@@ -135,7 +159,9 @@ class Api:
     def rows(self, table: str = "orders", order: str = "rowid") -> list[dict[str, object]]:
         if order == "rowid":
             order = insertion_order(self.storage)
-        columns, rows = self.storage.warehouse.query(self.client_id, f'SELECT * FROM "{table}" ORDER BY {order}')
+        columns, rows = self.storage.warehouse.query(
+            self.client_id, f'SELECT * FROM "{table}" ORDER BY {order}'
+        )
         return [dict(zip(columns, r)) for r in rows]
 
 
@@ -174,17 +200,29 @@ class Server:
     log_path: Path
 
 
-def start_server(data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None,
-                 database: str | None = None) -> Server:
+def start_server(
+    data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None, database: str | None = None
+) -> Server:
     """``database`` (a URL) replaces the SQLite folder ``data_dir`` when given."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("IMPORTAPI_DATABASE", None)
     with log_path.open("w") as log:  # the child keeps its own handle
         process = subprocess.Popen(
-            [sys.executable, "-m", "importapi", "serve", "--port", str(port),
-             "--database", database or f"sqlite:///{data_dir}"],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "importapi",
+                "serve",
+                "--port",
+                str(port),
+                "--database",
+                database or f"sqlite:///{data_dir}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -68,8 +68,11 @@ class Faults:
 def canned(status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
     message = "Too Many Requests" if status == 429 else "Service Unavailable"
     body = json.dumps({"code": status, "message": message, "reasons": ["injected by the test"]}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"retry-after", b"0")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"0"),
+    ]
     return headers, body
 
 
@@ -88,8 +91,9 @@ def faulty(app: ASGIApp, faults: Faults) -> ASGIApp:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         headers = dict(scope["headers"])
-        fault = faults.next(scope["method"], scope["path"], len(body),
-                            headers.get(b"content-encoding", b"").decode())
+        fault = faults.next(
+            scope["method"], scope["path"], len(body), headers.get(b"content-encoding", b"").decode()
+        )
         if fault in ("503", "429"):
             answer_headers, content = canned(int(fault))
             await send({"type": "http.response.start", "status": int(fault), "headers": answer_headers})
@@ -194,8 +198,11 @@ class FaultProxy:
             keep = {k: v for k, v in headers.items() if k not in ("host", "connection", "content-length")}
             response = await self._http.request(method, self.upstream + target, headers=keep, content=body)
             status, content = response.status_code, response.content
-            out = [(k, v) for k, v in response.headers.items()
-                   if k.lower() not in ("content-length", "connection", "transfer-encoding")]
+            out = [
+                (k, v)
+                for k, v in response.headers.items()
+                if k.lower() not in ("content-length", "connection", "transfer-encoding")
+            ]
             out.append(("content-length", str(len(content))))
         if fault == "drop-after":
             return False

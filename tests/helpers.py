@@ -25,16 +25,22 @@ def sqlite_url(folder: Path) -> str:
     return f"sqlite:///{folder}"
 
 
-def run_cli(*args: str, database: Path | str | None = None, env: dict[str, str] | None = None,
-            cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    database: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     """``python -m importapi ARGS [--database URL]``; never raises on a non-zero exit."""
     full_env = {k: v for k, v in os.environ.items() if k != "IMPORTAPI_DATABASE"}
     full_env.update(env or {})
     argv = [sys.executable, "-m", "importapi", *args]
     if database is not None:
         argv += ["--database", database if isinstance(database, str) else sqlite_url(database)]
-    return subprocess.run(argv, check=False, capture_output=True, text=True, env=full_env, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        argv, check=False, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+    )
 
 
 def cli_json(*args: str, database: Path | str, **kw: Any) -> Any:
@@ -69,8 +75,9 @@ def integrity_ok(path: Path) -> bool:
         conn.close()
 
 
-def apply(storage: Storage, client_id: int, batch: Batch, *, sandbox: bool = False,
-          timeout: float = 60) -> PushResult:
+def apply(
+    storage: Storage, client_id: int, batch: Batch, *, sandbox: bool = False, timeout: float = 60
+) -> PushResult:
     """Push one validated batch through the warehouse, as the server does; its result."""
     (result,) = storage.warehouse.submit(Push(client_id, [batch], sandbox)).result(timeout)
     return result

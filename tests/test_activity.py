@@ -30,8 +30,9 @@ def served(data_dir: Path) -> Iterator[tuple[InProcessClient, Storage, ActivityR
     api.close()
 
 
-def test_pushes_and_refusals_are_recorded_and_nothing_else(served: tuple[InProcessClient, Storage,
-                                                                          ActivityRecorder, str]) -> None:
+def test_pushes_and_refusals_are_recorded_and_nothing_else(
+    served: tuple[InProcessClient, Storage, ActivityRecorder, str],
+) -> None:
     http, storage, recorder, key = served
     ok = http.post(f"/v2/client/1/table/orders/data?apikey={key}", json=EXAMPLE_2)
     sandbox = http.post(f"/sandbox/v2/client/1/table/orders/data?apikey={key}", json=EXAMPLE_2)
@@ -39,15 +40,27 @@ def test_pushes_and_refusals_are_recorded_and_nothing_else(served: tuple[InProce
     no_key = http.post("/v2/client/1/table/orders/data", json=EXAMPLE_2)
     auth_fail = http.get("/v1/client/1/authenticate?apikey=nope")
     missing = http.get("/v2/client/1/nothing")
-    for quiet in (http.get("/"), http.get(f"/v2/client/1/authenticate?apikey={key}"), http.get("/favicon.ico")):
+    for quiet in (
+        http.get("/"),
+        http.get(f"/v2/client/1/authenticate?apikey={key}"),
+        http.get("/favicon.ico"),
+    ):
         assert quiet.status_code in (200, 404)
     assert storage.catalog.recent_activity(10, refused=False) == []  # nothing written on the request path
     recorder.flush()
     pushes = storage.catalog.recent_activity(10, refused=False)
     assert [a.request_id for a in pushes] == [sandbox.headers["x-request-id"], ok.headers["x-request-id"]]
     first = pushes[1]
-    assert (first.client_id, first.table, first.points, first.inserted, first.replaced, first.sandbox,
-            first.status, first.route) == (1, "orders", 3, 2, 1, False, 201, "data")
+    assert (
+        first.client_id,
+        first.table,
+        first.points,
+        first.inserted,
+        first.replaced,
+        first.sandbox,
+        first.status,
+        first.route,
+    ) == (1, "orders", 3, 2, 1, False, 201, "data")
     assert first.key_id == key.split("_")[1] and pushes[0].sandbox
     refusals = {a.request_id: a for a in storage.catalog.recent_activity(10, refused=True)}
     assert set(refusals) == {r.headers["x-request-id"] for r in (bad, no_key, auth_fail, missing)}
@@ -57,12 +70,13 @@ def test_pushes_and_refusals_are_recorded_and_nothing_else(served: tuple[InProce
     assert refusals[auth_fail.headers["x-request-id"]].route == "authenticate"
 
 
-def test_the_window_keeps_only_the_newest(served: tuple[InProcessClient, Storage, ActivityRecorder, str]) -> None:
+def test_the_window_keeps_only_the_newest(
+    served: tuple[InProcessClient, Storage, ActivityRecorder, str],
+) -> None:
     http, storage, recorder, key = served
     ids = []
     for n in range(12):
-        answer = http.post(f"/v2/client/1/table/orders/data?apikey={key}",
-                           json={"keys": ["id"], "id": n})
+        answer = http.post(f"/v2/client/1/table/orders/data?apikey={key}", json={"keys": ["id"], "id": n})
         ids.append(answer.headers["x-request-id"])
         if n == 6:
             recorder.flush()
@@ -97,7 +111,9 @@ def test_the_background_writer_records_without_being_asked(storage: Storage) -> 
     http = InProcessClient(api)
     try:
         answer = http.get("/v2/client/1/authenticate?apikey=bad")
-        recorded = wait_until(lambda: storage.catalog.recent_activity(1, refused=True), what="the background write")
+        recorded = wait_until(
+            lambda: storage.catalog.recent_activity(1, refused=True), what="the background write"
+        )
         assert recorded[0].request_id == answer.headers["x-request-id"]
     finally:
         http.close()
@@ -108,7 +124,9 @@ def test_closing_writes_what_is_still_queued(data_dir: Path) -> None:
     with open_storage(str(data_dir)) as storage:
         storage.create_client("shop")
         recorder = ActivityRecorder(storage.catalog, flush_seconds=60)
-        api = create_app(Settings(database=str(data_dir), access_log=False), storage=storage, recorder=recorder)
+        api = create_app(
+            Settings(database=str(data_dir), access_log=False), storage=storage, recorder=recorder
+        )
         http = InProcessClient(api)
         http.get("/v2/client/1/authenticate?apikey=bad")
         http.close()
@@ -123,8 +141,9 @@ def test_every_process_feeds_the_same_window(data_dir: Path) -> None:
         one.create_client("shop")
         for storage in (one, two):
             recorder = ActivityRecorder(storage.catalog, flush_seconds=60)
-            api = create_app(Settings(database=str(data_dir), access_log=False), storage=storage,
-                             recorder=recorder)
+            api = create_app(
+                Settings(database=str(data_dir), access_log=False), storage=storage, recorder=recorder
+            )
             http = InProcessClient(api)
             http.get("/v2/client/1/authenticate?apikey=bad")
             http.close()

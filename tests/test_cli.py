@@ -80,14 +80,40 @@ def client_with_data(db: Path) -> Path:
     """Client 1 with the seed's Example 2 in ``orders`` and typed values in ``events``."""
     assert cli_json("clients", "create", "acme", "--json", database=db)["client_id"] == 1
     push(db, 1, "orders", EXAMPLE_2)
-    push(db, 1, "events", [
-        {"keys": ["kind", "n"], "kind": "click", "n": 1, "price": 1.5, "paid": True,
-         "meta": {"page": "/"}, "note": None},
-        {"keys": ["kind", "n"], "kind": "view", "n": 2, "price": 2.25, "paid": False,
-         "meta": [1, 2], "note": None},
-        {"keys": ["n", "kind"], "kind": "view", "n": 3, "price": 0.5, "paid": True,
-         "meta": None, "note": None},
-    ])
+    push(
+        db,
+        1,
+        "events",
+        [
+            {
+                "keys": ["kind", "n"],
+                "kind": "click",
+                "n": 1,
+                "price": 1.5,
+                "paid": True,
+                "meta": {"page": "/"},
+                "note": None,
+            },
+            {
+                "keys": ["kind", "n"],
+                "kind": "view",
+                "n": 2,
+                "price": 2.25,
+                "paid": False,
+                "meta": [1, 2],
+                "note": None,
+            },
+            {
+                "keys": ["n", "kind"],
+                "kind": "view",
+                "n": 3,
+                "price": 0.5,
+                "paid": True,
+                "meta": None,
+                "note": None,
+            },
+        ],
+    )
     return db
 
 
@@ -97,9 +123,13 @@ def client_with_data(db: Path) -> Path:
 @pytest.mark.parametrize("how", ["option", "env"])
 def test_clients_create_prints_id_and_name(how: str, db: Path, elsewhere: Path) -> None:
     assert cli(how, "clients", "create", "acme", "--json", db=db, cwd=elsewhere) == {
-        "client_id": 1, "name": "acme"}
+        "client_id": 1,
+        "name": "acme",
+    }
     assert cli(how, "clients", "create", "Beta Corp", "--json", db=db, cwd=elsewhere) == {
-        "client_id": 2, "name": "Beta Corp"}
+        "client_id": 2,
+        "name": "Beta Corp",
+    }
     listed = cli(how, "clients", "list", "--json", db=db, cwd=elsewhere)
     assert [(c["client_id"], c["name"]) for c in listed] == [(1, "acme"), (2, "Beta Corp")]
     assert (db / "catalog.sqlite3").is_file()
@@ -113,8 +143,15 @@ def test_a_relative_sqlite_url_is_relative_to_the_working_directory(elsewhere: P
 
 def test_the_option_wins_over_the_environment(db: Path, tmp_path: Path, elsewhere: Path) -> None:
     other = tmp_path / "other"
-    done = run_cli("clients", "create", "acme", "--json", database=db, cwd=elsewhere,
-                   env={"IMPORTAPI_DATABASE": sqlite_url(other)})
+    done = run_cli(
+        "clients",
+        "create",
+        "acme",
+        "--json",
+        database=db,
+        cwd=elsewhere,
+        env={"IMPORTAPI_DATABASE": sqlite_url(other)},
+    )
     assert done.returncode == 0, done.stderr
     assert (db / "catalog.sqlite3").is_file() and not other.exists()
 
@@ -224,11 +261,20 @@ def test_tables_shows_key_fields_typed_columns_and_row_counts(client_with_data: 
     orders, events = tables["orders"], tables["events"]
     assert orders["key_fields"] == ["id"] and orders["row_count"] == 2
     assert [(c["name"], c["type"]) for c in orders["columns"]] == [
-        ("id", "integer"), ("email", "text"), ("status", "text"), ("created_at", "text")]
+        ("id", "integer"),
+        ("email", "text"),
+        ("status", "text"),
+        ("created_at", "text"),
+    ]
     assert sorted(events["key_fields"]) == ["kind", "n"] and events["row_count"] == 3
     # "note" was only ever null: a null never decides a type, so there is no column yet.
     assert {c["name"]: c["type"] for c in events["columns"]} == {
-        "kind": "text", "n": "integer", "price": "double", "paid": "boolean", "meta": "json"}
+        "kind": "text",
+        "n": "integer",
+        "price": "double",
+        "paid": "boolean",
+        "meta": "json",
+    }
 
     text = run_cli("tables", "1", database=client_with_data)
     assert text.returncode == 0
@@ -248,18 +294,32 @@ SQL = "SELECT id, status FROM orders ORDER BY id"
 
 def test_query_as_json_is_an_array_of_objects(client_with_data: Path) -> None:
     assert cli_json("query", "1", SQL, "--format", "json", database=client_with_data) == [
-        {"id": 1, "status": "complete"}, {"id": 2, "status": "pending"}]
-    typed = cli_json("query", "1", "SELECT n, price, kind FROM events ORDER BY n", "--format", "json",
-                     database=client_with_data)
-    assert typed == [{"n": 1, "price": 1.5, "kind": "click"}, {"n": 2, "price": 2.25, "kind": "view"},
-                     {"n": 3, "price": 0.5, "kind": "view"}]
+        {"id": 1, "status": "complete"},
+        {"id": 2, "status": "pending"},
+    ]
+    typed = cli_json(
+        "query",
+        "1",
+        "SELECT n, price, kind FROM events ORDER BY n",
+        "--format",
+        "json",
+        database=client_with_data,
+    )
+    assert typed == [
+        {"n": 1, "price": 1.5, "kind": "click"},
+        {"n": 2, "price": 2.25, "kind": "view"},
+        {"n": 3, "price": 0.5, "kind": "view"},
+    ]
 
 
 def test_query_as_csv(client_with_data: Path) -> None:
     done = run_cli("query", "1", SQL, "--format", "csv", database=client_with_data)
     assert done.returncode == 0, done.stderr
     assert list(csv.reader(io.StringIO(done.stdout))) == [
-        ["id", "status"], ["1", "complete"], ["2", "pending"]]
+        ["id", "status"],
+        ["1", "complete"],
+        ["2", "pending"],
+    ]
 
 
 @pytest.mark.parametrize("fmt", [["--format", "table"], []])
@@ -308,35 +368,42 @@ def test_a_write_statement_is_refused_and_nothing_changes(client_with_data: Path
 
 
 def test_a_bad_query_is_an_error(client_with_data: Path) -> None:
-    assert_error(run_cli("query", "1", "SELECT * FROM no_such_table", database=client_with_data),
-                 "no_such_table")
+    assert_error(
+        run_cli("query", "1", "SELECT * FROM no_such_table", database=client_with_data), "no_such_table"
+    )
 
 
 # -- errors -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [
-    ["query", "99", "SELECT 1"],
-    ["tables", "99"],
-    ["keys", "create", "99"],
-    ["keys", "list", "99"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["query", "99", "SELECT 1"],
+        ["tables", "99"],
+        ["keys", "create", "99"],
+        ["keys", "list", "99"],
+    ],
+)
 def test_an_unknown_client_is_an_error(db: Path, args: list[str]) -> None:
     cli_json("clients", "create", "acme", "--json", database=db)
     assert_error(run_cli(*args, database=db), "99")
 
 
-@pytest.mark.parametrize("args", [
-    ["clients", "create"],
-    ["keys", "create"],
-    ["keys", "revoke"],
-    ["keys", "list"],
-    ["tables"],
-    ["query", "1"],
-    ["keys", "create", "not-a-number"],
-    ["query", "1", "SELECT 1", "--format", "xml"],
-    ["no-such-command"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["clients", "create"],
+        ["keys", "create"],
+        ["keys", "revoke"],
+        ["keys", "list"],
+        ["tables"],
+        ["query", "1"],
+        ["keys", "create", "not-a-number"],
+        ["query", "1", "SELECT 1", "--format", "xml"],
+        ["no-such-command"],
+    ],
+)
 def test_a_usage_error_exits_2(db: Path, args: list[str]) -> None:
     done = run_cli(*args, database=db)
     assert done.returncode == 2, (done.stdout, done.stderr)
@@ -345,12 +412,15 @@ def test_a_usage_error_exits_2(db: Path, args: list[str]) -> None:
 
 
 @pytest.mark.parametrize("url", ["mysql://x", "sqlite:///"])
-@pytest.mark.parametrize("args", [
-    ["clients", "create", "acme"],
-    ["tables", "1"],
-    ["query", "1", "SELECT 1"],
-    ["serve", "--port", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["clients", "create", "acme"],
+        ["tables", "1"],
+        ["query", "1", "SELECT 1"],
+        ["serve", "--port", "0"],
+    ],
+)
 def test_a_bad_database_url_is_an_error(url: str, args: list[str], elsewhere: Path) -> None:
     assert_error(run_cli(*args, database=url, cwd=elsewhere, timeout=30))
     assert_error(run_cli(*args, env={"IMPORTAPI_DATABASE": url}, cwd=elsewhere, timeout=30))

@@ -46,17 +46,26 @@ def test_serve_on_postgresql_first_start_then_push_and_read(pg: str, tmp_path: P
     server = start_server(tmp_path / "unused", tmp_path / "server.log", database=pg)
     try:
         assert server.key, server.log_path.read_text()
-        r = httpx.post(f"{server.base}/v2/client/1/table/orders/data", params={"apikey": server.key},
-                       json=EXAMPLE_2, timeout=30)
+        r = httpx.post(
+            f"{server.base}/v2/client/1/table/orders/data",
+            params={"apikey": server.key},
+            json=EXAMPLE_2,
+            timeout=30,
+        )
         assert r.status_code == 201 and (r.json()["inserted"], r.json()["replaced"]) == (2, 1)
     finally:
         stop_server(server)
-    rows = cli_json("query", "1", 'SELECT "id", "status" FROM "orders" ORDER BY "id"', "--format", "json",
-                    database=pg)
+    rows = cli_json(
+        "query", "1", 'SELECT "id", "status" FROM "orders" ORDER BY "id"', "--format", "json", database=pg
+    )
     assert rows == [{"id": 1, "status": "complete"}, {"id": 2, "status": "pending"}]
     (table,) = cli_json("tables", "1", "--json", database=pg)
     assert table["row_count"] == 2 and {c["name"]: c["type"] for c in table["columns"]} == {
-        "id": "integer", "email": "text", "status": "text", "created_at": "text"}
+        "id": "integer",
+        "email": "text",
+        "status": "text",
+        "created_at": "text",
+    }
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -64,9 +73,12 @@ def test_servers_starting_together_on_a_new_warehouse_make_one_client(backend: s
     """Several `importapi serve` started at once on an empty warehouse: one makes client 1 and
     prints its key, and that key works on all of them."""
     with warehouse(backend, tmp_path / "warehouse") as database, ThreadPoolExecutor(3) as pool:
-        servers = list(pool.map(
-            lambda n: start_server(tmp_path / "unused", tmp_path / f"server{n}.log", database=database),
-            range(3)))
+        servers = list(
+            pool.map(
+                lambda n: start_server(tmp_path / "unused", tmp_path / f"server{n}.log", database=database),
+                range(3),
+            )
+        )
         try:
             keys = [s.key for s in servers if s.key]
             assert len(keys) == 1, [s.log_path.read_text() for s in servers]

@@ -37,15 +37,17 @@ def rows(n: int, start: int = 0, **extra: Any) -> Iterator[dict[str, Any]]:
 def client_for(api: Api, faults: Faults | None = None, **kw: Any) -> Client:
     app = api.http.app if faults is None else faulty(api.http.app, faults)
     kw.setdefault("retry", FAST)
-    return Client(api.client_id, api.key, url="http://testserver",
-                  transport=LoopTransport(app, api.http.loop), **kw)
+    return Client(
+        api.client_id, api.key, url="http://testserver", transport=LoopTransport(app, api.http.loop), **kw
+    )
 
 
 def async_client_for(api: Api, faults: Faults | None = None, **kw: Any) -> AsyncClient:
     app = api.http.app if faults is None else faulty(api.http.app, faults)
     kw.setdefault("retry", FAST)
-    return AsyncClient(api.client_id, api.key, url="http://testserver",
-                       transport=httpx.ASGITransport(app=app), **kw)
+    return AsyncClient(
+        api.client_id, api.key, url="http://testserver", transport=httpx.ASGITransport(app=app), **kw
+    )
 
 
 def count(api: Api, table: str = "orders") -> int:
@@ -91,14 +93,19 @@ if client.authenticate():
 """
 
 
-def test_code_written_for_the_original_client_runs_by_changing_only_the_import(
-        real_server: Server) -> None:
+def test_code_written_for_the_original_client_runs_by_changing_only_the_import(real_server: Server) -> None:
     # The seed's snippets, with ``from rjmetrics.client`` changed to ``from importapi.client``;
     # the server's address comes from the environment, as the hosted one came built in.
     env = {**os.environ, "IMPORTAPI_URL": real_server.base}
-    done = subprocess.run([sys.executable, "-c", LEGACY_SNIPPET, "1", real_server.key],
-                          input=json.dumps(EXAMPLE_2), capture_output=True, text=True, env=env,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", LEGACY_SNIPPET, "1", real_server.key],
+        input=json.dumps(EXAMPLE_2),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["statuses"] == [201]
@@ -118,19 +125,26 @@ def test_constructor_checks_its_arguments_as_the_original_did() -> None:
 def test_bases_come_from_a_url_argument() -> None:
     with Client(1, "k", url="http://example.test:9000/") as client:
         assert (client.API_BASE, client.SANDBOX_BASE) == (
-            "http://example.test:9000/v2", "http://example.test:9000/sandbox/v2")
+            "http://example.test:9000/v2",
+            "http://example.test:9000/sandbox/v2",
+        )
     assert bases("http://h/v2") == ("http://h/v2", "http://h/sandbox/v2")
 
 
 def test_authenticate(api: Api) -> None:
     with client_for(api) as good:
         assert good.authenticate() is True
-    with Client(api.client_id, "imp_000000000000_nope", url="http://testserver",
-                transport=LoopTransport(api.http.app, api.http.loop)) as bad:
+    with Client(
+        api.client_id,
+        "imp_000000000000_nope",
+        url="http://testserver",
+        transport=LoopTransport(api.http.app, api.http.loop),
+    ) as bad:
         assert bad.authenticate() is False
 
 
 # --- what can be pushed, and how it is cut into requests --------------------------------------
+
 
 def test_one_dict_a_list_and_a_generator(api: Api) -> None:
     with client_for(api) as client:
@@ -193,8 +207,10 @@ def test_a_record_bigger_than_any_request_goes_alone_and_is_refused(data_dir: Pa
     records = [*rows(3), {"keys": ["id"], "id": 99, "blob": "b" * 3000}, *rows(2, start=3)]
     for api in make_api(data_dir, Limits(max_body_bytes=2000)):
         faults = Faults()
-        with client_for(api, faults, max_bytes=2000, concurrency=1) as client, \
-                pytest.raises(PushRefused) as refused:
+        with (
+            client_for(api, faults, max_bytes=2000, concurrency=1) as client,
+            pytest.raises(PushRefused) as refused,
+        ):
             client.push_data("orders", records)
         assert refused.value.status == 413
         assert refused.value.records == range(3, 4)
@@ -251,6 +267,7 @@ def test_sandbox_checks_and_stores_nothing(api: Api) -> None:
 
 # --- refusals ----------------------------------------------------------------------------
 
+
 def test_a_refused_request_names_the_input_records_it_held(api: Api) -> None:
     data = list(rows(250))
     data[153] = {"keys": ["id"], "name": "no id"}
@@ -302,13 +319,16 @@ def test_retries_run_out(api: Api) -> None:
 def test_no_server_at_all_is_a_push_failed(tmp_path: Path) -> None:
     from tests.conftest import free_port
 
-    with Client(1, "k", url=f"http://127.0.0.1:{free_port()}", retry=FAST) as client, \
-            pytest.raises(PushFailed) as caught:
+    with (
+        Client(1, "k", url=f"http://127.0.0.1:{free_port()}", retry=FAST) as client,
+        pytest.raises(PushFailed) as caught,
+    ):
         client.push_data("orders", rows(5))
     assert caught.value.status == 0 and "Connect" in caught.value.reasons[0]
 
 
 # --- the retry policy (pure) -------------------------------------------------------------
+
 
 def test_retry_after_is_honoured_in_seconds_or_as_a_date() -> None:
     policy = Retry(backoff=0.25, max_backoff=30, max_retry_after=120)
@@ -339,6 +359,7 @@ def test_a_429_with_retry_after_makes_the_request_wait_that_long() -> None:
 
 # --- the async client shares all of it -----------------------------------------------------
 
+
 async def arows(n: int) -> AsyncIterator[dict[str, Any]]:
     for record in rows(n):
         await asyncio.sleep(0)
@@ -349,10 +370,12 @@ def test_async_client_pushes_lists_generators_and_async_generators(api: Api) -> 
     async def go() -> list[Any]:
         async with async_client_for(api) as client:
             assert await client.authenticate()
-            return [await client.push_data("orders", EXAMPLE_2),
-                    await client.push_data("orders", rows(150, start=100)),
-                    await client.push_data("orders", arows(120)),
-                    await client.push_data("orders", EXAMPLE_2, client.SANDBOX_BASE)]
+            return [
+                await client.push_data("orders", EXAMPLE_2),
+                await client.push_data("orders", rows(150, start=100)),
+                await client.push_data("orders", arows(120)),
+                await client.push_data("orders", EXAMPLE_2, client.SANDBOX_BASE),
+            ]
 
     listed, streamed, async_streamed, sandbox = asyncio.run(go())
     assert (listed.inserted, listed.replaced) == (2, 1)
@@ -380,17 +403,27 @@ def test_async_client_retries_and_refuses_the_same_way(api: Api) -> None:
 
 # --- the real server process, with a real proxy injecting faults ----------------------------
 
+
 def test_dropped_connections_are_retried_against_the_real_server(real_server: Server) -> None:
     # "drop": the request never reached the server; "drop-after": it was stored, and the
     # answer was lost, so the retry finds the rows already there (and replaces them).
     faults = Faults("drop", "pass", "drop-after", "503", "429")
-    with FaultProxy(real_server.base, faults) as proxy, \
-            Client(1, real_server.key, url=proxy.url, retry=FAST, concurrency=1) as client:
+    with (
+        FaultProxy(real_server.base, faults) as proxy,
+        Client(1, real_server.key, url=proxy.url, retry=FAST, concurrency=1) as client,
+    ):
         summary = client.push_data("dropped", rows(300))
     assert summary.records == 300 and summary.retries == 4
     assert summary.inserted + summary.replaced == 300 and summary.replaced == 100
     assert [s.fault for s in faults.data_requests()] == [
-        "drop", "pass", "drop-after", "503", "429", "pass", "pass"]
+        "drop",
+        "pass",
+        "drop-after",
+        "503",
+        "429",
+        "pass",
+        "pass",
+    ]
 
 
 def test_async_client_against_the_real_server_through_a_dropping_proxy(real_server: Server) -> None:
@@ -429,9 +462,14 @@ def test_the_readme_python_examples_run_as_written(real_server: Server) -> None:
     assert len(blocks) == 3
     outputs = []
     for code in blocks:
-        done = subprocess.run([sys.executable, "-c", code.replace("imp_...", real_server.key)],
-                              capture_output=True, text=True, timeout=120, check=False,
-                              env={**os.environ, "IMPORTAPI_URL": real_server.base})
+        done = subprocess.run(
+            [sys.executable, "-c", code.replace("imp_...", real_server.key)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "IMPORTAPI_URL": real_server.base},
+        )
         assert done.returncode == 0, f"{code}\n{done.stderr}"
         outputs.append(done.stdout.split())
     requests, records, inserted, replaced, retries = map(int, outputs[1])

@@ -53,9 +53,21 @@ def server_process(database: str, log: Path, workers: int = 1) -> Iterator[str]:
     env.update(PYTHONUNBUFFERED="1", IMPORTAPI_ACCESS_LOG="0")
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "importapi", "serve", "--port", str(port), "--workers", str(workers),
-             "--database", database],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "importapi",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--database",
+                database,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -81,8 +93,14 @@ def server_process(database: str, log: Path, workers: int = 1) -> Iterator[str]:
 class Writer(threading.Thread):
     """Pushes its requests in turn, each to the next server; remembers every answer."""
 
-    def __init__(self, n: int, bases: list[str], key: str, plan: list[tuple[str, list[dict[str, Any]]]],
-                 start: threading.Barrier) -> None:
+    def __init__(
+        self,
+        n: int,
+        bases: list[str],
+        key: str,
+        plan: list[tuple[str, list[dict[str, Any]]]],
+        start: threading.Barrier,
+    ) -> None:
         super().__init__(name=f"writer-{n}")
         self.n, self.bases, self.key, self.plan, self.start_together = n, bases, key, plan, start
         self.answers: list[tuple[str, int, dict[str, Any]]] = []
@@ -93,7 +111,9 @@ class Writer(threading.Thread):
                 if i == 0:
                     self.start_together.wait(timeout=120)
                 base = self.bases[(self.n + i) % len(self.bases)]
-                r = http.post(f"{base}/v2/client/1/table/{table}/data", params={"apikey": self.key}, json=points)
+                r = http.post(
+                    f"{base}/v2/client/1/table/{table}/data", params={"apikey": self.key}, json=points
+                )
                 self.answers.append((table, r.status_code, r.json()))
 
 
@@ -101,13 +121,24 @@ def _plans(rng: random.Random) -> list[list[tuple[str, list[dict[str, Any]]]]]:
     plans = []
     for w in range(WRITERS):
         # the first request: a new table for everyone at once, some keys shared, own columns
-        first = [{"keys": ["id"], "id": k, "req": f"{w}.0", "first_w": w, f"only_{w}": f"w{w}"}
-                 for k in [0, 1, 100 + w]]
+        first = [
+            {"keys": ["id"], "id": k, "req": f"{w}.0", "first_w": w, f"only_{w}": f"w{w}"}
+            for k in [0, 1, 100 + w]
+        ]
         plan = [("fresh", first)]
         for r in range(1, REQUESTS + 1):
             keys = rng.sample(range(SHARED_KEYS), POINTS)
-            points = [{"keys": ["id"], "id": k, "req": f"{w}.{r}", "writer": w, f"col_{w}": r,
-                       "mixed": r if (w + r) % 2 else r + 0.5} for k in keys]
+            points = [
+                {
+                    "keys": ["id"],
+                    "id": k,
+                    "req": f"{w}.{r}",
+                    "writer": w,
+                    f"col_{w}": r,
+                    "mixed": r if (w + r) % 2 else r + 0.5,
+                }
+                for k in keys
+            ]
             plan.append(("shared", points))
         plans.append(plan)
     return plans
@@ -121,7 +152,7 @@ def _serial_order_exists(final: dict[Any, str], touched: dict[Any, set[str]]) ->
         for req in touched[key] - {winner}:
             after[req].add(winner)
     nodes = set(itertools.chain.from_iterable(touched.values()))
-    incoming = {n: 0 for n in nodes}
+    incoming = dict.fromkeys(nodes, 0)
     for targets in after.values():
         for t in targets:
             incoming[t] += 1
@@ -157,13 +188,17 @@ def _check_table(storage: Any, table: str, sent: dict[str, list[dict[str, Any]]]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_four_processes_sixteen_writers_same_table_same_keys_new_columns(backend: str, tmp_path: Path) -> None:
+def test_four_processes_sixteen_writers_same_table_same_keys_new_columns(
+    backend: str, tmp_path: Path
+) -> None:
     with warehouse(backend, tmp_path / "warehouse") as database, ExitStack() as stack:
         cli_json("clients", "create", "shop", "--json", database=database)
         key = cli_json("keys", "create", "1", "--json", database=database)["api_key"]
         # four server processes: one with two workers, and two more on ports of their own
-        bases = [stack.enter_context(server_process(database, tmp_path / f"server{i}.log", workers))
-                 for i, workers in enumerate([2, 1, 1])]
+        bases = [
+            stack.enter_context(server_process(database, tmp_path / f"server{i}.log", workers))
+            for i, workers in enumerate([2, 1, 1])
+        ]
         plans = _plans(random.Random(4))
         start = threading.Barrier(WRITERS)
         writers = [Writer(n, bases, key, plan, start) for n, plan in enumerate(plans)]
@@ -185,9 +220,13 @@ def test_four_processes_sixteen_writers_same_table_same_keys_new_columns(backend
             kinds = {c.name: c.kind.label for c in tables["shared"].schema.columns.values()}
             assert kinds["mixed"] == "double"
             assert {f"col_{w}" for w in range(WRITERS)} <= set(kinds)
-            assert {f"only_{w}" for w in range(WRITERS)} <= {c for c in tables["fresh"].schema.columns}
+            assert {f"only_{w}" for w in range(WRITERS)} <= set(tables["fresh"].schema.columns)
             for table in ("fresh", "shared"):
-                sent = {pts[0]["req"]: [{k: v for k, v in x.items() if k != "keys"} for x in pts]
-                        for plan in plans for t, pts in plan if t == table}
+                sent = {
+                    pts[0]["req"]: [{k: v for k, v in x.items() if k != "keys"} for x in pts]
+                    for plan in plans
+                    for t, pts in plan
+                    if t == table
+                }
                 inserted = sum(b["inserted"] for t, _, b in answers if t == table)
                 _check_table(storage, table, sent, inserted)

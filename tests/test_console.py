@@ -46,10 +46,14 @@ class Console:
         token = csrf_of(self.http.get("/console/login"))
         return self.http.post("/console/login", data={"csrf": token, "password": password})
 
-    def push(self, data: object = EXAMPLE_2, table: str = "orders", key: str | None = None,
-             prefix: str = "") -> httpx.Response:
-        return self.http.post(f"{prefix}/v2/client/{self.client_id}/table/{table}/data",
-                              params={"apikey": key or self.key}, json=data)
+    def push(
+        self, data: object = EXAMPLE_2, table: str = "orders", key: str | None = None, prefix: str = ""
+    ) -> httpx.Response:
+        return self.http.post(
+            f"{prefix}/v2/client/{self.client_id}/table/{table}/data",
+            params={"apikey": key or self.key},
+            json=data,
+        )
 
 
 @functools.cache
@@ -91,12 +95,21 @@ def owner(console: Console) -> Console:
     return console
 
 
-PAGES = ["/console/", "/console/data", "/console/data/connections", "/console/data/tables",
-         "/console/data/tables/1/orders", "/console/data/tables/1/orders.csv",
-         "/console/data/tables/1/orders.jsonl", "/console/data/connections/1/add", "/console/activity"]
+PAGES = [
+    "/console/",
+    "/console/data",
+    "/console/data/connections",
+    "/console/data/tables",
+    "/console/data/tables/1/orders",
+    "/console/data/tables/1/orders.csv",
+    "/console/data/tables/1/orders.jsonl",
+    "/console/data/connections/1/add",
+    "/console/activity",
+]
 
 
 # -- signing in ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_needs_a_login(console: Console, path: str) -> None:
@@ -107,8 +120,9 @@ def test_every_page_needs_a_login(console: Console, path: str) -> None:
     assert "joe@schmo.com" not in answer.text
 
 
-@pytest.mark.parametrize("path", ["/console/data/clients", "/console/data/connections/1/add",
-                                  "/console/logout"])
+@pytest.mark.parametrize(
+    "path", ["/console/data/clients", "/console/data/connections/1/add", "/console/logout"]
+)
 def test_forms_need_a_login_and_change_nothing(console: Console, path: str) -> None:
     token = console.csrf("/console/login")
     answer = console.http.post(path, data={"csrf": token, "name": "x", "source": "import-api"})
@@ -121,15 +135,18 @@ def test_the_right_password_signs_in_and_goes_where_it_was_asked(console: Consol
     first = console.http.get("/console/activity")
     target = first.headers["location"].split("next=")[1]
     token = csrf_of(console.http.get(first.headers["location"]))
-    answer = console.http.post("/console/login", data={"csrf": token, "password": PASSWORD,
-                                                       "next": "/console/activity"})
+    answer = console.http.post(
+        "/console/login", data={"csrf": token, "password": PASSWORD, "next": "/console/activity"}
+    )
     assert answer.status_code == 303 and answer.headers["location"] == "/console/activity"
     assert target == "%2Fconsole%2Factivity"
     assert console.http.get("/console/activity").status_code == 200
 
 
-@pytest.mark.parametrize("next_url", ["https://elsewhere.example/", "//elsewhere.example/console/",
-                                      "/console/login", "/v2/client/1"])
+@pytest.mark.parametrize(
+    "next_url",
+    ["https://elsewhere.example/", "//elsewhere.example/console/", "/console/login", "/v2/client/1"],
+)
 def test_after_signing_in_only_console_pages_are_a_destination(console: Console, next_url: str) -> None:
     token = csrf_of(console.http.get("/console/login"))
     answer = console.http.post("/console/login", data={"csrf": token, "password": PASSWORD, "next": next_url})
@@ -215,15 +232,19 @@ def test_a_new_password_signs_every_session_out(owner: Console) -> None:
 
 # -- CSRF -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("token", [None, "", "forged-token"])
-def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(owner: Console,
-                                                                      token: str | None) -> None:
+def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(
+    owner: Console, token: str | None
+) -> None:
     key_id = owner.storage.catalog.list_keys(owner.client_id)[0].key_id
     data = {} if token is None else {"csrf": token}
-    forms = [(f"/console/data/connections/{owner.client_id}/keys/{key_id}/revoke", data),
-             ("/console/data/clients", {**data, "name": "forged"}),
-             (f"/console/data/connections/{owner.client_id}/add", {**data, "source": "import-api"}),
-             ("/console/logout", data)]
+    forms = [
+        (f"/console/data/connections/{owner.client_id}/keys/{key_id}/revoke", data),
+        ("/console/data/clients", {**data, "name": "forged"}),
+        (f"/console/data/connections/{owner.client_id}/add", {**data, "source": "import-api"}),
+        ("/console/logout", data),
+    ]
     for path, form in forms:
         answer = owner.http.post(path, data=form)
         assert answer.status_code == 403, path
@@ -243,15 +264,20 @@ def test_the_login_form_needs_its_csrf_token(console: Console) -> None:
 
 # -- Data -> Connections ----------------------------------------------------------
 
+
 def test_add_a_data_source_shows_a_working_key_once_with_snippets(owner: Console) -> None:
     choose = owner.http.get(f"/console/data/connections/{owner.client_id}/add")
     assert "Data Import API" in choose.text
-    shown = owner.http.post(f"/console/data/connections/{owner.client_id}/add",
-                            data={"csrf": csrf_of(choose), "source": "import-api"})
+    shown = owner.http.post(
+        f"/console/data/connections/{owner.client_id}/add",
+        data={"csrf": csrf_of(choose), "source": "import-api"},
+    )
     assert shown.status_code == 200 and shown.headers["cache-control"] == "no-store"
     key = re.search(r'id="api-key" class="key">([^<]+)<', shown.text).group(1)  # type: ignore[union-attr]
     assert f"http://testserver/v2/client/{owner.client_id}/table/orders/data?apikey={key}" in shown.text
-    assert f"http://testserver/sandbox/v2/client/{owner.client_id}/table/orders/data?apikey={key}" in shown.text
+    assert (
+        f"http://testserver/sandbox/v2/client/{owner.client_id}/table/orders/data?apikey={key}" in shown.text
+    )
     assert f'API_KEY = "{key}"' in html.unescape(shown.text)
     assert owner.push(key=key).status_code == 201
     listing = owner.http.get("/console/data/connections").text
@@ -259,8 +285,9 @@ def test_add_a_data_source_shows_a_working_key_once_with_snippets(owner: Console
 
 
 def test_an_unknown_data_source_is_refused(owner: Console) -> None:
-    answer = owner.http.post(f"/console/data/connections/{owner.client_id}/add",
-                             data={"csrf": owner.csrf(), "source": "ftp"})
+    answer = owner.http.post(
+        f"/console/data/connections/{owner.client_id}/add", data={"csrf": owner.csrf(), "source": "ftp"}
+    )
     assert answer.status_code == 400
     assert len(owner.storage.catalog.list_keys(owner.client_id)) == 1
 
@@ -268,8 +295,9 @@ def test_an_unknown_data_source_is_refused(owner: Console) -> None:
 def test_revoking_a_key_refuses_its_next_push(owner: Console) -> None:
     assert owner.push().status_code == 201
     key_id = owner.key.split("_")[1]
-    answer = owner.http.post(f"/console/data/connections/{owner.client_id}/keys/{key_id}/revoke",
-                             data={"csrf": owner.csrf()})
+    answer = owner.http.post(
+        f"/console/data/connections/{owner.client_id}/keys/{key_id}/revoke", data={"csrf": owner.csrf()}
+    )
     assert answer.status_code == 303
     assert "Revoked key" in owner.http.get("/console/data/connections").text
     refused = owner.push()
@@ -280,8 +308,9 @@ def test_revoking_a_key_refuses_its_next_push(owner: Console) -> None:
 def test_a_key_is_revoked_only_through_its_own_client(owner: Console) -> None:
     other = owner.storage.create_client("other")
     key_id = owner.key.split("_")[1]
-    answer = owner.http.post(f"/console/data/connections/{other.client_id}/keys/{key_id}/revoke",
-                             data={"csrf": owner.csrf()})
+    answer = owner.http.post(
+        f"/console/data/connections/{other.client_id}/keys/{key_id}/revoke", data={"csrf": owner.csrf()}
+    )
     assert answer.status_code == 404
     assert owner.storage.catalog.list_keys(owner.client_id)[0].revoked_at is None
 
@@ -304,15 +333,18 @@ def test_unknown_clients_and_pages_are_404(owner: Console) -> None:
 
 # -- Tables ---------------------------------------------------------------------
 
+
 def test_tables_show_key_fields_column_types_widening_and_counts(owner: Console) -> None:
     owner.push()
     owner.push({"keys": ["sku"], "sku": "A1", "price": 1}, table="items")
     owner.push({"keys": ["sku"], "sku": "A2", "price": 1.5}, table="items")  # price widens to double
     page = owner.http.get("/console/data/tables").text
-    items = page[page.index('id="table-1-items"'):page.index('id="table-1-orders"')]
-    orders = page[page.index('id="table-1-orders"'):]
+    items = page[page.index('id="table-1-items"') : page.index('id="table-1-orders"')]
+    orders = page[page.index('id="table-1-orders"') :]
     assert "2 rows" in items and "2 rows" in orders
-    assert re.search(r'<li class="key"[^>]*>\s*<span class="name">sku</span>\s*<span class="type">text', items)
+    assert re.search(
+        r'<li class="key"[^>]*>\s*<span class="name">sku</span>\s*<span class="type">text', items
+    )
     assert re.search(r'price</span>\s*<span class="type">double</span>\s*<span class="widened"', items)
     assert re.search(r'email</span>\s*<span class="type">text</span>\s*</li>', orders)
     detail = owner.http.get("/console/data/tables/1/items").text
@@ -322,8 +354,10 @@ def test_tables_show_key_fields_column_types_widening_and_counts(owner: Console)
 
 def test_a_table_page_is_paged_and_sorted_by_key(owner: Console) -> None:
     for start in range(0, 120, 100):
-        owner.push([{"keys": ["n"], "n": n, "even": n % 2 == 0} for n in range(start, min(start + 100, 120))],
-                   table="numbers")
+        owner.push(
+            [{"keys": ["n"], "n": n, "even": n % 2 == 0} for n in range(start, min(start + 100, 120))],
+            table="numbers",
+        )
     first = owner.http.get("/console/data/tables/1/numbers").text
     assert "Page 1 of 3" in first
     assert _first_cells(first)[:3] == ["0", "1", "2"] and len(_first_cells(first)) == 50
@@ -336,20 +370,26 @@ def test_a_table_page_is_paged_and_sorted_by_key(owner: Console) -> None:
 
 
 def _first_cells(html: str) -> list[str]:
-    body = html[html.index('<table class="data">'):]
+    body = html[html.index('<table class="data">') :]
     return re.findall(r"<tr><td class=\"num\">(\d+)</td>", body)
 
 
 def test_downloads_as_csv_and_json_lines(owner: Console) -> None:
-    owner.push([{"keys": ["id"], "id": 2, "ok": True, "tags": ["a", "b"], "big": 2**70, "note": None},
-                {"keys": ["id"], "id": 1, "ok": False, "tags": {"k": 1}, "big": 5, "note": "x,y"}])
+    owner.push(
+        [
+            {"keys": ["id"], "id": 2, "ok": True, "tags": ["a", "b"], "big": 2**70, "note": None},
+            {"keys": ["id"], "id": 1, "ok": False, "tags": {"k": 1}, "big": 5, "note": "x,y"},
+        ]
+    )
     answer = owner.http.get("/console/data/tables/1/orders.csv")
     assert answer.headers["content-type"] == "text/csv; charset=utf-8"
-    assert 'attachment; filename="client1-orders.csv"' == answer.headers["content-disposition"]
+    assert answer.headers["content-disposition"] == 'attachment; filename="client1-orders.csv"'
     rows = list(csv.reader(io.StringIO(answer.text)))
-    assert rows == [["id", "ok", "tags", "big", "note"],
-                    ["1", "false", '{"k":1}', "5", "x,y"],
-                    ["2", "true", '["a","b"]', str(2**70), ""]]
+    assert rows == [
+        ["id", "ok", "tags", "big", "note"],
+        ["1", "false", '{"k":1}', "5", "x,y"],
+        ["2", "true", '["a","b"]', str(2**70), ""],
+    ]
     lines = owner.http.get("/console/data/tables/1/orders.jsonl").text.splitlines()
     assert [json.loads(line) for line in lines] == [
         {"id": 1, "ok": False, "tags": {"k": 1}, "big": 5, "note": "x,y"},
@@ -359,6 +399,7 @@ def test_downloads_as_csv_and_json_lines(owner: Console) -> None:
 
 # -- Activity -------------------------------------------------------------------
 
+
 def test_activity_lists_pushes_and_refusals_with_reasons(owner: Console) -> None:
     pushed = owner.push()
     sandboxed = owner.push(prefix="/sandbox")
@@ -366,8 +407,8 @@ def test_activity_lists_pushes_and_refusals_with_reasons(owner: Console) -> None
     bad_key = owner.push(key="imp_000000000000_" + "x" * 32)
     owner.recorder.flush()
     page = owner.http.get("/console/activity").text
-    pushes = page[page.index('id="pushes"'):page.index('id="refusals"')]
-    refusals = page[page.index('id="refusals"'):]
+    pushes = page[page.index('id="pushes"') : page.index('id="refusals"')]
+    refusals = page[page.index('id="refusals"') :]
     assert pushed.headers["x-request-id"] in pushes and sandboxed.headers["x-request-id"] in pushes
     assert "sandbox" in pushes
     assert bad_body.headers["x-request-id"] in refusals and bad_key.headers["x-request-id"] in refusals

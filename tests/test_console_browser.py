@@ -42,8 +42,10 @@ PASSWORD = "owner password 1"
 DESKTOP, PHONE = (1280, 900), (390, 844)
 
 if not (CHROMIUM and CHROMEDRIVER):
-    reason = ("headless Chromium is not installed (needs /usr/bin/chromium and /usr/bin/chromedriver: "
-              "run scripts/ensure-chromium.sh as root, or apt-get install chromium chromium-driver)")
+    reason = (
+        "headless Chromium is not installed (needs /usr/bin/chromium and /usr/bin/chromedriver: "
+        "run scripts/ensure-chromium.sh as root, or apt-get install chromium chromium-driver)"
+    )
     if os.environ.get("CI", "").lower() == "true":
         raise RuntimeError(f"CI=true but {reason}")
     pytest.skip(reason, allow_module_level=True)
@@ -54,8 +56,21 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server, on a warehouse whose owner password was set with the command line."""
     root = tmp_path_factory.mktemp("console")
     done = subprocess.run(
-        [sys.executable, "-m", "importapi", "admin", "set-password", "--database", sqlite_url(root / "warehouse")],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=False)
+        [
+            sys.executable,
+            "-m",
+            "importapi",
+            "admin",
+            "set-password",
+            "--database",
+            sqlite_url(root / "warehouse"),
+        ],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     server = start_server(root / "warehouse", root / "server.log")
     yield server
@@ -66,11 +81,20 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or ""
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--hide-scrollbars",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                 f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        f"--window-size={DESKTOP[0]},{DESKTOP[1]}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.implicitly_wait(0)
@@ -128,6 +152,7 @@ def page_text(driver: WebDriver) -> str:
 
 def reload_until(driver: WebDriver, css: str, what: str) -> WebElement:
     """Reload the page until ``css`` matches (the activity window is written a moment later)."""
+
     def found() -> WebElement | None:
         driver.refresh()
         hits = driver.find_elements(By.CSS_SELECTOR, css)
@@ -141,12 +166,17 @@ def cells(row: WebElement) -> dict[str, str]:
 
 
 def push(console: Server, client_id: str, key: str) -> httpx.Response:
-    return httpx.post(f"{console.base}/v2/client/{client_id}/table/orders/data",
-                      params={"apikey": key}, json=EXAMPLE_2, timeout=30)
+    return httpx.post(
+        f"{console.base}/v2/client/{client_id}/table/orders/data",
+        params={"apikey": key},
+        json=EXAMPLE_2,
+        timeout=30,
+    )
 
 
 def test_owner_adds_a_data_source_pushes_sees_tables_and_activity_then_revokes(
-        fresh: WebDriver, console: Server) -> None:
+    fresh: WebDriver, console: Server
+) -> None:
     driver = fresh
     driver.get(console.base + "/console/")
     assert driver.current_url.startswith(console.base + "/console/login")
@@ -160,14 +190,19 @@ def test_owner_adds_a_data_source_pushes_sees_tables_and_activity_then_revokes(
     follow(driver, "Connections")
     assert driver.find_element(By.TAG_NAME, "h1").text == "Connections"
     shoot(driver, "03-connections")
-    go(driver, driver.find_element(By.CSS_SELECTOR, "#client-1").find_element(By.LINK_TEXT, "Add a Data Source"))
+    go(
+        driver,
+        driver.find_element(By.CSS_SELECTOR, "#client-1").find_element(By.LINK_TEXT, "Add a Data Source"),
+    )
     shoot(driver, "04-add-a-data-source")
     press(driver, "Select Data Import API")
     key = driver.find_element(By.ID, "api-key").text
     client_id = driver.find_element(By.ID, "client-id").text
     assert key.startswith("imp_") and client_id == "1"
-    assert f"{console.base}/v2/client/1/table/orders/data?apikey={key}" in \
-        driver.find_element(By.ID, "snippet-curl").text
+    assert (
+        f"{console.base}/v2/client/1/table/orders/data?apikey={key}"
+        in driver.find_element(By.ID, "snippet-curl").text
+    )
     assert f'API_KEY = "{key}"' in driver.find_element(By.ID, "snippet-python").text
     assert driver.find_element(By.ID, "base-sandbox").text == f"{console.base}/sandbox/v2"
     shoot(driver, "05-data-import-api-key")
@@ -183,23 +218,34 @@ def test_owner_adds_a_data_source_pushes_sees_tables_and_activity_then_revokes(
     follow(driver, "Tables")
     article = driver.find_element(By.ID, "table-1-orders")
     assert article.find_element(By.CLASS_NAME, "rows").text == "2 rows"
-    types = {li.find_element(By.CLASS_NAME, "name").text: li.find_element(By.CLASS_NAME, "type").text
-             for li in article.find_elements(By.CSS_SELECTOR, ".columns li")}
+    types = {
+        li.find_element(By.CLASS_NAME, "name").text: li.find_element(By.CLASS_NAME, "type").text
+        for li in article.find_elements(By.CSS_SELECTOR, ".columns li")
+    }
     assert types == {"id": "integer", "email": "text", "status": "text", "created_at": "text"}
     assert "key" in article.find_element(By.CSS_SELECTOR, ".columns li:first-child").get_attribute("class")
     shoot(driver, "06-tables")
     go(driver, article.find_element(By.LINK_TEXT, "orders"))
-    rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-            for tr in driver.find_elements(By.CSS_SELECTOR, "table.data tbody tr")]
-    assert rows == [["1", "joe@schmo.com", "complete", "2012-08-05 04:51:02"],
-                    ["2", "anne@schmo.com", "pending", "2012-08-03 23:12:30"]]
+    rows = [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in driver.find_elements(By.CSS_SELECTOR, "table.data tbody tr")
+    ]
+    assert rows == [
+        ["1", "joe@schmo.com", "complete", "2012-08-05 04:51:02"],
+        ["2", "anne@schmo.com", "pending", "2012-08-03 23:12:30"],
+    ]
     shoot(driver, "07-table-orders")
 
     # Activity: the push, with its counts.
     follow(driver, "Activity")
     row = reload_until(driver, f"#pushes tr[data-request-id='{pushed_id}']", "the push on Activity")
     seen = cells(row)
-    assert (seen["Table"], seen["Data points"], seen["Inserted"], seen["Replaced"]) == ("orders", "3", "2", "1")
+    assert (seen["Table"], seen["Data points"], seen["Inserted"], seen["Replaced"]) == (
+        "orders",
+        "3",
+        "2",
+        "1",
+    )
     assert (seen["Where"], seen["Status"]) == ("production", "201")
     shoot(driver, "08-activity")
 
@@ -217,8 +263,11 @@ def test_owner_adds_a_data_source_pushes_sees_tables_and_activity_then_revokes(
     refused = push(console, client_id, key)
     assert refused.status_code == 401, refused.text
     follow(driver, "Activity")
-    row = reload_until(driver, f"#refusals tr[data-request-id='{refused.headers['x-request-id']}']",
-                       "the refusal on Activity")
+    row = reload_until(
+        driver,
+        f"#refusals tr[data-request-id='{refused.headers['x-request-id']}']",
+        "the refusal on Activity",
+    )
     seen = cells(row)
     assert seen["Status"] == "401" and "push to orders" in seen["Request"]
     assert "revoked" in seen["Reasons"]
@@ -241,7 +290,9 @@ def test_a_form_without_its_csrf_token_is_refused(fresh: WebDriver, console: Ser
     follow(fresh, "Data")
     follow(fresh, "Connections")
     before = len(fresh.find_elements(By.CSS_SELECTOR, "section[id^=client-]"))
-    fresh.execute_script("document.querySelector(\"form[action$='/data/clients'] input[name=csrf]\").remove()")
+    fresh.execute_script(
+        "document.querySelector(\"form[action$='/data/clients'] input[name=csrf]\").remove()"
+    )
     fresh.find_element(By.ID, "client-name").send_keys("forged")
     press(fresh, "Create client")
     assert fresh.find_element(By.TAG_NAME, "h1").text == "This form has expired"
@@ -253,9 +304,15 @@ def test_a_form_without_its_csrf_token_is_refused(fresh: WebDriver, console: Ser
 
 
 def test_pages_need_a_login(fresh: WebDriver, console: Server) -> None:
-    for path in ("/console/data", "/console/data/connections", "/console/data/tables",
-                 "/console/data/tables/1/orders", "/console/data/tables/1/orders.csv",
-                 "/console/activity", "/console/data/connections/1/add"):
+    for path in (
+        "/console/data",
+        "/console/data/connections",
+        "/console/data/tables",
+        "/console/data/tables/1/orders",
+        "/console/data/tables/1/orders.csv",
+        "/console/activity",
+        "/console/data/connections/1/add",
+    ):
         fresh.get(console.base + path)
         assert fresh.current_url.startswith(console.base + "/console/login?next="), path
         assert fresh.find_element(By.TAG_NAME, "h1").text == "Sign in"

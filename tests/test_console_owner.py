@@ -34,7 +34,9 @@ def test_a_password_hash_checks_the_password_and_nothing_else() -> None:
     assert "correct horse" not in stored
 
 
-@pytest.mark.parametrize("stored", ["", "plain", "scrypt$1$2$3", "bcrypt$1$2$3$4$5", "scrypt$x$8$1$AA==$AA=="])
+@pytest.mark.parametrize(
+    "stored", ["", "plain", "scrypt$1$2$3", "bcrypt$1$2$3$4$5", "scrypt$x$8$1$AA==$AA=="]
+)
 def test_a_malformed_stored_hash_never_matches(stored: str) -> None:
     assert not check_password("anything", stored)
 
@@ -82,7 +84,12 @@ def test_the_throttle_tracks_a_bounded_number_of_addresses() -> None:
 def set_password_cli(folder: Path, stdin: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "importapi", "admin", "set-password", "--database", sqlite_url(folder)],
-        input=stdin, capture_output=True, text=True, timeout=60, check=False)
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_admin_set_password_stores_only_a_slow_hash(data_dir: Path) -> None:

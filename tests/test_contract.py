@@ -83,8 +83,11 @@ def snapshot(api: Api) -> dict[str, Any]:
     tables = {}
     for info in api.storage.warehouse.tables(api.client_id):
         d = info.as_dict()
-        tables[d["table"]] = (d["key_fields"], [(c["name"], c["type"]) for c in d["columns"]],
-                              api.rows(d["table"]))
+        tables[d["table"]] = (
+            d["key_fields"],
+            [(c["name"], c["type"]) for c in d["columns"]],
+            api.rows(d["table"]),
+        )
     return {"objects": objects, "tables": tables}
 
 
@@ -158,9 +161,18 @@ def test_authenticate_live_key_is_exactly_200(api: Api, version: str) -> None:
     envelope(api.http.get(auth_url(api, api.key, version=version)), 200)
 
 
-@pytest.mark.parametrize("query", [
-    "?apikey=wrong", "?apikey=", "", "?key=RIGHT", "?apikey=RIGHTx", "?apikey=imp_000000000000_abcdefghijkl",
-], ids=["wrong", "blank", "none", "other-param", "suffix", "well-shaped-unknown"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?apikey=wrong",
+        "?apikey=",
+        "",
+        "?key=RIGHT",
+        "?apikey=RIGHTx",
+        "?apikey=imp_000000000000_abcdefghijkl",
+    ],
+    ids=["wrong", "blank", "none", "other-param", "suffix", "well-shaped-unknown"],
+)
 def test_authenticate_without_a_live_key_is_401(api: Api, query: str) -> None:
     """A wrong, empty, missing or altered key is a 401 with reasons."""
     r = api.http.get(auth_url(api) + query.replace("RIGHT", api.key))
@@ -179,8 +191,11 @@ def test_key_of_another_client_is_401_and_touches_nothing(api: Api) -> None:
     error_reasons(api.http.get(auth_url(api, api.key, cid=999)), 401)
     error_reasons(api.push(EXAMPLE_1, cid=999), 401)
     for method in ("POST", "PUT"):
-        r = api.http.request(method, api.url(cid=cid2, key=api.key),
-                             json={"keys": ["id"], "id": 1, "status": "hacked", "new_col": 1})
+        r = api.http.request(
+            method,
+            api.url(cid=cid2, key=api.key),
+            json={"keys": ["id"], "id": 1, "status": "hacked", "new_col": 1},
+        )
         error_reasons(r, 401)
         r = api.http.request(method, api.url("intruder", cid=cid2, key=api.key), json=EXAMPLE_1)
         error_reasons(r, 401)
@@ -209,15 +224,32 @@ def test_v1_routes_answer(api: Api) -> None:
     assert api.rows() == [{"_id": 7, "status": "ok"}]
 
 
-@pytest.mark.parametrize("path", [
-    "/nope", "/v2", "/v2/client", "/v2/client/1", "/v3/client/1/authenticate",
-    "/v2/clients/1/authenticate", "/v2/client/abc/authenticate", "/v2/client/0/authenticate",
-    "/v2/client/-1/authenticate", "/v2/client/1.0/authenticate", "/v2/client/1/authenticat",
-    "/v2/client/1/authenticate/x", "/v2/client/1/table/orders", "/v2/client/1/table/orders/datas",
-    "/v2/client/1/table/orders/data/x", "/v2/client/abc/table/orders/data", "/sandbox/nope",
-    "/v2//client/1/authenticate", "/sandboxx/v2/client/1/authenticate", "/v2/client/1/authenticate/",
-    "/v2/client/1/table/orders/data/",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/nope",
+        "/v2",
+        "/v2/client",
+        "/v2/client/1",
+        "/v3/client/1/authenticate",
+        "/v2/clients/1/authenticate",
+        "/v2/client/abc/authenticate",
+        "/v2/client/0/authenticate",
+        "/v2/client/-1/authenticate",
+        "/v2/client/1.0/authenticate",
+        "/v2/client/1/authenticat",
+        "/v2/client/1/authenticate/x",
+        "/v2/client/1/table/orders",
+        "/v2/client/1/table/orders/datas",
+        "/v2/client/1/table/orders/data/x",
+        "/v2/client/abc/table/orders/data",
+        "/sandbox/nope",
+        "/v2//client/1/authenticate",
+        "/sandboxx/v2/client/1/authenticate",
+        "/v2/client/1/authenticate/",
+        "/v2/client/1/table/orders/data/",
+    ],
+)
 def test_unknown_paths_are_404(api: Api, path: str) -> None:
     """Anything that is not one of the contract's paths is a 404 (a non-numeric or
     non-positive client id included), whatever the method, and stores nothing."""
@@ -227,16 +259,19 @@ def test_unknown_paths_are_404(api: Api, path: str) -> None:
     assert user_tables(api) == []
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("POST", "/", {"GET", "HEAD"}),
-    ("DELETE", "/", {"GET", "HEAD"}),
-    ("POST", "/v2/client/1/authenticate", {"GET", "HEAD"}),
-    ("PUT", "/v1/client/1/authenticate", {"GET", "HEAD"}),
-    ("GET", "/v2/client/1/table/orders/data", {"POST", "PUT"}),
-    ("DELETE", "/v2/client/1/table/orders/data", {"POST", "PUT"}),
-    ("PATCH", "/v1/client/1/table/orders/data", {"POST", "PUT"}),
-    ("DELETE", "/sandbox/v2/client/1/table/orders/data", {"POST", "PUT"}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/", {"GET", "HEAD"}),
+        ("DELETE", "/", {"GET", "HEAD"}),
+        ("POST", "/v2/client/1/authenticate", {"GET", "HEAD"}),
+        ("PUT", "/v1/client/1/authenticate", {"GET", "HEAD"}),
+        ("GET", "/v2/client/1/table/orders/data", {"POST", "PUT"}),
+        ("DELETE", "/v2/client/1/table/orders/data", {"POST", "PUT"}),
+        ("PATCH", "/v1/client/1/table/orders/data", {"POST", "PUT"}),
+        ("DELETE", "/sandbox/v2/client/1/table/orders/data", {"POST", "PUT"}),
+    ],
+)
 def test_wrong_method_is_405_with_allow(api: Api, method: str, path: str, allow: set[str]) -> None:
     """A known path with a wrong method is a 405 whose Allow header lists the right ones."""
     r = api.http.request(method, f"{path}?apikey={api.key}", json=EXAMPLE_1)
@@ -264,15 +299,17 @@ def test_two_different_keys_are_refused(api: Api) -> None:
     assert user_tables(api) == []
 
 
-@pytest.mark.parametrize(("user_agent", "content_type"), [
-    ("Needle/0.6.3", "text/plain"),
-    ("python-requests/2.31.0", "application/json"),
-    ("curl/8.5.0", "application/json"),
-    ("Ruby", "application/json"),
-    (None, "application/json"),
-])
-def test_content_type_text_plain_only_for_needle(api: Api, user_agent: str | None,
-                                                  content_type: str) -> None:
+@pytest.mark.parametrize(
+    ("user_agent", "content_type"),
+    [
+        ("Needle/0.6.3", "text/plain"),
+        ("python-requests/2.31.0", "application/json"),
+        ("curl/8.5.0", "application/json"),
+        ("Ruby", "application/json"),
+        (None, "application/json"),
+    ],
+)
+def test_content_type_text_plain_only_for_needle(api: Api, user_agent: str | None, content_type: str) -> None:
     """Answers are application/json, except to the Node.js client's needle 0.6.3, which gets
     text/plain; the body is the same JSON envelope either way, errors included."""
     headers = {"User-Agent": user_agent} if user_agent else {}
@@ -299,10 +336,16 @@ def test_connection_close_is_echoed(api: Api) -> None:
     assert "close" not in api.http.get("/").headers.get("connection", "").lower()
 
 
-@pytest.mark.parametrize("content_type", [
-    "application/x-www-form-urlencoded", "text/plain", "application/octet-stream",
-    "multipart/form-data; boundary=x", None,
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/octet-stream",
+        "multipart/form-data; boundary=x",
+        None,
+    ],
+)
 def test_body_is_json_whatever_the_content_type(api: Api, content_type: str | None) -> None:
     """The body is read as JSON whatever Content-Type says (curl -d sends a form type)."""
     headers = {"Content-Type": content_type} if content_type else {}
@@ -313,8 +356,11 @@ def test_body_is_json_whatever_the_content_type(api: Api, content_type: str | No
 
 def test_ruby_timeout_header_is_harmless(api: Api) -> None:
     """The Ruby client's extra header Timeout: 10 changes nothing."""
-    pushed(api.http.post(api.url(), json=EXAMPLE_1,
-                         headers={"Timeout": "10", "Content-Type": "application/json"}))
+    pushed(
+        api.http.post(
+            api.url(), json=EXAMPLE_1, headers={"Timeout": "10", "Content-Type": "application/json"}
+        )
+    )
     assert len(api.rows()) == 1
 
 
@@ -323,7 +369,9 @@ def test_bad_key_is_401_even_for_a_bad_request(api: Api, bad: str) -> None:
     """The key is checked before anything about the body or the table name."""
     url = api.url("a-b" if bad == "bad-table" else "orders", key="imp_000000000000_wrongwrongwrong")
     content = {
-        "malformed": b"{not json", "empty": b"", "oversized": b" " * (5 * 1024 * 1024 + 1),
+        "malformed": b"{not json",
+        "empty": b"",
+        "oversized": b" " * (5 * 1024 * 1024 + 1),
         "no-keys": b'{"id": 1}',
     }.get(bad, b'{"keys": ["id"], "id": 1}')
     headers = {"Content-Encoding": "br"} if bad == "br-encoding" else {}
@@ -355,8 +403,11 @@ def test_key_never_appears_in_a_log_line(data_dir: Path, caplog: pytest.LogCaptu
         http.close()
         app.close()
     # only the server's own loggers: the test's HTTP client (httpx) logs the URLs it sends
-    text = "\n".join(f"{rec.getMessage()} {rec.exc_text or ''}" for rec in caplog.records
-                     if rec.name.startswith("importapi"))
+    text = "\n".join(
+        f"{rec.getMessage()} {rec.exc_text or ''}"
+        for rec in caplog.records
+        if rec.name.startswith("importapi")
+    )
     assert '"status":201' in text.replace(" ", ""), "the access log was not captured"
     secret = key.split("_", 2)[2]
     for k in (key, revoked):
@@ -456,8 +507,12 @@ def test_keys_cannot_read_data_back(api: Api) -> None:
     """Keys are write-only: the data path does not answer GET, and no answer carries the data."""
     pushed(api.push({"keys": ["id"], "id": 1, "secret": "do-not-echo"}))
     bearer = {"Authorization": f"Bearer {api.key}"}
-    for r in [api.http.get(api.url()), api.http.get(api.url(), headers=bearer),
-              api.http.get(auth_url(api, api.key)), api.push({"keys": ["id"], "id": 1})]:
+    for r in [
+        api.http.get(api.url()),
+        api.http.get(api.url(), headers=bearer),
+        api.http.get(auth_url(api, api.key)),
+        api.push({"keys": ["id"], "id": 1}),
+    ]:
         assert "do-not-echo" not in r.text
     error_reasons(api.http.get(api.url()), 405)
 
@@ -478,8 +533,10 @@ _ERRORS: dict[int, tuple[str, Callable[[Api], httpx.Response]]] = {
     404: ("Not Found", lambda a: a.http.get("/v2/client/1/nothing-here")),
     405: ("Method Not Allowed", lambda a: a.http.request("DELETE", a.url())),
     413: ("Payload Too Large", lambda a: a.http.post(a.url(), content=b" " * (5 * 1024 * 1024 + 1))),
-    415: ("Unsupported Media Type",
-          lambda a: a.http.post(a.url(), content=b"{}", headers={"Content-Encoding": "br"})),
+    415: (
+        "Unsupported Media Type",
+        lambda a: a.http.post(a.url(), content=b"{}", headers={"Content-Encoding": "br"}),
+    ),
 }
 
 

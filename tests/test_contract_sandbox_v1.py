@@ -33,8 +33,16 @@ from tests.test_contract import (
 SANDBOXES = ["/sandbox", "sandbox-connect.example.com", "sandbox.example.com"]
 
 
-def sandbox_post(api: Api, how: str, data: Any, table: str = "orders", *, key: str | None = None,
-                 version: str = "v2", **kw: Any) -> httpx.Response:
+def sandbox_post(
+    api: Api,
+    how: str,
+    data: Any,
+    table: str = "orders",
+    *,
+    key: str | None = None,
+    version: str = "v2",
+    **kw: Any,
+) -> httpx.Response:
     """A push to the sandbox, reached by the /sandbox prefix or by a sandbox Host header."""
     if how == "/sandbox":
         return api.http.post(api.url(table, sandbox=True, key=key, version=version), json=data, **kw)
@@ -53,7 +61,11 @@ def test_sandbox_push_answers_201_and_stores_nothing(api: Api, how: str) -> None
     assert plan["create_table"] is True
     assert [c["name"] for c in plan["add_columns"]] == ["id", "email", "status", "created_at"]
     assert {c["name"]: c["type"] for c in plan["add_columns"]} == {
-        "id": "integer", "email": "text", "status": "text", "created_at": "text"}
+        "id": "integer",
+        "email": "text",
+        "status": "text",
+        "created_at": "text",
+    }
     assert plan["widen_columns"] == []
     assert (plan["inserted"], plan["replaced"]) == (2, 1)
     assert user_tables(api) == [] and api.storage.warehouse.tables(api.client_id) == []
@@ -79,13 +91,15 @@ def test_sandbox_authenticates_with_the_same_keys(api: Api, how: str) -> None:
     error_reasons(api.http.get(prefix + auth_url(api, "wrong"), headers=headers), 401)
     error_reasons(sandbox_post(api, how, EXAMPLE_1, key="wrong"), 401)
     cid2 = api.storage.create_client("other").client_id
-    r = api.http.post(f"{prefix}/v2/client/{cid2}/table/orders/data?apikey={api.key}",
-                      json=EXAMPLE_1, headers=headers)
+    r = api.http.post(
+        f"{prefix}/v2/client/{cid2}/table/orders/data?apikey={api.key}", json=EXAMPLE_1, headers=headers
+    )
     error_reasons(r, 401)
 
 
-@pytest.mark.parametrize("host", ["connect.example.com", "sandboxed.example.com", "my-sandbox.example.com",
-                                  "testserver"])
+@pytest.mark.parametrize(
+    "host", ["connect.example.com", "sandboxed.example.com", "my-sandbox.example.com", "testserver"]
+)
 def test_other_hosts_are_production(api: Api, host: str) -> None:
     """Only a Host starting with `sandbox-` or `sandbox.` is the sandbox: these store."""
     body = pushed(api.http.post(api.url(), json=EXAMPLE_1, headers={"Host": host}))
@@ -125,9 +139,11 @@ def test_sandbox_plan_matches_what_production_then_does(api: Api) -> None:
     assert plan["create_table"] is False
     assert (plan["inserted"], plan["replaced"]) == (answer["inserted"], answer["replaced"]) == (1, 2)
     assert {c["name"]: c["type"] for c in plan["add_columns"]} == {
-        n: k for n, k in after.items() if n not in before}
+        n: k for n, k in after.items() if n not in before
+    }
     assert {(w["name"], w["from"], w["to"]) for w in plan["widen_columns"]} == {
-        (n, before[n], after[n]) for n in before if before[n] != after[n]}
+        (n, before[n], after[n]) for n in before if before[n] != after[n]
+    }
     assert {(w["name"], w["to"]) for w in plan["widen_columns"]} == {("n", "double"), ("flag", "integer")}
 
 
@@ -167,7 +183,9 @@ def test_sandbox_leaves_no_key_use(api: Api) -> None:
     pushed(api.push(EXAMPLE_1, key=key2))  # production, with the other key
 
     def used(key_id: str) -> str | None:
-        return next(k.last_used_at for k in api.storage.catalog.list_keys(api.client_id) if k.key_id == key_id)
+        return next(
+            k.last_used_at for k in api.storage.catalog.list_keys(api.client_id) if k.key_id == key_id
+        )
 
     wait_until(lambda: used(info2.key_id) is not None)
     first = next(k for k in api.storage.catalog.list_keys(api.client_id) if k.key_id != info2.key_id)
@@ -218,11 +236,39 @@ def test_v1_keys_field_is_ignored(api: Api) -> None:
     assert api.rows(order="_id") == [{"_id": 1, "a": "z"}, {"_id": 2, "a": "y"}]
 
 
-@pytest.mark.parametrize("point", [
-    {"a": 1}, {"_id": None}, {"_id": "abc"}, {"_id": "-1"}, {"_id": "1.5"}, {"_id": ""}, {"_id": " 1"},
-    {"_id": 1.5}, {"_id": 1.0}, {"_id": True}, {"_id": {}}, {"_id": [1]}, {"_id": "١٢"},
-], ids=["missing", "null", "letters", "minus-string", "decimal-string", "empty", "space", "float",
-        "float-integral", "bool", "object", "array", "arabic-digits"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        {"a": 1},
+        {"_id": None},
+        {"_id": "abc"},
+        {"_id": "-1"},
+        {"_id": "1.5"},
+        {"_id": ""},
+        {"_id": " 1"},
+        {"_id": 1.5},
+        {"_id": 1.0},
+        {"_id": True},
+        {"_id": {}},
+        {"_id": [1]},
+        {"_id": "١٢"},
+    ],
+    ids=[
+        "missing",
+        "null",
+        "letters",
+        "minus-string",
+        "decimal-string",
+        "empty",
+        "space",
+        "float",
+        "float-integral",
+        "bool",
+        "object",
+        "array",
+        "arabic-digits",
+    ],
+)
 def test_v1_missing_or_bad_id_is_400(api: Api, point: dict[str, Any]) -> None:
     """A v1 data point without an integer `_id` is a 400 naming it, and nothing is stored."""
     reasons = error_reasons(api.push([{"_id": 1}, {**point, "v": 1}], version="v1"), 400)

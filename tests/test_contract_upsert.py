@@ -88,20 +88,42 @@ def test_empty_array_is_refused(api: Api) -> None:
     assert user_tables(api) == []
 
 
-@pytest.mark.parametrize("data", [5, "text", None, True, [5], [None], [[point()]], [point(), "x"]],
-                         ids=["int", "str", "null", "bool", "[int]", "[null]", "[[obj]]", "[obj,str]"])
+@pytest.mark.parametrize(
+    "data",
+    [5, "text", None, True, [5], [None], [[point()]], [point(), "x"]],
+    ids=["int", "str", "null", "bool", "[int]", "[null]", "[[obj]]", "[obj,str]"],
+)
 def test_data_points_must_be_objects(api: Api, data: Any) -> None:
     """A body that is not an object or an array of objects is a 400 and stores nothing."""
     refused(api, data)
     assert user_tables(api) == []
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"   \n", b"{", b"{'keys': ['id'], 'id': 1}", b'{"keys": ["id"], "id": 1,}',
-    b'{"keys": ["id"], "id": NaN}', b'{"keys": ["id"], "id": 1} trailing', b"\xff\xfe",
-    b'{"keys": ["id"], "id": Infinity}',
-], ids=["empty", "blank", "truncated", "single-quotes", "trailing-comma", "nan", "trailing-garbage",
-        "not-utf8", "infinity"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"   \n",
+        b"{",
+        b"{'keys': ['id'], 'id': 1}",
+        b'{"keys": ["id"], "id": 1,}',
+        b'{"keys": ["id"], "id": NaN}',
+        b'{"keys": ["id"], "id": 1} trailing',
+        b"\xff\xfe",
+        b'{"keys": ["id"], "id": Infinity}',
+    ],
+    ids=[
+        "empty",
+        "blank",
+        "truncated",
+        "single-quotes",
+        "trailing-comma",
+        "nan",
+        "trailing-garbage",
+        "not-utf8",
+        "infinity",
+    ],
+)
 def test_malformed_or_empty_body_is_400(api: Api, raw: bytes) -> None:
     """A body that is not valid JSON (or is empty) is a 400 and stores nothing."""
     error_reasons(api.http.post(api.url(), content=raw), 400)
@@ -139,8 +161,11 @@ def test_keys_must_name_present_scalar_fields(api: Api, bad: str) -> None:
     assert user_tables(api) == []
 
 
-@pytest.mark.parametrize("value", ["abc", "", 7, -7, 1.5, True, False, 2**70],
-                         ids=["str", "empty-str", "int", "neg", "float", "true", "false", "bigint"])
+@pytest.mark.parametrize(
+    "value",
+    ["abc", "", 7, -7, 1.5, True, False, 2**70],
+    ids=["str", "empty-str", "int", "neg", "float", "true", "false", "bigint"],
+)
 def test_key_values_may_be_any_non_null_scalar(api: Api, value: Any) -> None:
     """A key field's value may be a string, integer, number or boolean; pushing it again
     replaces the same row."""
@@ -153,7 +178,7 @@ def test_key_values_may_be_any_non_null_scalar(api: Api, value: Any) -> None:
 def test_eight_key_fields_are_allowed(api: Api) -> None:
     """Up to 8 key fields identify a data point together."""
     names = [f"k{n}" for n in range(8)]
-    first = {"keys": names, **{n: 1 for n in names}, "v": "a"}
+    first = {"keys": names, **dict.fromkeys(names, 1), "v": "a"}
     pushed(api.push([first, {**first, "k7": 2, "v": "b"}]))
     assert key_fields(api) == names
     assert sorted(r["v"] for r in api.rows()) == ["a", "b"]
@@ -172,10 +197,10 @@ def test_one_reason_per_problem_naming_the_data_point(api: Api) -> None:
     index counted from 0; the good data points are not stored either."""
     data = [
         point(1),
-        {"id": 2},                      # 1: no keys
+        {"id": 2},  # 1: no keys
         point(3),
-        point(None),                    # 3: key value null
-        {"keys": ["a", "b"], "c": 1},   # 4: two missing key fields
+        point(None),  # 3: key value null
+        {"keys": ["a", "b"], "c": 1},  # 4: two missing key fields
     ]
     reasons = refused(api, data)
     assert len(reasons) == 4, reasons
@@ -198,11 +223,14 @@ def test_all_or_nothing_on_an_existing_table(api: Api) -> None:
     """A refused request changes no row, adds no column and widens none, even though its
     earlier data points would have."""
     pushed(api.push([point(1, a=1, s="one"), point(2, a=2, s="two")]))
-    reasons = refused(api, [
-        point(1, a=1.5, new="col"),         # would widen a and add a column
-        point(3, a=3),                      # would insert a row
-        {"keys": ["id"], "a": 4},           # 2: no key value
-    ])
+    reasons = refused(
+        api,
+        [
+            point(1, a=1.5, new="col"),  # would widen a and add a column
+            point(3, a=3),  # would insert a row
+            {"keys": ["id"], "a": 4},  # 2: no key value
+        ],
+    )
     assert len(reasons) == 1 and re.search(r"\b2\b", reasons[0])
     assert kinds(api) == {"id": "integer", "a": "integer", "s": "text"}
 
@@ -274,8 +302,14 @@ def test_key_fields_differing_within_a_request_are_refused(api: Api) -> None:
 def test_key_field_order_does_not_matter(api: Api) -> None:
     """["a", "b"] and ["b", "a"] are the same key fields, across and within requests."""
     pushed(api.push({"keys": ["a", "b"], "a": 1, "b": 2, "v": "first"}))
-    body = pushed(api.push([{"keys": ["b", "a"], "a": 1, "b": 2, "v": "second"},
-                            {"keys": ["a", "b"], "a": 2, "b": 1, "v": "other"}]))
+    body = pushed(
+        api.push(
+            [
+                {"keys": ["b", "a"], "a": 1, "b": 2, "v": "second"},
+                {"keys": ["a", "b"], "a": 2, "b": 1, "v": "other"},
+            ]
+        )
+    )
     assert (body["inserted"], body["replaced"]) == (1, 1)
     assert sorted((r["a"], r["b"], r["v"]) for r in api.rows()) == [(1, 2, "second"), (2, 1, "other")]
 
@@ -310,10 +344,24 @@ def test_good_table_names_are_taken(api: Api, name: str) -> None:
     assert user_tables(api) == [name.lower()]
 
 
-@pytest.mark.parametrize("name", [
-    "a-b", "a.b", "a%20b", "caf%C3%A9", "x" * 64, "a%22b", "a;b", "%00", "",
-    "sqlite_x", "SQLite_master", "_importapi_x", "_importapi_tables",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a-b",
+        "a.b",
+        "a%20b",
+        "caf%C3%A9",
+        "x" * 64,
+        "a%22b",
+        "a;b",
+        "%00",
+        "",
+        "sqlite_x",
+        "SQLite_master",
+        "_importapi_x",
+        "_importapi_tables",
+    ],
+)
 def test_bad_table_names_are_400(api: Api, name: str) -> None:
     """Anything but [A-Za-z0-9_]{1,63}, or a name the system keeps for itself, is a 400 and
     creates nothing."""
@@ -329,8 +377,16 @@ def test_column_types_come_from_the_values(api: Api) -> None:
     """string -> text, integer -> integer, number -> double, boolean -> boolean, object or
     array -> json: as the storage records them, as declared in SQL, and as stored."""
     pushed(api.push(point(1, s="x", i=5, d=1.5, d2=2.0, b=True, o={"k": [1, None]}, a=[1, "x"])))
-    assert kinds(api) == {"id": "integer", "s": "text", "i": "integer", "d": "double", "d2": "double",
-                          "b": "boolean", "o": "json", "a": "json"}
+    assert kinds(api) == {
+        "id": "integer",
+        "s": "text",
+        "i": "integer",
+        "d": "double",
+        "d2": "double",
+        "b": "boolean",
+        "o": "json",
+        "a": "json",
+    }
     # SQLite declares INTEGER, TEXT, REAL, BOOLEAN, TEXT; PostgreSQL bigint, text, double
     # precision, boolean, jsonb (tests/backends.py: DECLARED and STORED)
     backend = backend_of(api.storage)
@@ -381,10 +437,22 @@ def test_columns_widen_and_stored_values_keep_their_meaning(
     assert typeof(api, "v") == [storage_class, storage_class]
 
 
-@pytest.mark.parametrize(("first", "later"), [
-    ({"a": 1}, 5), ({"a": 1}, "s"), ({"a": 1}, True), ({"a": 1}, 1.5), ({"a": 1}, [1, 2]),
-    ("abc", [1]), (3, {"a": 1}), (1.5, {"a": 1}), (True, {}), (2**70, [2**70]), ([1], None),
-])
+@pytest.mark.parametrize(
+    ("first", "later"),
+    [
+        ({"a": 1}, 5),
+        ({"a": 1}, "s"),
+        ({"a": 1}, True),
+        ({"a": 1}, 1.5),
+        ({"a": 1}, [1, 2]),
+        ("abc", [1]),
+        (3, {"a": 1}),
+        (1.5, {"a": 1}),
+        (True, {}),
+        (2**70, [2**70]),
+        ([1], None),
+    ],
+)
 def test_a_json_column_takes_any_value_as_json(api: Api, first: Any, later: Any) -> None:
     """A JSON column takes any value as JSON; a scalar column that gets an object or array
     becomes JSON, and its stored values become the same values written as JSON."""
@@ -420,8 +488,14 @@ def test_big_integers_keep_every_digit(api: Api) -> None:
     integers at the edges stay integers."""
     big, neg = 2**64 + 1, -(2**70) - 3
     pushed(api.push(point(1, big=big, neg=neg, top=2**63 - 1, bottom=-(2**63), nested={"n": 2**80})))
-    assert kinds(api) == {"id": "integer", "big": "decimal", "neg": "decimal", "top": "integer",
-                          "bottom": "integer", "nested": "json"}
+    assert kinds(api) == {
+        "id": "integer",
+        "big": "decimal",
+        "neg": "decimal",
+        "top": "integer",
+        "bottom": "integer",
+        "nested": "json",
+    }
     (row,) = api.rows()
     assert row["big"] == str(big) and row["neg"] == str(neg)
     assert row["top"] == 2**63 - 1 and row["bottom"] == -(2**63)
@@ -444,8 +518,14 @@ def test_an_integer_column_widens_to_decimal_for_a_big_integer(api: Api) -> None
 def test_no_value_is_dropped_or_truncated(api: Api) -> None:
     """Long strings, unicode, doubles at full precision and extreme magnitudes come back as
     pushed."""
-    values = {"long": "x" * 200_000, "uni": "naïve – 日本 🙂", "prec": 0.1 + 0.2,
-              "tiny": 5e-324, "huge": 1.7976931348623157e308, "neg0": -0.0}
+    values = {
+        "long": "x" * 200_000,
+        "uni": "naïve – 日本 🙂",
+        "prec": 0.1 + 0.2,
+        "tiny": 5e-324,
+        "huge": 1.7976931348623157e308,
+        "neg0": -0.0,
+    }
     pushed(api.push(point(1, **values)))
     (row,) = api.rows()
     for name, value in values.items():
@@ -459,8 +539,9 @@ def test_text_with_a_nul_character_is_refused_not_cut(api: Api, value: Any) -> N
     """PostgreSQL cannot store U+0000 in text or JSON, so no backend takes it: a 400 naming
     the data point, rather than a value silently cut at the NUL."""
     reasons = refused(api, [point(1, v="fine"), point(2, v=value)])
-    assert reasons == [("data point 1: a string holds the character U+0000 (NUL), which the warehouse"
-                        " cannot store")]
+    assert reasons == [
+        ("data point 1: a string holds the character U+0000 (NUL), which the warehouse cannot store")
+    ]
 
 
 def test_null_never_decides_a_type(api: Api) -> None:
@@ -477,8 +558,24 @@ def test_null_never_decides_a_type(api: Api) -> None:
 
 # -- field names -------------------------------------------------------------------------
 
-SQL_NAMES = ['a"; DROP TABLE orders; --', "select", "x) values (1", '"', "'", "[a]", "a b", "`x`",
-             "Robert'); DROP TABLE orders;--", "excluded", "ON", "?", ":x", "$1", "🙂", "a.b"]
+SQL_NAMES = [
+    'a"; DROP TABLE orders; --',
+    "select",
+    "x) values (1",
+    '"',
+    "'",
+    "[a]",
+    "a b",
+    "`x`",
+    "Robert'); DROP TABLE orders;--",
+    "excluded",
+    "ON",
+    "?",
+    ":x",
+    "$1",
+    "🙂",
+    "a.b",
+]
 
 
 def test_field_names_that_look_like_sql_are_columns_exactly(api: Api) -> None:
@@ -522,11 +619,27 @@ def test_names_differing_only_in_case_from_a_column_are_refused(api: Api) -> Non
     assert kinds(api) == {"id": "integer", "Email": "text"}
 
 
-@pytest.mark.parametrize(("name", "ok"), [
-    ("x" * 63, True), ("x" * 64, False), ("é" * 31 + "a", True), ("é" * 32, False),
-    ("🙂" * 15 + "abc", True), ("🙂" * 16, False), ("a\x00b", False),
-], ids=["63-ascii", "64-ascii", "63-bytes-utf8", "64-bytes-32-chars", "63-bytes-emoji", "64-bytes-emoji",
-        "nul"])
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("x" * 63, True),
+        ("x" * 64, False),
+        ("é" * 31 + "a", True),
+        ("é" * 32, False),
+        ("🙂" * 15 + "abc", True),
+        ("🙂" * 16, False),
+        ("a\x00b", False),
+    ],
+    ids=[
+        "63-ascii",
+        "64-ascii",
+        "63-bytes-utf8",
+        "64-bytes-32-chars",
+        "63-bytes-emoji",
+        "64-bytes-emoji",
+        "nul",
+    ],
+)
 def test_field_names_the_storage_cannot_hold_are_refused(api: Api, name: str, ok: bool) -> None:
     """A field name longer than 63 bytes (UTF-8), or with a NUL, is a 400; up to 63 is kept."""
     if ok:
@@ -574,10 +687,11 @@ def test_body_size_limit(tmp_path: Path, size: int, status: int) -> None:
 
 def test_body_size_limit_without_content_length(tmp_path: Path) -> None:
     """A streamed (chunked) body is counted as it arrives: past the limit it is a 413."""
+
     async def chunks() -> AsyncIterator[bytes]:
         body = padded(1500)
         for start in range(0, len(body), 100):
-            yield body[start:start + 100]
+            yield body[start : start + 100]
 
     with limited_api(tmp_path / "w", max_body_bytes=1000) as api:
         r = api.http.post(api.url(), content=chunks())
@@ -591,8 +705,12 @@ def test_default_body_limit_is_5_mib(api: Api) -> None:
     limit = 5 * 1024 * 1024
     pushed(api.http.post(api.url(), content=padded(limit)))
     error_reasons(api.http.post(api.url(), content=padded(limit + 1)), 413)
-    error_reasons(api.http.post(api.url("gz"), content=gzip.compress(padded(limit + 1)),
-                                headers={"Content-Encoding": "gzip"}), 413)
+    error_reasons(
+        api.http.post(
+            api.url("gz"), content=gzip.compress(padded(limit + 1)), headers={"Content-Encoding": "gzip"}
+        ),
+        413,
+    )
     assert user_tables(api) == ["orders"]
 
 

@@ -26,17 +26,41 @@ def _fill(api: Api) -> None:
         r = api.push(data, table=table, key=key)
         assert r.status_code == 201, r.text
 
-    push("orders", [{"keys": ["id"], "id": n, "status": "pending", "total": n * 1.25, "paid": n % 2 == 0,
-                     "note": None if n % 3 else f"note {n} – ü 🙂", "meta": {"n": n, "tags": ["a", n]}}
-                    for n in range(1, 101)])
+    push(
+        "orders",
+        [
+            {
+                "keys": ["id"],
+                "id": n,
+                "status": "pending",
+                "total": n * 1.25,
+                "paid": n % 2 == 0,
+                "note": None if n % 3 else f"note {n} – ü 🙂",
+                "meta": {"n": n, "tags": ["a", n]},
+            }
+            for n in range(1, 101)
+        ],
+    )
     push("orders", [{"keys": ["id"], "id": 5, "status": "complete", "total": 7}])  # replaced
     # widening: boolean -> integer -> double -> text, integer -> decimal, scalar -> json
     push("widened", [{"keys": ["k"], "k": "a", "flag": True, "n": 1, "x": 1.5, "j": 3}])
     push("widened", [{"keys": ["k"], "k": "b", "flag": 2, "n": 2**70, "x": "text", "j": {"z": 1, "a": 2}}])
     push("widened", [{"keys": ["k"], "k": "c", "flag": 2.5, "n": -3, "x": 0.1 + 0.2, "j": [1, None]}])
-    push("events", [{"keys": ["user", "day"], "user": u, "day": f"2024-01-{d:02}", "count": u * d,
-                     "big": 2**64 + d, "ok": d != 3}
-                    for u in range(1, 6) for d in range(1, 8)])
+    push(
+        "events",
+        [
+            {
+                "keys": ["user", "day"],
+                "user": u,
+                "day": f"2024-01-{d:02}",
+                "count": u * d,
+                "big": 2**64 + d,
+                "ok": d != 3,
+            }
+            for u in range(1, 6)
+            for d in range(1, 8)
+        ],
+    )
 
 
 @pytest.fixture
@@ -51,8 +75,10 @@ def source(tmp_path: Path) -> Iterator[tuple[Path, Api]]:
         revoked, _ = api.storage.catalog.create_key(api.client_id)
         api.storage.catalog.revoke_key(revoked.key_id)
         api.storage.catalog.set_setting("owner_note", "kept")
-        r = api.http.post(f"/v2/client/{other.client_id}/table/Things/data?apikey={key2}",
-                          json={"keys": ["id"], "id": 1, "v": "second client"})
+        r = api.http.post(
+            f"/v2/client/{other.client_id}/table/Things/data?apikey={key2}",
+            json={"keys": ["id"], "id": 1, "v": "second client"},
+        )
         assert r.status_code == 201, r.text
         yield folder, api
     finally:
@@ -69,7 +95,10 @@ QUERIES = {
 
 def _everything(storage: Storage) -> dict[str, Any]:
     """What a user sees of a warehouse: clients, keys, tables with schemas, rows as JSON."""
-    seen: dict[str, Any] = {"clients": storage.catalog.list_clients(), "settings": storage.catalog.get_setting("owner_note")}
+    seen: dict[str, Any] = {
+        "clients": storage.catalog.list_clients(),
+        "settings": storage.catalog.get_setting("owner_note"),
+    }
     for client in storage.catalog.list_clients():
         cid = client.client_id
         seen[f"keys {cid}"] = storage.catalog.list_keys(cid)
@@ -97,15 +126,18 @@ def test_sqlite_to_postgresql_and_back_reads_the_same(source: tuple[Path, Api], 
         for name, sql in QUERIES.items():
             expected = cli_json("query", "1", sql, "--format", "json", database=first)
             assert cli_json("query", "1", sql, "--format", "json", database=last) == expected, name
-        assert cli_json("tables", "1", "--json", database=last) == cli_json("tables", "1", "--json",
-                                                                             database=first)
+        assert cli_json("tables", "1", "--json", database=last) == cli_json(
+            "tables", "1", "--json", database=first
+        )
 
         # the keys came along: the first client's key pushes into the PostgreSQL copy
         gen = make_api(pg)
         moved = next(gen)
         try:
-            r = moved.http.post(f"/v2/client/1/table/orders/data?apikey={api.key}",
-                                json={"keys": ["id"], "id": 1000, "status": "after the move"})
+            r = moved.http.post(
+                f"/v2/client/1/table/orders/data?apikey={api.key}",
+                json={"keys": ["id"], "id": 1000, "status": "after the move"},
+            )
             assert r.status_code == 201, r.text
             revoked = [k for k in moved.storage.catalog.list_keys(1) if k.revoked_at]
             assert len(revoked) == 1

@@ -53,17 +53,22 @@ def killable(tmp_path: Path):  # type: ignore[no-untyped-def]
     target.kill()
 
 
-def test_every_acknowledged_push_survives_sigkill_and_none_is_half_applied(database: str, tmp_path: Path) -> None:
+def test_every_acknowledged_push_survives_sigkill_and_none_is_half_applied(
+    database: str, tmp_path: Path
+) -> None:
     """On every backend: the real ``importapi serve --database URL``, SIGKILLed three times."""
     target = ProcessTarget(database, tmp_path / "server.log", env={"IMPORTAPI_ACCESS_LOG": "0"})
-    harness = Harness(target, database, clients=2, pushers_per_client=2, groups=12,
-                      group_size=8, bad_ratio=0.1, seed=7)
+    harness = Harness(
+        target, database, clients=2, pushers_per_client=2, groups=12, group_size=8, bad_ratio=0.1, seed=7
+    )
     rng = random.Random(7)
     harness.start()
     try:
         for _ in range(3):
             goal = harness.acked() + rng.randint(10, 40)
-            wait_until(lambda goal=goal: harness.acked() >= goal, timeout=120, what=f"{goal} acknowledged pushes")
+            wait_until(
+                lambda goal=goal: harness.acked() >= goal, timeout=120, what=f"{goal} acknowledged pushes"
+            )
             harness.kill_and_restart()
         goal = harness.acked() + 20
         wait_until(lambda: harness.acked() >= goal, timeout=120, what="pushes after the last restart")
@@ -83,8 +88,16 @@ def test_every_acknowledged_push_survives_sigkill_and_none_is_half_applied(datab
 def test_the_harness_notices_a_lost_acknowledged_push(killable: KillableServer) -> None:
     """The check is not vacuous: delete acknowledged rows behind the server's back (SQLite,
     through the suite's own server fixture)."""
-    harness = Harness(killable, killable.database, clients=1, pushers_per_client=1, groups=3,
-                      group_size=4, bad_ratio=0.0, seed=3)
+    harness = Harness(
+        killable,
+        killable.database,
+        clients=1,
+        pushers_per_client=1,
+        groups=3,
+        group_size=4,
+        bad_ratio=0.0,
+        seed=3,
+    )
     harness.start()
     try:
         wait_until(lambda: harness.acked() >= 10, timeout=60, what="10 acknowledged pushes")

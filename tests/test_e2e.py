@@ -76,8 +76,9 @@ def port_of(server: Server) -> int:
 
 def curl(*args: str) -> tuple[int, str]:
     """Run curl; return the HTTP status and the body."""
-    done = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args],
-                          check=False, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", *args], check=False, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, f"curl failed ({done.returncode}): {done.stderr}"
     body, _, code = done.stdout.rpartition("\n")
     return int(code), body
@@ -106,8 +107,9 @@ def test_the_seeds_curl_examples_work_as_written(server: Server, tmp_path: Path)
     # curl -X POST -d @filename .../v2/client/:cid/table/:table/data?apikey=:apikey --header ...
     url = data_url(server, "users")
     for name, inserted, replaced in (("example1.json", 1, 0), ("example2.json", 1, 2)):
-        status, body = curl("-X", "POST", "-d", f"@{tmp_path / name}", url,
-                            "--header", "Content-type: application/json")
+        status, body = curl(
+            "-X", "POST", "-d", f"@{tmp_path / name}", url, "--header", "Content-type: application/json"
+        )
         assert status == 201, body
         answer = json.loads(body)
         assert (answer["code"], answer["inserted"], answer["replaced"]) == (201, inserted, replaced)
@@ -191,8 +193,10 @@ def _closed_by_peer(sock: socket.socket, timeout: float = 10) -> bool:
 
 
 def _request(method: str, path: str, host: str, extra: str = "", body: bytes = b"") -> bytes:
-    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
-            f"Content-Type: application/json\r\n{extra}\r\n")
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: application/json\r\n{extra}\r\n"
+    )
     return head.encode() + body
 
 
@@ -202,8 +206,13 @@ def test_connection_close_is_answered_in_kind_and_the_socket_closed(server: Serv
     path = f"{push_path.path}?{push_path.query}"
     requests = [
         _request("GET", "/", host, "Connection: close\r\n"),
-        _request("POST", path, host, "Connection: close\r\nUser-Agent: Needle/0.6.3\r\n",
-                 json.dumps(EXAMPLE_1).encode()),
+        _request(
+            "POST",
+            path,
+            host,
+            "Connection: close\r\nUser-Agent: Needle/0.6.3\r\n",
+            json.dumps(EXAMPLE_1).encode(),
+        ),
     ]
     for raw in requests:
         with socket.create_connection(("127.0.0.1", port_of(server)), timeout=10) as sock:
@@ -251,8 +260,10 @@ def test_a_sandbox_host_header_stores_nothing(server: Server) -> None:
     assert httpx.get(auth_url(server, key=production)).status_code == 200
 
     def last_used() -> dict[str, Any]:
-        return {k["key_id"]: k["last_used_at"]
-                for k in cli_json("keys", "list", "1", "--json", database=server.data_dir)}
+        return {
+            k["key_id"]: k["last_used_at"]
+            for k in cli_json("keys", "list", "1", "--json", database=server.data_dir)
+        }
 
     wait_until(lambda: last_used()[production_made["key_id"]], what="the production key's last use")
     assert last_used()[sandbox_made["key_id"]] is None
@@ -265,9 +276,17 @@ def test_the_sandbox_host_name_works_for_curl(server: Server, tmp_path: Path) ->
     port = port_of(server)
     (tmp_path / "example2.json").write_text(EXAMPLE_2_TEXT)
     url = f"http://sandbox-connect.rjmetrics.com:{port}/v2/client/1/table/orders/data?apikey={server.key}"
-    status, body = curl("--resolve", f"sandbox-connect.rjmetrics.com:{port}:127.0.0.1",
-                        "-X", "POST", "-d", f"@{tmp_path / 'example2.json'}", url,
-                        "--header", "Content-type: application/json")
+    status, body = curl(
+        "--resolve",
+        f"sandbox-connect.rjmetrics.com:{port}:127.0.0.1",
+        "-X",
+        "POST",
+        "-d",
+        f"@{tmp_path / 'example2.json'}",
+        url,
+        "--header",
+        "Content-type: application/json",
+    )
     assert status == 201, body
     assert json.loads(body)["sandbox"] is True
     assert cli_json("tables", "1", "--json", database=server.data_dir) == []
@@ -301,8 +320,11 @@ def test_a_key_never_appears_in_the_log(server: Server) -> None:
         httpx.get(auth_url(server, key=second)).status_code,
         httpx.post(data_url(server, "orders", key=second), json=EXAMPLE_2).status_code,
         httpx.put(data_url(server, "orders", key=second), json=EXAMPLE_1).status_code,
-        httpx.post(f"{server.base}/v2/client/1/table/orders/data",
-                   headers={"Authorization": f"Bearer {second}"}, json=EXAMPLE_1).status_code,
+        httpx.post(
+            f"{server.base}/v2/client/1/table/orders/data",
+            headers={"Authorization": f"Bearer {second}"},
+            json=EXAMPLE_1,
+        ).status_code,
         httpx.post(data_url(server, "orders", key=second), content=b"{not json").status_code,
         httpx.post(data_url(server, "orders", key=second, cid=2), json=EXAMPLE_1).status_code,
         httpx.post(data_url(server, "orders", key=wrong), json=EXAMPLE_1).status_code,
@@ -350,8 +372,10 @@ class Pushers:
                 ids = [n * 10**9 + i * self.batch + j for j in range(self.batch)]
                 # A new column every so often, and one widening (integer -> text) early on,
                 # so that schema changes are in flight too when the server goes away.
-                body = [{"keys": ["id"], "id": k, "thread": n, f"c{i % 30}": i,
-                         "w": f"s{i}" if i >= 3 else i} for k in ids]
+                body = [
+                    {"keys": ["id"], "id": k, "thread": n, f"c{i % 30}": i, "w": f"s{i}" if i >= 3 else i}
+                    for k in ids
+                ]
                 try:
                     r = client.post(self.url, json=body)
                 except httpx.TransportError:
@@ -423,7 +447,8 @@ def test_a_201_survives_sigkill_and_restart(server: Server, tmp_path: Path) -> N
         assert again.key == ""
         assert pushers.acked <= stored_ids(again, "events")
         assert query_rows(1, "SELECT id, status FROM orders ORDER BY id", server.data_dir) == [
-            {"id": 1, "status": "complete"}, {"id": 2, "status": "pending"},
+            {"id": 1, "status": "complete"},
+            {"id": 2, "status": "pending"},
         ]
         r = httpx.post(data_url(again, "orders", key=server.key), json=EXAMPLE_1)
         assert r.status_code == 201 and r.json()["replaced"] == 1

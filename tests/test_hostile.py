@@ -45,7 +45,9 @@ def state(api: Api) -> dict[str, Any]:
     out = {}
     for info in api.storage.warehouse.tables(api.client_id):
         order = ", ".join(f'"{k}"' for k in info.schema.key_fields)
-        rows = api.storage.warehouse.query(api.client_id, f'SELECT * FROM "{info.schema.name}" ORDER BY {order}')
+        rows = api.storage.warehouse.query(
+            api.client_id, f'SELECT * FROM "{info.schema.name}" ORDER BY {order}'
+        )
         out[info.schema.name] = (info.as_dict()["columns"], info.schema.key_fields, rows)
     return out
 
@@ -71,55 +73,122 @@ REFUSED: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("UTF-8 encoded surrogate", b'{"keys": ["id"], "id": 1, "s": "\xed\xa0\x80"}', {}, 400, "UTF-8"),
     ("lone high surrogate escape", b'{"keys": ["id"], "id": 1, "s": "\\ud800"}', {}, 400, "not valid JSON"),
     ("lone low surrogate escape", b'{"keys": ["id"], "id": 1, "s": "\\udc00x"}', {}, 400, "not valid JSON"),
-    ("reversed surrogate pair", b'{"keys": ["id"], "id": 1, "s": "\\udc00\\ud800"}', {}, 400, "not valid JSON"),
+    (
+        "reversed surrogate pair",
+        b'{"keys": ["id"], "id": 1, "s": "\\udc00\\ud800"}',
+        {},
+        400,
+        "not valid JSON",
+    ),
     ("NaN", b'{"keys": ["id"], "id": 1, "x": NaN}', {}, 400, "not valid JSON"),
     ("Infinity", b'{"keys": ["id"], "id": 1, "x": Infinity}', {}, 400, "not valid JSON"),
     ("-Infinity", b'{"keys": ["id"], "id": 1, "x": -Infinity}', {}, 400, "not valid JSON"),
     ("a number beyond a double", b'{"keys": ["id"], "id": 1, "x": 1e999}', {}, 400, "not valid JSON"),
     ("a repeated field", b'{"keys": ["id"], "id": 1, "id": 2}', {}, 400, "more than once"),
     ("a repeated field, spaced", b'{"keys" : ["id"], "id" : 1, "n" : 1, "n" : 2}', {}, 400, "more than once"),
-    ("a repeated field, escaped", b'{"keys": ["id"], "id": 1, "n": 1, "\\u006e": 2}', {}, 400,
-     "more than once"),
-    ("a repeated field, nested", b'{"keys": ["id"], "id": 1, "o": {"a": 1, "a": 2}}', {}, 400,
-     "more than once"),
-    ("a repeated field in the second point",
-     b'[{"keys": ["id"], "id": 1, "t": "10:00"}, {"keys": ["id"], "id": 2, "t": "11:00", "t": "12:00"}]',
-     {}, 400, "more than once"),
-    ("deep nesting beyond the limit", json.dumps({**V2, "x": json.loads("[" * 40 + "]" * 40)}).encode(), {},
-     400, "nested deeper"),
-    ("deep nesting beyond any reader", b'{"keys": ["id"], "id": 1, "x": ' + b"[" * 200_000 + b"]" * 200_000
-     + b"}", {}, 400, "nested too deeply"),
-    ("10,000 fields", json.dumps({**V2, **{f"f{i}": i for i in range(10_000)}}).encode(), {}, 400,
-     "at most 1000"),
+    (
+        "a repeated field, escaped",
+        b'{"keys": ["id"], "id": 1, "n": 1, "\\u006e": 2}',
+        {},
+        400,
+        "more than once",
+    ),
+    (
+        "a repeated field, nested",
+        b'{"keys": ["id"], "id": 1, "o": {"a": 1, "a": 2}}',
+        {},
+        400,
+        "more than once",
+    ),
+    (
+        "a repeated field in the second point",
+        b'[{"keys": ["id"], "id": 1, "t": "10:00"}, {"keys": ["id"], "id": 2, "t": "11:00", "t": "12:00"}]',
+        {},
+        400,
+        "more than once",
+    ),
+    (
+        "deep nesting beyond the limit",
+        json.dumps({**V2, "x": json.loads("[" * 40 + "]" * 40)}).encode(),
+        {},
+        400,
+        "nested deeper",
+    ),
+    (
+        "deep nesting beyond any reader",
+        b'{"keys": ["id"], "id": 1, "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        {},
+        400,
+        "nested too deeply",
+    ),
+    (
+        "10,000 fields",
+        json.dumps({**V2, **{f"f{i}": i for i in range(10_000)}}).encode(),
+        {},
+        400,
+        "at most 1000",
+    ),
     ("an empty body", b"", {}, 400, "empty"),
     ("a body of spaces", b"  \n\t ", {}, 400, "empty"),
     ("an empty array", b"[]", {}, 400, "empty array"),
-    ("a form-encoded body", b"keys=id&id=1", {"content-type": "application/x-www-form-urlencoded"}, 400,
-     "not valid JSON"),
+    (
+        "a form-encoded body",
+        b"keys=id&id=1",
+        {"content-type": "application/x-www-form-urlencoded"},
+        400,
+        "not valid JSON",
+    ),
     ("a body over the limit", b'{"keys": ["id"], "id": 1, "s": "' + b"x" * LIMIT + b'"}', {}, 413, "larger"),
     ("a Content-Length over the limit", b"{}", {"content-length": str(LIMIT + 1)}, 413, "larger"),
     ("a Content-Length that is not a number", b"{}", {"content-length": "12abc"}, 400, "Content-Length"),
-    ("an unknown Content-Encoding", gzip.compress(json.dumps(V2).encode()), {"content-encoding": "br"}, 415,
-     "not supported"),
+    (
+        "an unknown Content-Encoding",
+        gzip.compress(json.dumps(V2).encode()),
+        {"content-encoding": "br"},
+        415,
+        "not supported",
+    ),
     ("gzip that is not gzip", b"plain text", {"content-encoding": "gzip"}, 400, "not valid gzip"),
-    ("truncated gzip", gzip.compress(json.dumps(V2).encode())[:-12], {"content-encoding": "gzip"}, 400,
-     "truncated"),
-    ("gzip followed by garbage", gzip.compress(json.dumps(V2).encode()) + b"junk", {"content-encoding": "gzip"},
-     400, "not valid gzip"),
+    (
+        "truncated gzip",
+        gzip.compress(json.dumps(V2).encode())[:-12],
+        {"content-encoding": "gzip"},
+        400,
+        "truncated",
+    ),
+    (
+        "gzip followed by garbage",
+        gzip.compress(json.dumps(V2).encode()) + b"junk",
+        {"content-encoding": "gzip"},
+        400,
+        "not valid gzip",
+    ),
     ("a small gzip bomb", gzip.compress(b" " * (LIMIT + 1)), {"content-encoding": "gzip"}, 413, "larger"),
-    ("SQL in a key field name", json.dumps({"keys": ['id"); DROP TABLE orders; --'], "id": 1}).encode(), {},
-     400, "missing"),
+    (
+        "SQL in a key field name",
+        json.dumps({"keys": ['id"); DROP TABLE orders; --'], "id": 1}).encode(),
+        {},
+        400,
+        "missing",
+    ),
     ("a NUL in a field name", json.dumps({**V2, "a\x00b": 1}).encode(), {}, 400, "NUL"),
     ("a field name over 63 bytes", json.dumps({**V2, "é" * 32: 1}).encode(), {}, 400, "longer than 63"),
-    ("field names equal ignoring case", json.dumps({**V2, "Name": 1, "NAME": 2}).encode(), {}, 400,
-     "differ only in case"),
+    (
+        "field names equal ignoring case",
+        json.dumps({**V2, "Name": 1, "NAME": 2}).encode(),
+        {},
+        400,
+        "differ only in case",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "headers", "status", "says"),
-                         [pytest.param(*case[1:], id=case[0]) for case in REFUSED])
-def test_hostile_bodies_are_refused_and_change_nothing(seeded: Api, body: bytes, headers: dict[str, str],
-                                                       status: int, says: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "says"), [pytest.param(*case[1:], id=case[0]) for case in REFUSED]
+)
+def test_hostile_bodies_are_refused_and_change_nothing(
+    seeded: Api, body: bytes, headers: dict[str, str], status: int, says: str
+) -> None:
     before = state(seeded)
     reasons = answer(post_raw(seeded, body, **headers), status)["reasons"]
     assert any(says in r for r in reasons), reasons
@@ -149,10 +218,21 @@ def test_the_content_type_does_not_matter(api: Api) -> None:
 
 
 def test_escaped_characters_and_pretty_printing_are_not_mistaken_for_repeats(api: Api) -> None:
-    point = {"keys": ["id"], "id": 1, "q": 'a": "b', "t": "12:30:00", "url": "http://x/y?a=1:2",
-             "nested": {"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}]}, "\u00e9t\u00e9": "\U0001f600"}
-    for body in (json.dumps(point), json.dumps(point, indent=2), json.dumps(point, separators=(" , ", " : ")),
-                 json.dumps(point, ensure_ascii=False)):
+    point = {
+        "keys": ["id"],
+        "id": 1,
+        "q": 'a": "b',
+        "t": "12:30:00",
+        "url": "http://x/y?a=1:2",
+        "nested": {"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}]},
+        "\u00e9t\u00e9": "\U0001f600",
+    }
+    for body in (
+        json.dumps(point),
+        json.dumps(point, indent=2),
+        json.dumps(point, separators=(" , ", " : ")),
+        json.dumps(point, ensure_ascii=False),
+    ):
         answer(post_raw(api, body.encode()), 201)
     row = api.storage.warehouse.query(api.client_id, 'SELECT q, t, "été" FROM "orders"')[1]
     assert row == [('a": "b', "12:30:00", "\U0001f600")]
@@ -163,11 +243,29 @@ def test_gzip_with_several_members_is_read_whole(api: Api) -> None:
     assert answer(post_raw(api, body, **{"content-encoding": "gzip"}), 201)["inserted"] == 2
 
 
-@pytest.mark.parametrize("name", [
-    'x"; DROP TABLE orders; --', "a') VALUES (1); --", "select", "from", "rowid", "oid", "_rowid_", "*",
-    'quote"in"middle', "back`tick", "[bracket]", "semi;colon", "new\nline", "sp ace",
-    "Ünïcödé", "🙂", "-- comment", "/* c */",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        'x"; DROP TABLE orders; --',
+        "a') VALUES (1); --",
+        "select",
+        "from",
+        "rowid",
+        "oid",
+        "_rowid_",
+        "*",
+        'quote"in"middle',
+        "back`tick",
+        "[bracket]",
+        "semi;colon",
+        "new\nline",
+        "sp ace",
+        "Ünïcödé",
+        "🙂",
+        "-- comment",
+        "/* c */",
+    ],
+)
 def test_field_names_built_to_look_like_sql_are_just_names(api: Api, name: str) -> None:
     answer(api.push({"keys": ["id"], "id": 1, name: "v"}), 201)
     answer(api.push({"keys": ["id"], "id": 2, name: "w"}), 201)
@@ -184,16 +282,31 @@ def test_field_names_a_backend_keeps_for_itself_are_refused_by_every_backend(see
     assert state(seeded) == before
 
 
-@pytest.mark.parametrize("table", ["select", "drop", "table", "master_sqlite_", "order_by", "x" * 63, "_", "0"])
+@pytest.mark.parametrize(
+    "table", ["select", "drop", "table", "master_sqlite_", "order_by", "x" * 63, "_", "0"]
+)
 def test_table_names_that_are_sql_words_are_just_names(api: Api, table: str) -> None:
     answer(api.push({"keys": ["id"], "id": 1}, table=table), 201)
     assert table in [t.schema.name for t in api.storage.warehouse.tables(api.client_id)]
 
 
-@pytest.mark.parametrize("table", [
-    "orders;drop", "orders--", "ord%20ers", "örders", "ｏｒｄｅｒｓ", "orders%00", "x" * 64, "sqlite_master",
-    "_importapi_tables", "pg_class", "a.b", "%2e%2e",
-])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "orders;drop",
+        "orders--",
+        "ord%20ers",
+        "örders",
+        "ｏｒｄｅｒｓ",
+        "orders%00",
+        "x" * 64,
+        "sqlite_master",
+        "_importapi_tables",
+        "pg_class",
+        "a.b",
+        "%2e%2e",
+    ],
+)
 def test_table_names_outside_the_alphabet_are_refused(seeded: Api, table: str) -> None:
     before = state(seeded)
     answer(seeded.http.post(seeded.url(table), json=V2), 400)
@@ -272,8 +385,10 @@ def test_path_tricks_are_answered_not_followed(server: Server) -> None:
     }
     body = json.dumps({"keys": ["id"], "id": 1}).encode()
     for path, expected in cases.items():
-        request = (b"POST " + path + b"?apikey=" + key.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        request = (
+            b"POST " + path + b"?apikey=" + key.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         status, answer_body = raw_request(server, request)
         assert status == expected, (path, answer_body)
         assert json.loads(answer_body)["code"] == expected
@@ -379,7 +494,10 @@ def test_a_gzip_bomb_of_gigabytes_is_refused_and_memory_stays_small(server: Serv
 # -- properties: the validator and the whole request path never fail unexpectedly -------
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=5),
     max_leaves=20,

@@ -15,15 +15,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import Api
 
-ROUTES = ["/{v}/client/{cid}/authenticate", "/{v}/client/{cid}/table/orders/data",
-          "/{v}/client/{cid}/table/brand_new/data"]
-BODIES = {"v2": [{"keys": ["id"], "id": 1, "owner": "A", "extra_column": True}],
-          "v1": [{"_id": 1, "owner": "A", "extra_column": True}]}
+ROUTES = [
+    "/{v}/client/{cid}/authenticate",
+    "/{v}/client/{cid}/table/orders/data",
+    "/{v}/client/{cid}/table/brand_new/data",
+]
+BODIES = {
+    "v2": [{"keys": ["id"], "id": 1, "owner": "A", "extra_column": True}],
+    "v1": [{"_id": 1, "owner": "A", "extra_column": True}],
+}
 
 
 @dataclass
@@ -41,8 +45,9 @@ def two(api: Api) -> Iterator[Two]:
     _, key_b = api.storage.catalog.create_key(b.client_id)
     t = Two(api, api.client_id, api.key, b.client_id, key_b)
     for cid, key, owner in ((t.a, t.key_a, "A"), (t.b, t.key_b, "B")):
-        r = api.http.post(f"/v2/client/{cid}/table/orders/data?apikey={key}",
-                          json={"keys": ["id"], "id": 1, "owner": owner})
+        r = api.http.post(
+            f"/v2/client/{cid}/table/orders/data?apikey={key}", json={"keys": ["id"], "id": 1, "owner": owner}
+        )
         assert r.status_code == 201, r.text
         r = api.http.post(f"/v1/client/{cid}/table/legacy/data?apikey={key}", json={"_id": 1, "owner": owner})
         assert r.status_code == 201, r.text
@@ -65,8 +70,16 @@ def forged_keys(two: Two) -> list[str]:
     _, id_a, secret_a = two.key_a.split("_", 2)
     _, id_b, secret_b = two.key_b.split("_", 2)
     other_last = "B" if secret_b.endswith("A") else "A"  # B's secret with its last character changed
-    return [two.key_a, f"imp_{id_b}_{secret_a}", f"imp_{id_b}_{secret_b[:-1]}{other_last}", f"imp_{id_b}_",
-            f"imp_{id_b}_{secret_b}"[:-2], f"imp_{id_a}_{secret_b}", id_b, secret_b]
+    return [
+        two.key_a,
+        f"imp_{id_b}_{secret_a}",
+        f"imp_{id_b}_{secret_b[:-1]}{other_last}",
+        f"imp_{id_b}_",
+        f"imp_{id_b}_{secret_b}"[:-2],
+        f"imp_{id_a}_{secret_b}",
+        id_b,
+        secret_b,
+    ]
 
 
 def attempts(two: Two) -> Iterator[tuple[str, str, dict[str, str], Any]]:
@@ -79,7 +92,12 @@ def attempts(two: Two) -> Iterator[tuple[str, str, dict[str, str], Any]]:
                 methods = ("GET", "HEAD") if route.endswith("authenticate") else ("POST", "PUT")
                 for method in methods:
                     yield method, f"{path_variant}?apikey={key}", {"host": host}, BODIES[version]
-                    yield method, path_variant, {"host": host, "authorization": f"Bearer {key}"}, BODIES[version]
+                    yield (
+                        method,
+                        path_variant,
+                        {"host": host, "authorization": f"Bearer {key}"},
+                        BODIES[version],
+                    )
 
 
 def test_no_key_but_bs_own_reaches_b_on_any_route(two: Two) -> None:
@@ -101,7 +119,9 @@ def test_a_keys_own_pushes_land_in_its_warehouse_only(two: Two) -> None:
     before_b = warehouse(api, two.b)
     # v2 tables are keyed by "id", v1 tables by "_id"
     for version, table in (("v2", "orders"), ("v2", "brand_new"), ("v1", "legacy"), ("v1", "brand_new_v1")):
-        r = api.http.put(f"/{version}/client/{two.a}/table/{table}/data?apikey={two.key_a}", json=BODIES[version])
+        r = api.http.put(
+            f"/{version}/client/{two.a}/table/{table}/data?apikey={two.key_a}", json=BODIES[version]
+        )
         assert r.status_code == 201, r.text
     assert warehouse(api, two.b) == before_b
     a_tables = {t.schema.name for t in api.storage.warehouse.tables(two.a)}
@@ -117,23 +137,27 @@ def test_a_revoked_key_reaches_nothing_and_the_others_still_work(two: Two) -> No
     r = api.http.post(f"/v2/client/{two.b}/table/orders/data?apikey={spare}", json=BODIES["v2"])
     assert r.status_code == 401
     assert warehouse(api, two.b) == before
-    ok = api.http.post(f"/v2/client/{two.b}/table/orders/data?apikey={two.key_b}",
-                       json={"keys": ["id"], "id": 2, "owner": "B"})
+    ok = api.http.post(
+        f"/v2/client/{two.b}/table/orders/data?apikey={two.key_b}",
+        json={"keys": ["id"], "id": 2, "owner": "B"},
+    )
     assert ok.status_code == 201
 
 
 def test_no_route_answers_with_stored_data_or_another_clients_identity(two: Two) -> None:
     api = two.api
     marker = "B-only-secret-value"
-    r = api.http.post(f"/v2/client/{two.b}/table/orders/data?apikey={two.key_b}",
-                      json={"keys": ["id"], "id": 7, "owner": marker})
+    r = api.http.post(
+        f"/v2/client/{two.b}/table/orders/data?apikey={two.key_b}",
+        json={"keys": ["id"], "id": 7, "owner": marker},
+    )
     assert r.status_code == 201
-    answers: list[httpx.Response] = []
-    for path in ("/", "/ready", "/metrics", "/openapi.json", "/sandbox/", f"/v2/client/{two.b}/authenticate"):
-        for key in (two.key_a, two.key_b):
-            answers.append(api.http.get(f"{path}?apikey={key}"))
-    for method in ("GET", "HEAD", "DELETE", "PATCH", "OPTIONS"):
-        answers.append(api.http.request(method, f"/v2/client/{two.b}/table/orders/data?apikey={two.key_b}"))
+    paths = ("/", "/ready", "/metrics", "/openapi.json", "/sandbox/", f"/v2/client/{two.b}/authenticate")
+    answers = [api.http.get(f"{path}?apikey={key}") for path in paths for key in (two.key_a, two.key_b)]
+    answers += [
+        api.http.request(method, f"/v2/client/{two.b}/table/orders/data?apikey={two.key_b}")
+        for method in ("GET", "HEAD", "DELETE", "PATCH", "OPTIONS")
+    ]
     for answer in answers:
         assert marker not in answer.text
         assert "owner" not in answer.text
@@ -143,7 +167,9 @@ def test_no_route_answers_with_stored_data_or_another_clients_identity(two: Two)
     assert "orders" not in metrics and two.key_b.split("_")[1] not in metrics
 
 
-def test_keys_are_compared_in_constant_time_on_the_request_path(two: Two, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_are_compared_in_constant_time_on_the_request_path(
+    two: Two, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every key check ends in hmac.compare_digest of two SHA-256 digests, never ``==``."""
     import hmac
 

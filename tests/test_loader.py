@@ -35,8 +35,14 @@ def people(n: int, start: int = 0) -> list[dict[str, Any]]:
 def push(api: Api, *files: Path | str, faults: Faults | None = None, **options: Any) -> tuple[int, str, str]:
     """``run`` in process, as ``importapi push`` would, against the app."""
     options.setdefault("progress_interval", 3600.0)
-    load = Load(options.pop("table", "people"), [str(f) for f in files], api.key, url="http://testserver",
-                client_id=api.client_id, **options)
+    load = Load(
+        options.pop("table", "people"),
+        [str(f) for f in files],
+        api.key,
+        url="http://testserver",
+        client_id=api.client_id,
+        **options,
+    )
     app = api.http.app if faults is None else faulty(api.http.app, faults)
     out, err = io.StringIO(), io.StringIO()
     code = run(load, out, err, transport=LoopTransport(app, api.http.loop))
@@ -62,18 +68,39 @@ def cli_env(server: Server, url: str | None = None) -> dict[str, str]:
 
 # --- reading ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("cell", "value"), [
-    ("12", 12), ("-3", -3), ("0", 0), ("007", "007"), ("1.5", 1.5), ("-2e3", -2000.0),
-    ("true", True), ("FALSE", False), ("", None), ("inf", "inf"), ("nan", "nan"), ("1e999", "1e999"),
-    ("12 ", "12 "), ("+1", "+1"), ("yes", "yes"), ("123456789012345678901234567890", 123456789012345678901234567890),
-])
+
+@pytest.mark.parametrize(
+    ("cell", "value"),
+    [
+        ("12", 12),
+        ("-3", -3),
+        ("0", 0),
+        ("007", "007"),
+        ("1.5", 1.5),
+        ("-2e3", -2000.0),
+        ("true", True),
+        ("FALSE", False),
+        ("", None),
+        ("inf", "inf"),
+        ("nan", "nan"),
+        ("1e999", "1e999"),
+        ("12 ", "12 "),
+        ("+1", "+1"),
+        ("yes", "yes"),
+        ("123456789012345678901234567890", 123456789012345678901234567890),
+    ],
+)
 def test_csv_cells_are_inferred_per_value(cell: str, value: Any) -> None:
     assert infer(cell) == value and type(infer(cell)) is type(value)
 
 
 def test_format_comes_from_the_extension_or_the_option() -> None:
     assert [format_of(p, None) for p in ("a.csv", "b.JSON", "c.jsonl", "d.ndjson")] == [
-        "csv", "json", "jsonl", "jsonl"]
+        "csv",
+        "json",
+        "jsonl",
+        "jsonl",
+    ]
     assert format_of("-", "csv") == "csv" and format_of("x.txt", "jsonl") == "jsonl"
     with pytest.raises(InputError, match="--format"):
         format_of("-", None)
@@ -117,8 +144,13 @@ def test_csv_as_strings_or_with_inferred_types(api: Api, tmp_path: Path) -> None
         w.writerow(["2", "Bo\non two lines", "3", "false", "x"])
     assert push(api, path, keys=["id"], table="text")[0] == 0
     assert push(api, path, keys=["id"], table="typed", infer_types=True)[0] == 0
-    assert stored(api, "text")[0] == {"id": "1", "name": "Ann, the first", "score": "2.5",
-                                       "active": "true", "note": ""}
+    assert stored(api, "text")[0] == {
+        "id": "1",
+        "name": "Ann, the first",
+        "score": "2.5",
+        "active": "true",
+        "note": "",
+    }
     assert stored(api, "typed") == [
         {"id": 1, "name": "Ann, the first", "score": 2.5, "active": 1, "note": None},
         {"id": 2, "name": "Bo\non two lines", "score": 3.0, "active": 0, "note": "x"},
@@ -144,9 +176,26 @@ def test_stdin_is_streamed_in_every_format(real_server: Server, tmp_path: Path) 
     }
     for fmt, text in inputs.items():
         done = subprocess.run(
-            [sys.executable, "-m", "importapi", "push", f"stdin_{fmt}", "-", "--format", fmt, "--keys", "id",
-             "--json"], input=text, capture_output=True, text=True, timeout=60, check=False,
-            env={**os.environ, **cli_env(real_server)})
+            [
+                sys.executable,
+                "-m",
+                "importapi",
+                "push",
+                f"stdin_{fmt}",
+                "-",
+                "--format",
+                fmt,
+                "--keys",
+                "id",
+                "--json",
+            ],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **cli_env(real_server)},
+        )
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         assert (summary["records"], summary["inserted"], summary["requests"]) == (120, 120, 2), fmt
@@ -162,17 +211,22 @@ def test_several_files_in_one_push(api: Api, tmp_path: Path) -> None:
 
 # --- refusals and resuming -------------------------------------------------------------------
 
+
 def test_a_refused_record_in_the_middle_of_a_file_stops_the_load_and_says_how_to_resume(
-        real_server: Server, tmp_path: Path) -> None:
+    real_server: Server, tmp_path: Path
+) -> None:
     records: list[Any] = people(1000)
     records[436] = {"name": "nobody"}
     path = jsonl(tmp_path / "people.jsonl", records)
-    done = run_cli("push", "middle", str(path), "--keys", "id", "--concurrency", "1",
-                   env=cli_env(real_server))
+    done = run_cli(
+        "push", "middle", str(path), "--keys", "id", "--concurrency", "1", env=cli_env(real_server)
+    )
     assert done.returncode == 1
     assert "400 records pushed to middle in 4 requests" in done.stdout
-    assert ("Error: the server refused the request holding records 401-500 "
-            f"({path} lines 401-500): 400 Bad Request") in done.stderr
+    assert (
+        "Error: the server refused the request holding records 401-500 "
+        f"({path} lines 401-500): 400 Bad Request"
+    ) in done.stderr
     assert f"  {path} line 437: key field 'id' is missing" in done.stderr
     resume = re.search(r"^  (importapi push .*)$", done.stderr, re.MULTILINE)
     assert resume and resume.group(1).endswith("--skip 400")
@@ -186,7 +240,8 @@ def test_a_refused_record_in_the_middle_of_a_file_stops_the_load_and_says_how_to
 
 
 def test_a_refusal_with_requests_in_flight_resumes_from_the_last_acknowledged(
-        api: Api, tmp_path: Path) -> None:
+    api: Api, tmp_path: Path
+) -> None:
     records: list[Any] = people(2000)
     records[1234] = {"id": [1]}
     path = jsonl(tmp_path / "p.jsonl", records)
@@ -215,9 +270,12 @@ def test_unreadable_input_stops_after_what_was_read(api: Api, tmp_path: Path) ->
 
 def test_retries_show_in_the_summary(real_server: Server, tmp_path: Path) -> None:
     path = jsonl(tmp_path / "p.jsonl", people(300))
-    with FaultProxy(real_server.base, Faults("pass", "503", "drop", "pass", "429")) as proxy:  # "pass": the key check
-        done = run_cli("push", "retried", str(path), "--keys", "id", "--json",
-                       env=cli_env(real_server, proxy.url))
+    with FaultProxy(
+        real_server.base, Faults("pass", "503", "drop", "pass", "429")
+    ) as proxy:  # "pass": the key check
+        done = run_cli(
+            "push", "retried", str(path), "--keys", "id", "--json", env=cli_env(real_server, proxy.url)
+        )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["records"], summary["retries"], summary["acknowledged"]) == (300, 3, 300)
@@ -225,11 +283,18 @@ def test_retries_show_in_the_summary(real_server: Server, tmp_path: Path) -> Non
 
 def test_a_wrong_key_fails_before_reading_anything(real_server: Server, tmp_path: Path) -> None:
     path = jsonl(tmp_path / "p.jsonl", people(3))
-    done = run_cli("push", "nope", str(path), "--keys", "id",
-                   env={**cli_env(real_server), "IMPORTAPI_API_KEY": "imp_000000000000_wrong"})
+    done = run_cli(
+        "push",
+        "nope",
+        str(path),
+        "--keys",
+        "id",
+        env={**cli_env(real_server), "IMPORTAPI_API_KEY": "imp_000000000000_wrong"},
+    )
     assert done.returncode == 1 and "not a live key of client 1" in done.stderr
-    missing = run_cli("push", "nope", str(path), env={"IMPORTAPI_URL": real_server.base,
-                                                      "IMPORTAPI_API_KEY": ""})
+    missing = run_cli(
+        "push", "nope", str(path), env={"IMPORTAPI_URL": real_server.base, "IMPORTAPI_API_KEY": ""}
+    )
     assert missing.returncode == 2 and "--api-key" in missing.stderr
 
 
@@ -244,13 +309,17 @@ def test_sandbox_and_gzip(api: Api, tmp_path: Path) -> None:
 
 # --- progress --------------------------------------------------------------------------------
 
+
 def test_plain_progress_lines_when_not_on_a_terminal(api: Api, tmp_path: Path) -> None:
     path = jsonl(tmp_path / "p.jsonl", people(300))
     code, _, err = push(api, path, keys=["id"], progress_interval=0.0)
     lines = err.strip().splitlines()
     assert code == 0 and len(lines) >= 3
-    assert re.fullmatch(r"people: 300 records \(100\.0%\) in 3 requests, [\d,]+ records/s, 0 retries, "
-                        r"[\d.]+ s", lines[-1])
+    assert re.fullmatch(
+        r"people: 300 records \(100\.0%\) in 3 requests, [\d,]+ records/s, 0 retries, "
+        r"[\d.]+ s",
+        lines[-1],
+    )
 
 
 def test_a_live_progress_bar_on_a_terminal(real_server: Server, tmp_path: Path) -> None:
@@ -260,8 +329,13 @@ def test_a_live_progress_bar_on_a_terminal(real_server: Server, tmp_path: Path) 
     main, child = pty.openpty()
     env = {**os.environ, **cli_env(real_server), "TERM": "xterm-256color", "COLUMNS": "140"}
     env.pop("NO_COLOR", None)
-    process = subprocess.Popen([sys.executable, "-m", "importapi", "push", "tty", str(path), "--keys", "id"],
-                               stdin=subprocess.DEVNULL, stdout=child, stderr=child, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "importapi", "push", "tty", str(path), "--keys", "id"],
+        stdin=subprocess.DEVNULL,
+        stdout=child,
+        stderr=child,
+        env=env,
+    )
     os.close(child)
     output = b""
     while True:
@@ -286,16 +360,21 @@ def test_ctrl_c_stops_after_what_was_sent_and_says_how_to_resume(real_server: Se
 
     def stored_rows() -> int:
         try:
-            with closing(sqlite3.connect(f"file:{real_server.data_dir / 'client_1.sqlite3'}?mode=ro",
-                                         uri=True)) as db:
+            with closing(
+                sqlite3.connect(f"file:{real_server.data_dir / 'client_1.sqlite3'}?mode=ro", uri=True)
+            ) as db:
                 return int(db.execute("SELECT count(*) FROM interrupted").fetchone()[0])
         except sqlite3.OperationalError:  # no table yet
             return 0
 
     process = subprocess.Popen(
         [sys.executable, "-m", "importapi", "push", "interrupted", "-", "--format", "jsonl", "--keys", "id"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **cli_env(real_server)})
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **cli_env(real_server)},
+    )
     assert process.stdin is not None
     # 250 records, and the pipe stays open: two requests go out, and the loader waits for more.
     process.stdin.write("".join(json.dumps(r) + "\n" for r in people(250)))

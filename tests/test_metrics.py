@@ -66,10 +66,19 @@ def test_metrics_count_requests_points_rejections_and_latency(api: Api) -> None:
     assert metric(text, "importapi_storage_errors_total") == 0
 
 
-@pytest.mark.parametrize("body", [
-    b"{nope", b"\xff", b"[]", b"[" + b"{}," * 100 + b"{}]", b'{"id": 1}', b'[{"keys": ["id"], "id": 1}, 3]',
-    b'{"keys": ["id"], "id": 1, "ID": 2}', b'{"keys": ["id"], "id": {"a": 1}}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{nope",
+        b"\xff",
+        b"[]",
+        b"[" + b"{}," * 100 + b"{}]",
+        b'{"id": 1}',
+        b'[{"keys": ["id"], "id": 1}, 3]',
+        b'{"keys": ["id"], "id": 1, "ID": 2}',
+        b'{"keys": ["id"], "id": {"a": 1}}',
+    ],
+)
 def test_rejections_are_labelled_by_the_code_of_their_first_problem(api: Api, body: bytes) -> None:
     """Whatever the refusal, its label is a documented code: a bounded set, never prose."""
     answer = api.http.post(api.url(), content=body)
@@ -125,13 +134,19 @@ def test_with_two_workers_every_scrape_sums_both(tmp_path: Path) -> None:
         _, key = storage.catalog.create_key(client.client_id)
     base = target.start()
     try:
-        workers = wait_until(lambda: len(children(target.pid() or 0)) == 2 and children(target.pid() or 0),
-                             timeout=60, what="two workers")
+        workers = wait_until(
+            lambda: len(children(target.pid() or 0)) == 2 and children(target.pid() or 0),
+            timeout=60,
+            what="two workers",
+        )
         folders = {environ(pid).get("PROMETHEUS_MULTIPROC_DIR") for pid in workers}
         assert len(folders) == 1 and None not in folders  # one shared folder, made by serve
         for i in range(40):  # a new connection each: the kernel spreads them over the workers
-            r = httpx.post(f"{base}/v2/client/{client.client_id}/table/t/data?apikey={key}",
-                           json={"keys": ["id"], "id": i}, headers={"connection": "close"})
+            r = httpx.post(
+                f"{base}/v2/client/{client.client_id}/table/t/data?apikey={key}",
+                json={"keys": ["id"], "id": i},
+                headers={"connection": "close"},
+            )
             assert r.status_code == 201
         folder = Path(folders.pop() or "")
         writers = {m.group(1) for f in folder.iterdir() if (m := re.search(r"_(\d+)\.db$", f.name))}
@@ -206,7 +221,9 @@ def test_a_full_run_logs_one_json_line_per_request_and_never_a_key(logged_server
     ids: list[str] = []
     with httpx.Client() as http:
         calls = [
-            http.get(f"{base}/"), http.get(f"{base}/ready"), http.get(f"{base}/metrics"),
+            http.get(f"{base}/"),
+            http.get(f"{base}/ready"),
+            http.get(f"{base}/metrics"),
             http.get(f"{base}/openapi.json"),
             *[http.get(f"{base}/v2/client/1/authenticate?apikey={k}") for k in keys],
             http.get(f"{base}/v2/client/1/authenticate", headers=bearer),
@@ -218,34 +235,62 @@ def test_a_full_run_logs_one_json_line_per_request_and_never_a_key(logged_server
             http.post(f"{base}/v2/client/2/table/orders/data?apikey={key}", json=EXAMPLE_2),
             http.post(f"{base}/sandbox/v2/client/1/table/orders/data?apikey={key}", json=EXAMPLE_2),
             http.post(f"{base}/v1/client/1/table/legacy/data?apikey={key}", json={"_id": 1}),
-            http.post(f"{data}?apikey={key}", content=gzip.compress(json.dumps(EXAMPLE_2).encode()),
-                      headers={"content-encoding": "gzip"}),
+            http.post(
+                f"{data}?apikey={key}",
+                content=gzip.compress(json.dumps(EXAMPLE_2).encode()),
+                headers={"content-encoding": "gzip"},
+            ),
             http.post(f"{data}?apikey={key}", content=b"x", headers={"content-encoding": "br"}),
             http.get(f"{base}/v2/client/1/nowhere?apikey={key}"),
             http.delete(f"{data}?apikey={key}"),
-            http.get(f"{base}/v2/client/1/authenticate?apikey={key}", headers={"authorization": f"Bearer {key}"}),
+            http.get(
+                f"{base}/v2/client/1/authenticate?apikey={key}", headers={"authorization": f"Bearer {key}"}
+            ),
         ]
         ids = [r.headers["x-request-id"] for r in calls]
     # requests no HTTP client would send, each with a key in it
     raw(server, f"NOT-A-METHOD /v2/client/1/authenticate?apikey={key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     raw(server, f"GET /v2/client/1/authenticate?apikey={key} HTTP/9.9\r\n\r\n".encode())
-    raw(server, f"POST /v2/client/1/table/orders/data?apikey={key} HTTP/1.1\r\nHost: x\r\n".encode())  # stalls
-    raw(server, f"GET /v2/client/1/authenticate?apikey={key} HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".encode())
+    raw(
+        server, f"POST /v2/client/1/table/orders/data?apikey={key} HTTP/1.1\r\nHost: x\r\n".encode()
+    )  # stalls
+    raw(
+        server,
+        f"GET /v2/client/1/authenticate?apikey={key} HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".encode(),
+    )
     stop_server(server)  # shutdown logs too
     log = server.log_path.read_text(errors="replace")
     for k in keys:
         assert k not in log
         assert k.split("_", 2)[2] not in log  # not even the secret part
-    access = [json.loads(line.split("importapi.access: ", 1)[1]) for line in log.splitlines()
-              if "importapi.access: " in line]
+    access = [
+        json.loads(line.split("importapi.access: ", 1)[1])
+        for line in log.splitlines()
+        if "importapi.access: " in line
+    ]
     by_id = {entry["request_id"]: entry for entry in access}
     assert set(ids) <= set(by_id) and len(by_id) == len(access)  # one line per request
     for entry in access:
-        assert {"request_id", "client_id", "table", "data_points", "status", "duration_ms", "key_id",
-                "route", "method"} <= set(entry)
+        assert {
+            "request_id",
+            "client_id",
+            "table",
+            "data_points",
+            "status",
+            "duration_ms",
+            "key_id",
+            "route",
+            "method",
+        } <= set(entry)
     first_push = by_id[ids[9]]
-    assert (first_push["client_id"], first_push["table"], first_push["data_points"], first_push["status"],
-            first_push["inserted"], first_push["replaced"]) == (1, "orders", 3, 201, 2, 1)
+    assert (
+        first_push["client_id"],
+        first_push["table"],
+        first_push["data_points"],
+        first_push["status"],
+        first_push["inserted"],
+        first_push["replaced"],
+    ) == (1, "orders", 3, 201, 2, 1)
     assert first_push["key_id"] == key.split("_")[1] and first_push["duration_ms"] > 0
     assert by_id[ids[12]]["status"] == 401 and by_id[ids[12]]["client_id"] is None
     assert not os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -31,8 +31,13 @@ schema = schemathesis.openapi.from_dict(SPEC)
 # Not negative_data_rejection: ``send`` gives generated cases a live key and client id, which
 # can turn a case generated as invalid into a valid one; and unknown query parameters are
 # ignored by design.
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 NOT_ENVELOPED = {"/openapi.json", "/metrics"}  # documents of their own formats
 _turn = itertools.count()
 
@@ -94,8 +99,7 @@ def test_every_described_route_exists_with_exactly_its_methods(template: str, ap
     path = _concrete(template, api)
     described = {m.upper() for m in SPEC["paths"][template]}
     for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
-        answer = api.http.request(method, path, params={"apikey": api.key},
-                                  json={"keys": ["id"], "id": 1})
+        answer = api.http.request(method, path, params={"apikey": api.key}, json={"keys": ["id"], "id": 1})
         if method in described:
             assert answer.status_code not in (404, 405), (method, path, answer.text)
         else:
@@ -103,11 +107,22 @@ def test_every_described_route_exists_with_exactly_its_methods(template: str, ap
             assert set(answer.headers["allow"].split(", ")) >= described
 
 
-@pytest.mark.parametrize("path", [
-    "/v3/client/1/authenticate", "/v2/client/1", "/v2/client/1/table/orders", "/v2/client/1/tables",
-    "/v2/client/1/table/orders/data/x", "/sandbox/ready", "/sandbox/metrics", "/metrics/", "/docs",
-    "/v2/clients/1/authenticate", "/sandbox/sandbox/v2/client/1/authenticate",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v3/client/1/authenticate",
+        "/v2/client/1",
+        "/v2/client/1/table/orders",
+        "/v2/client/1/tables",
+        "/v2/client/1/table/orders/data/x",
+        "/sandbox/ready",
+        "/sandbox/metrics",
+        "/metrics/",
+        "/docs",
+        "/v2/clients/1/authenticate",
+        "/sandbox/sandbox/v2/client/1/authenticate",
+    ],
+)
 def test_a_route_not_described_is_not_answered(path: str, api: Api) -> None:
     answer = api.http.get(path, params={"apikey": api.key})
     assert answer.status_code == 404, answer.text
@@ -118,8 +133,13 @@ def test_a_route_not_described_is_not_answered(path: str, api: Api) -> None:
 def test_every_error_status_the_app_can_answer_is_described() -> None:
     from importapi import errors
 
-    statuses = {cls.status for cls in vars(errors).values()
-                if isinstance(cls, type) and issubclass(cls, errors.ImportApiError) and cls.__module__ == errors.__name__
-                and cls.status >= 400}
+    statuses = {
+        cls.status
+        for cls in vars(errors).values()
+        if isinstance(cls, type)
+        and issubclass(cls, errors.ImportApiError)
+        and cls.__module__ == errors.__name__
+        and cls.status >= 400
+    }
     data = SPEC["paths"]["/v2/client/{cid}/table/{table}/data"]["post"]["responses"]
     assert statuses - {405} <= {int(s) for s in data}

@@ -104,8 +104,9 @@ def warehouse() -> Iterator[tuple[Storage, int]]:
         yield storage, storage.create_client("props").client_id
 
 
-def submit(storage: Storage, client_id: int, request: list[dict[str, Any]], *,
-           sandbox: bool = False) -> PushResult:
+def submit(
+    storage: Storage, client_id: int, request: list[dict[str, Any]], *, sandbox: bool = False
+) -> PushResult:
     batch = validate(copy.deepcopy(request), TABLE)
     return apply(storage, client_id, batch, sandbox=sandbox)
 
@@ -150,7 +151,8 @@ def test_the_table_is_last_write_wins_by_key(pushes: list[list[dict[str, Any]]])
 @SETTINGS
 @given(st.lists(bodies(), max_size=3), bodies())
 def test_pushing_the_same_request_twice_changes_nothing(
-        before: list[list[dict[str, Any]]], request: list[dict[str, Any]]) -> None:
+    before: list[list[dict[str, Any]]], request: list[dict[str, Any]]
+) -> None:
     with warehouse() as (storage, cid):
         for earlier in before:
             submit(storage, cid, earlier)
@@ -200,7 +202,8 @@ def widened(field: str, value: Any, kinds: dict[str, type]) -> Any:
 @SETTINGS
 @given(st.lists(bodies(WIDENING), min_size=1, max_size=6))
 def test_widening_keeps_every_stored_value_meaning_what_was_pushed(
-        pushes: list[list[dict[str, Any]]]) -> None:
+    pushes: list[list[dict[str, Any]]],
+) -> None:
     model = Model()
     kinds: dict[str, type] = {}
     with warehouse() as (storage, cid):
@@ -227,7 +230,8 @@ def test_widening_keeps_every_stored_value_meaning_what_was_pushed(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(bodies(), max_size=2), bodies())
 def test_over_http_a_repeated_request_is_all_replaced_and_changes_nothing(
-        before: list[list[dict[str, Any]]], request: list[dict[str, Any]]) -> None:
+    before: list[list[dict[str, Any]]], request: list[dict[str, Any]]
+) -> None:
     with tempfile.TemporaryDirectory() as folder:
         api_iter = make_api(Path(folder) / "warehouse")
         api = next(api_iter)

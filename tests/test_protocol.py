@@ -27,8 +27,11 @@ PATIENCE = 60.0  # seconds before the test gives up on an answer; the deadlines 
 
 @pytest.fixture
 def impatient(tmp_path: Path) -> Iterator[Server]:
-    server = start_server(tmp_path / "warehouse", tmp_path / "server.log",
-                          {"IMPORTAPI_BODY_TIMEOUT": "1.5", "IMPORTAPI_HEADER_TIMEOUT": "1.5"})
+    server = start_server(
+        tmp_path / "warehouse",
+        tmp_path / "server.log",
+        {"IMPORTAPI_BODY_TIMEOUT": "1.5", "IMPORTAPI_HEADER_TIMEOUT": "1.5"},
+    )
     yield server
     stop_server(server)
 
@@ -55,7 +58,7 @@ def trickle_until_answered(s: socket.socket, first: bytes, drip: bytes, every: f
             continue
         if position < len(drip):
             try:
-                s.sendall(drip[position:position + 1])
+                s.sendall(drip[position : position + 1])
             except (BrokenPipeError, ConnectionResetError):
                 pass
             position += 1
@@ -71,8 +74,10 @@ def parse(answer: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
 
 def test_a_body_sent_a_byte_at_a_time_is_cut_off_with_408(impatient: Server) -> None:
     body = json.dumps({"keys": ["id"], "id": 1, "pad": "x" * 2000}).encode()
-    head = (f"POST /v2/client/1/table/orders/data?apikey={impatient.key} HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v2/client/1/table/orders/data?apikey={impatient.key} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with connect(impatient) as s:
         answer = trickle_until_answered(s, head + body[:5], body[5:])
         status, headers, envelope = parse(answer)
@@ -81,14 +86,19 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off_with_408(impatient: Server) -> 
     with httpx.Client() as http:  # the server serves others, and stored nothing
         auth = http.get(f"{impatient.base}/v2/client/1/authenticate?apikey={impatient.key}")
         assert auth.status_code == 200
-        fresh = http.post(f"{impatient.base}/v2/client/1/table/orders/data?apikey={impatient.key}",
-                          json={"keys": ["id"], "id": 2})
+        fresh = http.post(
+            f"{impatient.base}/v2/client/1/table/orders/data?apikey={impatient.key}",
+            json={"keys": ["id"], "id": 2},
+        )
         assert fresh.json()["inserted"] == 1
 
 
 def test_headers_sent_a_byte_at_a_time_are_cut_off_with_408(impatient: Server) -> None:
-    head = (f"POST /v2/client/1/table/orders/data?apikey={impatient.key} HTTP/1.1\r\nHost: x\r\n"
-            + "".join(f"X-Padding-{i}: {'y' * 40}\r\n" for i in range(50)) + "\r\n").encode()
+    head = (
+        f"POST /v2/client/1/table/orders/data?apikey={impatient.key} HTTP/1.1\r\nHost: x\r\n"
+        + "".join(f"X-Padding-{i}: {'y' * 40}\r\n" for i in range(50))
+        + "\r\n"
+    ).encode()
     with connect(impatient) as s:
         answer = trickle_until_answered(s, head[:10], head[10:])
     status, headers, envelope = parse(answer)
@@ -105,5 +115,7 @@ def test_a_connection_that_sends_nothing_is_closed(impatient: Server) -> None:
 def test_a_prompt_client_on_a_kept_alive_connection_is_not_cut_off(impatient: Server) -> None:
     with httpx.Client(base_url=impatient.base) as http:
         for i in range(20):
-            r = http.post(f"/v2/client/1/table/orders/data?apikey={impatient.key}", json={"keys": ["id"], "id": i})
+            r = http.post(
+                f"/v2/client/1/table/orders/data?apikey={impatient.key}", json={"keys": ["id"], "id": i}
+            )
             assert r.status_code == 201

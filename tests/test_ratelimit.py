@@ -83,8 +83,12 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("IMPORTAPI_BODY_TIMEOUT", "4")
     s = Settings.from_env()
     assert (s.rate_limit, s.rate_burst, s.max_concurrent, s.body_timeout) == (2.5, 7, 9, 4)
-    for name, bad in (("IMPORTAPI_RATE_LIMIT", "-1"), ("IMPORTAPI_RATE_LIMIT", "nan"),
-                      ("IMPORTAPI_RATE_LIMIT", "fast"), ("IMPORTAPI_MAX_CONCURRENT", "0")):
+    for name, bad in (
+        ("IMPORTAPI_RATE_LIMIT", "-1"),
+        ("IMPORTAPI_RATE_LIMIT", "nan"),
+        ("IMPORTAPI_RATE_LIMIT", "fast"),
+        ("IMPORTAPI_MAX_CONCURRENT", "0"),
+    ):
         monkeypatch.setenv(name, bad)
         with pytest.raises(ValueError, match=name):
             Settings.from_env()
@@ -122,7 +126,8 @@ def rows(storage: Storage, client_id: int) -> list[Any]:
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after_and_nothing_is_stored(
-        limited: tuple[InProcessClient, int, str, str], storage: Storage) -> None:
+    limited: tuple[InProcessClient, int, str, str], storage: Storage
+) -> None:
     http, cid, key, other = limited
     url = f"/v2/client/{cid}/table/orders/data?apikey="
     assert http.get(f"/v2/client/{cid}/authenticate?apikey={key}").status_code == 200  # counts too
@@ -160,8 +165,13 @@ def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(
         release = asyncio.Event()
 
         def request(method: str, path: str, held: bool) -> tuple[Any, Any, list[dict[str, Any]]]:
-            scope = {"type": "http", "method": method, "path": path, "query_string": f"apikey={key}".encode(),
-                     "headers": [(b"host", b"x"), (b"content-length", str(len(body)).encode())]}
+            scope = {
+                "type": "http",
+                "method": method,
+                "path": path,
+                "query_string": f"apikey={key}".encode(),
+                "headers": [(b"host", b"x"), (b"content-length", str(len(body)).encode())],
+            }
             sent: list[dict[str, Any]] = []
 
             async def receive() -> dict[str, Any]:
@@ -177,7 +187,7 @@ def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(
         path = f"/v2/client/{client.client_id}/table/orders/data"
         held = [request("POST", path, True) for _ in range(2)]
         tasks = [asyncio.create_task(app(scope, *io)) for scope, io, _ in held]
-        while app.in_progress.active < 2:  # both held pushes are in the app
+        while app.in_progress.active < 2:  # both held pushes are in the app  # noqa: ASYNC110
             await asyncio.sleep(0)
         over_scope, over_io, over_sent = request("POST", path, False)
         await app(over_scope, *over_io)
@@ -186,8 +196,12 @@ def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(
         release.set()
         await asyncio.gather(*tasks)
         retry = dict(over_sent[0]["headers"]).get(b"retry-after")
-        return ([s[0]["status"] for _, _, s in held], over_sent[0]["status"],
-                retry.decode() if retry else None, status_sent[0]["status"])
+        return (
+            [s[0]["status"] for _, _, s in held],
+            over_sent[0]["status"],
+            retry.decode() if retry else None,
+            status_sent[0]["status"],
+        )
 
     try:
         held_statuses, over, retry_after, status = asyncio.run(scenario())
@@ -213,13 +227,18 @@ def test_the_real_server_answers_503_with_retry_after_when_at_its_bound(tmp_path
     try:
         for _ in range(2):  # two pushes that send their headers and then hold their bodies
             s = socket.create_connection((host, int(port)), timeout=30)
-            s.sendall(f"POST /v2/client/1/table/orders/data?apikey={server.key} HTTP/1.1\r\nHost: x\r\n"
-                      f"Content-Length: 30\r\n\r\n{{".encode())
+            s.sendall(
+                f"POST /v2/client/1/table/orders/data?apikey={server.key} HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: 30\r\n\r\n{{".encode()
+            )
             held.append(s)
         from tests.helpers import wait_until
 
-        refused = wait_until(lambda: (r := httpx.post(url, json=POINT, timeout=10)).status_code == 503 and r,
-                             timeout=30, what="a 503 while two pushes are held")
+        refused = wait_until(
+            lambda: (r := httpx.post(url, json=POINT, timeout=10)).status_code == 503 and r,
+            timeout=30,
+            what="a 503 while two pushes are held",
+        )
         assert refused.headers["retry-after"] == "1" and refused.json()["code"] == 503
         assert httpx.get(server.base + "/", timeout=10).status_code == 200
     finally:

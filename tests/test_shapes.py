@@ -104,14 +104,20 @@ FIRST = point(1, amount=1.5, count=2, label="a", flag=True)
 def test_a_request_of_a_known_shape_is_read_by_it(pair: Pair) -> None:
     assert pair.push_both(body(FIRST))[0] == 201
     assert pair.shapes.hits == 0
-    status, answer = pair.push_both(body(point(2, amount=2.5, count=3, label="b", flag=False),
-                                         point(1, amount=None, count=4, label="c", flag=None),
-                                         point(2, amount=7.0, count=5, label="d", flag=True)))
+    status, answer = pair.push_both(
+        body(
+            point(2, amount=2.5, count=3, label="b", flag=False),
+            point(1, amount=None, count=4, label="c", flag=None),
+            point(2, amount=7.0, count=5, label="d", flag=True),
+        )
+    )
     assert status == 201 and (answer["inserted"], answer["replaced"]) == (1, 2)
     assert pair.shapes.hits == 1
     rows, _ = pair.table(SHAPED)
     assert {r["id"]: (r["amount"], r["count"], r["label"]) for r in rows} == {
-        1: (None, 4, "c"), 2: (7.0, 5, "d")}
+        1: (None, 4, "c"),
+        2: (7.0, 5, "d"),
+    }
     pair.assert_same_tables()
 
 
@@ -148,25 +154,30 @@ def test_a_request_unlike_the_shape_is_answered_as_without_shapes(pair: Pair, na
     pair.assert_same_tables()
 
 
-@pytest.mark.parametrize("raw", [
-    # a name given twice, in ways counting alone cannot see
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"count":9}]',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"flag" : false}]',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"a\\":b","flag":true,"id":3}]',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"label":null}]',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":null,"flag":true,"label":"x"}]',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"keys":["id"]}]',
-    b'[{"keys":[],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"keys":["id"]}]',
-    (b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true},'
-     b'{"keys":["id"],"id":3,"amount":1.0,"count":1,"label":"y","flag":true,"amount":2.0}]'),
-    # white space and colons in places that are not pairs
-    b'[ { "keys" : [ "id" ] , "id" : 2 , "amount" : 1.0 , "count" : 1 , "label" : "12:30" , "flag" : true } ]',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"say \\" : this","flag":true}]',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"\\u00e9\\":","flag":true}]',
-    b'{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"one object","flag":true}',
-    b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true}',
-    b'[]',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a name given twice, in ways counting alone cannot see
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"count":9}]',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"flag" : false}]',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"a\\":b","flag":true,"id":3}]',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"label":null}]',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":null,"flag":true,"label":"x"}]',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"keys":["id"]}]',
+        b'[{"keys":[],"id":2,"amount":1.0,"count":1,"label":"x","flag":true,"keys":["id"]}]',
+        (
+            b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true},'
+            b'{"keys":["id"],"id":3,"amount":1.0,"count":1,"label":"y","flag":true,"amount":2.0}]'
+        ),
+        # white space and colons in places that are not pairs
+        b'[ { "keys" : [ "id" ] , "id" : 2 , "amount" : 1.0 , "count" : 1 , "label" : "12:30" , "flag" : true } ]',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"say \\" : this","flag":true}]',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"\\u00e9\\":","flag":true}]',
+        b'{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"one object","flag":true}',
+        b'[{"keys":["id"],"id":2,"amount":1.0,"count":1,"label":"x","flag":true}',
+        b"[]",
+    ],
+)
 def test_raw_bodies_are_answered_as_without_shapes(pair: Pair, raw: bytes) -> None:
     pair.push_both(body(FIRST))
     pair.push_both(raw)
@@ -194,8 +205,13 @@ def test_the_sandbox_plans_the_same_and_teaches_nothing(pair: Pair) -> None:
     pair.push_both(body(FIRST), sandbox=True)
     assert pair.shapes.hits == 0
     pair.push_both(body(FIRST))
-    status, answer = pair.push_both(body(point(1, amount=None, count=1, label="x", flag=True),
-                                         point(9, amount=1.0, count=1, label="x", flag=True)), sandbox=True)
+    status, answer = pair.push_both(
+        body(
+            point(1, amount=None, count=1, label="x", flag=True),
+            point(9, amount=1.0, count=1, label="x", flag=True),
+        ),
+        sandbox=True,
+    )
     assert status == 201 and (answer["inserted"], answer["replaced"]) == (1, 1)
     assert pair.shapes.hits == 1
     pair.assert_same_tables()
@@ -214,18 +230,28 @@ def test_a_composite_key_shape(pair: Pair) -> None:
 
 # -- the same, for any requests ----------------------------------------------------------
 
-TEMPLATE = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]),
-                           st.sampled_from(["integer", "double", "boolean", "text"]), min_size=1)
+TEMPLATE = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]),
+    st.sampled_from(["integer", "double", "boolean", "text"]),
+    min_size=1,
+)
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=6) | st.sampled_from(
-    ['":', '\\":', "12:30", " : ", '"'])
+    ['":', '\\":', "12:30", " : ", '"']
+)
 CONFORMING = {
     "integer": st.integers(-(2**53), 2**53),
     "double": st.floats(allow_nan=False, allow_infinity=False, min_value=-1e17, max_value=1e17),
     "boolean": st.booleans(),
     "text": TEXT,
 }
-WILD = (st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.booleans()
-        | TEXT | st.just({"x": [1]}))
+WILD = (
+    st.none()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | TEXT
+    | st.just({"x": [1]})
+)
 
 
 @st.composite
@@ -238,21 +264,26 @@ def requests(draw: st.DrawFn) -> list[bytes]:
         strays = draw(st.sampled_from([False, False, False, True]))
         points = []
         for _ in range(draw(st.integers(1, 4))):
-            p: dict[str, Any] = {"keys": ["id"], "id": draw(st.integers(0, 4) | WILD) if strays else
-                                 draw(st.integers(0, 4))}
+            p: dict[str, Any] = {
+                "keys": ["id"],
+                "id": draw(st.integers(0, 4) | WILD) if strays else draw(st.integers(0, 4)),
+            }
             for name, kind in template.items():
                 if not strays:
                     p[name] = draw(CONFORMING[kind] | st.none())
                 elif draw(st.integers(0, 3)):  # now and then a field is left out
                     p[name] = draw(CONFORMING[kind] | WILD)
             points.append(p)
-        style = draw(st.sampled_from(["compact", "spaced", "space before colon", "twice"]) if strays
-                     else st.sampled_from(["compact", "compact", "compact", "compact", "twice"]))
+        style = draw(
+            st.sampled_from(["compact", "spaced", "space before colon", "twice"])
+            if strays
+            else st.sampled_from(["compact", "compact", "compact", "compact", "twice"])
+        )
         if style == "twice":  # a name given twice in the last data point
             name, kind = draw(st.sampled_from(sorted(template.items())))
             again = draw(WILD) if strays else draw(CONFORMING[kind] | st.none())
             text = json.dumps(points, separators=(",", ":"))
-            text = text[:-2] + f',{json.dumps(name)}:' + json.dumps(again) + "}]"
+            text = text[:-2] + f",{json.dumps(name)}:" + json.dumps(again) + "}]"
         else:
             separators = {"compact": (",", ":"), "spaced": (", ", ": "), "space before colon": (",", " : ")}
             text = json.dumps(points, separators=separators[style], ensure_ascii=draw(st.booleans()))

@@ -24,12 +24,22 @@ from tests.helpers import apply, submit
 
 TABLE = "things"
 TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
-VALUES = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-          | TEXT | st.lists(st.integers() | TEXT, max_size=3) | st.dictionaries(TEXT, st.integers(), max_size=2))
+VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT
+    | st.lists(st.integers() | TEXT, max_size=3)
+    | st.dictionaries(TEXT, st.integers(), max_size=2)
+)
 POINTS = st.lists(
-    st.fixed_dictionaries({"id": st.integers(0, 6) | TEXT.filter(bool)},
-                          optional={"a": VALUES, "b": VALUES, "c": VALUES}),
-    min_size=1, max_size=8)
+    st.fixed_dictionaries(
+        {"id": st.integers(0, 6) | TEXT.filter(bool)}, optional={"a": VALUES, "b": VALUES, "c": VALUES}
+    ),
+    min_size=1,
+    max_size=8,
+)
 
 
 @contextmanager
@@ -64,11 +74,15 @@ def test_this_sqlite_takes_rows_as_json() -> None:
     assert sqlite_writer.json_rows_work(sqlite3.connect(":memory:"))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(POINTS, min_size=1, max_size=5))
 def test_rows_as_json_store_what_rows_bound_one_by_one_store(
-        monkeypatch: pytest.MonkeyPatch, pushes: list[list[dict[str, Any]]]) -> None:
+    monkeypatch: pytest.MonkeyPatch, pushes: list[list[dict[str, Any]]]
+) -> None:
     answers = []
     tables = []
     for json_rows in (True, False):
@@ -88,7 +102,8 @@ def test_rows_as_json_store_what_rows_bound_one_by_one_store(
 
 @pytest.mark.parametrize("json_rows", [True, False], ids=["json-rows", "bound-rows"])
 def test_pushes_grouped_in_one_transaction_each_count_their_own_keys(
-        monkeypatch: pytest.MonkeyPatch, json_rows: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, json_rows: bool
+) -> None:
     """Many pushes to one table queued at once are applied in groups; each answer counts
     the keys new to the table when that push was applied, in queue order."""
     batches = [[{"id": (n * 7 + i) % 40, "v": n} for i in range(n % 5 + 1)] for n in range(60)]
@@ -139,4 +154,6 @@ def test_the_wal_starts_over_while_writes_never_pause() -> None:
         for f in in_flight:
             f.result(timeout=30)
         seconds = time.monotonic() - started
-        assert _wal_restarts(wal) - before >= 2, f"{n} pushes in {seconds:.1f} s, WAL of {wal.stat().st_size >> 20} MB"
+        assert _wal_restarts(wal) - before >= 2, (
+            f"{n} pushes in {seconds:.1f} s, WAL of {wal.stat().st_size >> 20} MB"
+        )

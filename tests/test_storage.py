@@ -28,8 +28,9 @@ from tests.backends import backend_of, fresh_postgres, refusing_connections
 from tests.helpers import apply
 
 
-def push(storage: Storage, table: str, points: list[dict[str, Any]], client_id: int = 1,
-         sandbox: bool = False) -> PushResult:
+def push(
+    storage: Storage, table: str, points: list[dict[str, Any]], client_id: int = 1, sandbox: bool = False
+) -> PushResult:
     return apply(storage, client_id, validate([dict(p) for p in points], table), sandbox=sandbox)
 
 
@@ -39,10 +40,34 @@ def rows(storage: Storage, table: str) -> dict[Any, dict[str, Any]]:
 
 
 def _doubles() -> list[float]:
-    edges = [0.0, -0.0, 3.0, -3.0, 0.1 + 0.2, 1e15, 1.5e15, 9007199254740992.0, 9007199254740994.0,
-             9999999999999998.0, 1e16, 1.2345678901234567e16, 1e22, 1e23, 1e300, -1e300, 1e-4, 1e-5,
-             1.5e-7, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -1.7976931348623157e308,
-             123456789.125, 2.5, 0.5]
+    edges = [
+        0.0,
+        -0.0,
+        3.0,
+        -3.0,
+        0.1 + 0.2,
+        1e15,
+        1.5e15,
+        9007199254740992.0,
+        9007199254740994.0,
+        9999999999999998.0,
+        1e16,
+        1.2345678901234567e16,
+        1e22,
+        1e23,
+        1e300,
+        -1e300,
+        1e-4,
+        1e-5,
+        1.5e-7,
+        5e-324,
+        2.2250738585072014e-308,
+        1.7976931348623157e308,
+        -1.7976931348623157e308,
+        123456789.125,
+        2.5,
+        0.5,
+    ]
     rng = random.Random(20)
     bits = [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(250)]
     scaled = [rng.random() * 10 ** rng.randint(-8, 20) * rng.choice([1, -1]) for _ in range(150)]
@@ -59,8 +84,11 @@ def test_widening_stored_doubles_writes_them_as_python_does(storage: Storage, la
     storage.create_client("c")
     doubles = _doubles()
     for start in range(0, len(doubles), 100):
-        push(storage, "t", [{"keys": ["id"], "id": i, "v": d}
-                            for i, d in enumerate(doubles[start:start + 100], start)])
+        push(
+            storage,
+            "t",
+            [{"keys": ["id"], "id": i, "v": d} for i, d in enumerate(doubles[start : start + 100], start)],
+        )
     push(storage, "t", [{"keys": ["id"], "id": -1, "v": later}])
     kind = {str: Kind.TEXT, int: Kind.DECIMAL, dict: Kind.JSON}[type(later)]
     stored = rows(storage, "t")
@@ -91,11 +119,23 @@ def test_an_integral_double_is_the_same_decimal_key_as_the_integer(storage: Stor
     assert rows(storage, "t")[3]["v"] == 2
 
 
-@pytest.mark.parametrize(("first", "later", "after"), [
-    (True, 7, 1), (True, 2.5, 1.0), (True, 2**70, 1), (True, "s", "true"), (False, [1], False),
-    (5, 2.5, 5.0), (5, 2**70, 5), (5, "s", "5"), (5, {"a": 1}, 5),
-    (2.5, 2**70, 2.5), (2**70, "s", str(2**70)), ("s", {"a": 1}, "s"),
-])
+@pytest.mark.parametrize(
+    ("first", "later", "after"),
+    [
+        (True, 7, 1),
+        (True, 2.5, 1.0),
+        (True, 2**70, 1),
+        (True, "s", "true"),
+        (False, [1], False),
+        (5, 2.5, 5.0),
+        (5, 2**70, 5),
+        (5, "s", "5"),
+        (5, {"a": 1}, 5),
+        (2.5, 2**70, 2.5),
+        (2**70, "s", str(2**70)),
+        ("s", {"a": 1}, "s"),
+    ],
+)
 def test_every_widening_keeps_what_was_stored(storage: Storage, first: Any, later: Any, after: Any) -> None:
     """Each step up the lattice, through the storage: the first value reads back (as JSON
     values, ``read_rows``) as what it meant."""
@@ -107,10 +147,18 @@ def test_every_widening_keeps_what_was_stored(storage: Storage, first: Any, late
     assert got[2]["v"] == later
 
 
-@pytest.mark.parametrize("sql", [
-    'DELETE FROM "t"', 'DROP TABLE "t"', 'INSERT INTO "t" ("id") VALUES (9)', 'UPDATE "t" SET "v" = 0',
-    'COMMIT; DROP TABLE "t"', 'SELECT 1; DROP TABLE "t"', 'CREATE TABLE "x" ("a" TEXT)',
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'DELETE FROM "t"',
+        'DROP TABLE "t"',
+        'INSERT INTO "t" ("id") VALUES (9)',
+        'UPDATE "t" SET "v" = 0',
+        'COMMIT; DROP TABLE "t"',
+        'SELECT 1; DROP TABLE "t"',
+        'CREATE TABLE "x" ("a" TEXT)',
+    ],
+)
 def test_queries_cannot_write(storage: Storage, sql: str) -> None:
     storage.create_client("c")
     push(storage, "t", [{"keys": ["id"], "id": 1, "v": 1}])
@@ -137,8 +185,9 @@ def test_racing_first_pushes_create_one_table_with_every_column(storage: Storage
     of its own, make one table with all the columns and every row."""
     storage.create_client("c")
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda n: push(storage, "new", [{"keys": ["id"], "id": n, f"c{n}": n}]),
-                                range(16)))
+        results = list(
+            pool.map(lambda n: push(storage, "new", [{"keys": ["id"], "id": n, f"c{n}": n}]), range(16))
+        )
     assert sum(r.inserted for r in results) == 16
     (info,) = storage.warehouse.tables(1)
     assert set(info.schema.columns) == {"id", *(f"c{n}" for n in range(16))} and info.row_count == 16
@@ -148,8 +197,9 @@ def test_sandbox_counts_keys_of_a_widening_key_column(storage: Storage) -> None:
     """The sandbox compares keys as the column will hold them after widening."""
     storage.create_client("c")
     push(storage, "t", [{"keys": ["id"], "id": n, "v": n} for n in (1, 2)])
-    plan = push(storage, "t", [{"keys": ["id"], "id": "1", "v": 0}, {"keys": ["id"], "id": "x", "v": 0}],
-                sandbox=True)
+    plan = push(
+        storage, "t", [{"keys": ["id"], "id": "1", "v": 0}, {"keys": ["id"], "id": "x", "v": 0}], sandbox=True
+    )
     assert (plan.inserted, plan.replaced) == (1, 1)
     assert plan.plan["widen_columns"] == [{"name": "id", "from": "integer", "to": "text"}]
     assert storage.warehouse.tables(1)[0].schema.columns["id"].kind is Kind.INTEGER
@@ -162,27 +212,40 @@ def test_postgresql_layout_one_schema_per_client_and_real_types(storage: Storage
     assert backend_of(storage) == "postgresql"
     storage.create_client("a")
     storage.create_client("b")
-    push(storage, "orders", [{"keys": ["id", "at"], "id": 1, "at": "x", "b": True, "f": 1.5, "big": 2**70,
-                              "j": [1]}])
+    push(
+        storage,
+        "orders",
+        [{"keys": ["id", "at"], "id": 1, "at": "x", "b": True, "f": 1.5, "big": 2**70, "j": [1]}],
+    )
     push(storage, "orders", [{"keys": ["id"], "id": 2}], client_id=2)
-    _, found = storage.warehouse.query(1, "SELECT table_schema, table_name, column_name, data_type"
-                                " FROM information_schema.columns WHERE table_name = 'orders'"
-                                " ORDER BY table_schema, ordinal_position")
+    _, found = storage.warehouse.query(
+        1,
+        "SELECT table_schema, table_name, column_name, data_type"
+        " FROM information_schema.columns WHERE table_name = 'orders'"
+        " ORDER BY table_schema, ordinal_position",
+    )
     assert found == [
-        ("client_1", "orders", "id", "bigint"), ("client_1", "orders", "at", "text"),
-        ("client_1", "orders", "b", "boolean"), ("client_1", "orders", "f", "double precision"),
-        ("client_1", "orders", "big", "numeric"), ("client_1", "orders", "j", "jsonb"),
+        ("client_1", "orders", "id", "bigint"),
+        ("client_1", "orders", "at", "text"),
+        ("client_1", "orders", "b", "boolean"),
+        ("client_1", "orders", "f", "double precision"),
+        ("client_1", "orders", "big", "numeric"),
+        ("client_1", "orders", "j", "jsonb"),
         ("client_2", "orders", "id", "bigint"),
     ]
-    _, keys = storage.warehouse.query(1, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'client_1'"
-                               " AND tablename = 'orders'")
-    assert keys == [('CREATE UNIQUE INDEX orders_pkey ON client_1.orders USING btree (id, at)',)]
-    _, catalog = storage.warehouse.query(1, "SELECT table_name FROM information_schema.tables"
-                                  " WHERE table_schema = 'importapi' ORDER BY 1")
+    _, keys = storage.warehouse.query(
+        1, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'client_1' AND tablename = 'orders'"
+    )
+    assert keys == [("CREATE UNIQUE INDEX orders_pkey ON client_1.orders USING btree (id, at)",)]
+    _, catalog = storage.warehouse.query(
+        1, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'importapi' ORDER BY 1"
+    )
     assert [r[0] for r in catalog] == ["activity", "api_keys", "catalog_state", "clients", "settings"]
 
 
-def test_another_process_changing_a_table_is_seen_by_queries_and_pushes(storage: Storage, database: str) -> None:
+def test_another_process_changing_a_table_is_seen_by_queries_and_pushes(
+    storage: Storage, database: str
+) -> None:
     """A process that cached a table's statements (and the database its plans) reads and
     writes the table as it is after another process added and widened columns."""
     storage.create_client("c")
@@ -195,7 +258,9 @@ def test_another_process_changing_a_table_is_seen_by_queries_and_pushes(storage:
     result = push(storage, "t", [{"keys": ["id"], "id": 3, "v": 5}, {"keys": ["id"], "id": 2, "v": 6}])
     assert (result.inserted, result.replaced) == (1, 1)
     assert storage.warehouse.query(1, 'SELECT * FROM "t" ORDER BY "id"') == (
-        ["id", "v", "w"], [(1, "1", None), (2, "6", None), (3, "5", None)])
+        ["id", "v", "w"],
+        [(1, "1", None), (2, "6", None), (3, "5", None)],
+    )
 
 
 def test_rows_dropped_unread_give_their_connection_back(storage: Storage) -> None:
@@ -208,8 +273,13 @@ def test_rows_dropped_unread_give_their_connection_back(storage: Storage) -> Non
 
 # -- one behaviour: the same pushes on both backends give the same answers and tables -----
 
-SCALARS = (st.booleans() | st.integers(-5, 5) | st.integers(-(2**70), 2**70)
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text("ab1 .", max_size=3))
+SCALARS = (
+    st.booleans()
+    | st.integers(-5, 5)
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text("ab1 .", max_size=3)
+)
 # A JSON number is decimal: jsonb writes out integral doubles beyond 2**53 as integers (the
 # same number, not the same double), so nested doubles stay below that.
 
@@ -219,14 +289,19 @@ def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 NESTED = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text("xy", max_size=2)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.text("xy", max_size=2)
     | st.floats(-(2.0**52), 2.0**52, allow_nan=False),
     _containers,
     max_leaves=4,
 )
 POINT = st.tuples(
-    st.fixed_dictionaries({"id": st.integers(0, 4) | st.sampled_from(["0", "1", "x"])},
-                          optional={"a": st.none() | SCALARS, "b": st.none() | SCALARS | NESTED}),
+    st.fixed_dictionaries(
+        {"id": st.integers(0, 4) | st.sampled_from(["0", "1", "x"])},
+        optional={"a": st.none() | SCALARS, "b": st.none() | SCALARS | NESTED},
+    ),
     st.integers(0, 9),
 ).map(lambda p: {**p[0], "B": 1} if p[1] == 0 else p[0])  # now and then a name that only differs in case
 REQUESTS = st.lists(st.lists(POINT, min_size=1, max_size=5), min_size=1, max_size=5)
@@ -234,8 +309,11 @@ REQUESTS = st.lists(st.lists(POINT, min_size=1, max_size=5), min_size=1, max_siz
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Storage, Storage]]:
-    with fresh_postgres() as url, open_storage(str(tmp_path_factory.mktemp("sqlite"))) as lite, \
-            open_storage(url) as pg:
+    with (
+        fresh_postgres() as url,
+        open_storage(str(tmp_path_factory.mktemp("sqlite"))) as lite,
+        open_storage(url) as pg,
+    ):
         lite.create_client("c")
         pg.create_client("c")
         yield lite, pg
@@ -282,7 +360,14 @@ def test_text_keys_come_in_byte_order_on_both_backends(storage: Storage) -> None
     storage.create_client("c")
     push(storage, "t", [{"keys": ["k"], "k": k} for k in ["b", "_", "B", "a", "é", "A"]])
     assert [r[0] for r in storage.warehouse.read_rows(1, "t")[1]] == ["A", "B", "_", "a", "b", "é"]
-    assert [r[0] for r in storage.warehouse.query(1, 'SELECT "k" FROM "t" ORDER BY "k"')[1]] == ["A", "B", "_", "a", "b", "é"]
+    assert [r[0] for r in storage.warehouse.query(1, 'SELECT "k" FROM "t" ORDER BY "k"')[1]] == [
+        "A",
+        "B",
+        "_",
+        "a",
+        "b",
+        "é",
+    ]
 
 
 @pytest.mark.backends("postgresql")

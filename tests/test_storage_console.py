@@ -23,7 +23,9 @@ def push(storage: Storage, client_id: int, table: str, points: list[dict[str, ob
 
 def activity(n: int, status: int = 201) -> Activity:
     details = () if status < 400 else (Detail(Code.KEY_MISSING, f"reason {n}", 0, "id"),)
-    return Activity("2026-01-01T00:00:00Z", f"r{n}", "data", 1, "k", "orders", 1, 1, 0, False, status, details)
+    return Activity(
+        "2026-01-01T00:00:00Z", f"r{n}", "data", 1, "k", "orders", 1, 1, 0, False, status, details
+    )
 
 
 def test_settings_are_stored_replaced_or_kept(storage: Storage) -> None:
@@ -47,15 +49,23 @@ def test_the_activity_window_keeps_the_newest_pushes_and_refusals_apart(storage:
 
 def test_rows_come_in_key_order_paged_with_their_pushed_values(storage: Storage) -> None:
     client = storage.create_client("shop")
-    push(storage, client.client_id, "t", [
-        {"keys": ["a", "b"], "a": 2, "b": "x", "ok": True, "doc": {"k": [1]}, "big": 2**70},
-        {"keys": ["a", "b"], "a": 1, "b": "y", "ok": False, "doc": [1, "2"], "big": 3},
-        {"keys": ["a", "b"], "a": 1, "b": "x", "ok": None, "doc": None, "big": None},
-    ])
+    push(
+        storage,
+        client.client_id,
+        "t",
+        [
+            {"keys": ["a", "b"], "a": 2, "b": "x", "ok": True, "doc": {"k": [1]}, "big": 2**70},
+            {"keys": ["a", "b"], "a": 1, "b": "y", "ok": False, "doc": [1, "2"], "big": 3},
+            {"keys": ["a", "b"], "a": 1, "b": "x", "ok": None, "doc": None, "big": None},
+        ],
+    )
     columns, rows = storage.warehouse.read_rows(client.client_id, "t")
     assert columns == ["a", "b", "ok", "doc", "big"]
-    assert list(rows) == [(1, "x", None, None, None), (1, "y", False, [1, "2"], 3),
-                          (2, "x", True, {"k": [1]}, 2**70)]
+    assert list(rows) == [
+        (1, "x", None, None, None),
+        (1, "y", False, [1, "2"], 3),
+        (2, "x", True, {"k": [1]}, 2**70),
+    ]
     _, rows = storage.warehouse.read_rows(client.client_id, "t", descending=True, offset=1, limit=1)
     assert list(rows) == [(1, "y", False, [1, "2"], 3)]
     _, rows = storage.warehouse.read_rows(client.client_id, "t", offset=5)
@@ -92,13 +102,23 @@ KEYS = st.tuples(st.integers(-5, 5), st.text("ab", max_size=2))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(keys=st.lists(KEYS, min_size=1, max_size=40, unique=True), offset=st.integers(0, 45),
-       limit=st.integers(0, 45), descending=st.booleans())
+@given(
+    keys=st.lists(KEYS, min_size=1, max_size=40, unique=True),
+    offset=st.integers(0, 45),
+    limit=st.integers(0, 45),
+    descending=st.booleans(),
+)
 def test_any_page_is_that_slice_of_the_whole_table_in_key_order(
-        keys: list[tuple[int, str]], offset: int, limit: int, descending: bool) -> None:
-    with tempfile.TemporaryDirectory() as folder, open_storage(Settings(database=folder, sqlite_synchronous="OFF")) as storage:
+    keys: list[tuple[int, str]], offset: int, limit: int, descending: bool
+) -> None:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        open_storage(Settings(database=folder, sqlite_synchronous="OFF")) as storage,
+    ):
         client = storage.create_client("shop")
         push(storage, client.client_id, "t", [{"keys": ["n", "s"], "n": n, "s": s} for n, s in keys])
         whole = sorted(keys, reverse=descending)
-        _, rows = storage.warehouse.read_rows(client.client_id, "t", descending=descending, offset=offset, limit=limit)
-        assert list(rows) == whole[offset:offset + limit]
+        _, rows = storage.warehouse.read_rows(
+            client.client_id, "t", descending=descending, offset=offset, limit=limit
+        )
+        assert list(rows) == whole[offset : offset + limit]

@@ -52,14 +52,33 @@ class AsyncClient(ClientBase):
     """``Client`` for asyncio programs: ``await client.authenticate()``,
     ``await client.push_data(table_name, data)``; use it with ``async with``."""
 
-    def __init__(self, client_id: int, api_key: str, *, url: str | None = None, concurrency: int = 4,
-                 gzip: bool = False, retry: Retry | None = None, timeout: float = 60.0,
-                 max_points: int = 100, max_bytes: int = 5 * 1024 * 1024,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(client_id, api_key, url=url, concurrency=concurrency, gzip=gzip, retry=retry,
-                         max_points=max_points, max_bytes=max_bytes)
+    def __init__(
+        self,
+        client_id: int,
+        api_key: str,
+        *,
+        url: str | None = None,
+        concurrency: int = 4,
+        gzip: bool = False,
+        retry: Retry | None = None,
+        timeout: float = 60.0,
+        max_points: int = 100,
+        max_bytes: int = 5 * 1024 * 1024,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            client_id,
+            api_key,
+            url=url,
+            concurrency=concurrency,
+            gzip=gzip,
+            retry=retry,
+            max_points=max_points,
+            max_bytes=max_bytes,
+        )
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
 
@@ -74,8 +93,9 @@ class AsyncClient(ClientBase):
 
     async def _send(self, step: Send) -> Reply:
         try:
-            response = await self._http.request(step.method, step.url, headers=step.headers,
-                                                content=step.content)
+            response = await self._http.request(
+                step.method, step.url, headers=step.headers, content=step.content
+            )
         except httpx.TransportError as exc:
             return no_reply(exc)
         return reply_of(response)
@@ -88,8 +108,15 @@ class AsyncClient(ClientBase):
         reply, _ = await drive(self._auth_steps(base_url), self._send)
         return Answer(0, reply.status, reply.content)
 
-    async def push_data(self, table_name: str, data: Any, base_url: str | None = None, *,
-                        progress: Progress | None = None, keep_answers: bool = True) -> PushSummary:
+    async def push_data(
+        self,
+        table_name: str,
+        data: Any,
+        base_url: str | None = None,
+        *,
+        progress: Progress | None = None,
+        keep_answers: bool = True,
+    ) -> PushSummary:
         """As ``Client.push_data``; ``data`` may also be an async iterable."""
         records = data if isinstance(data, AsyncIterable) else as_records(data)
         pushing = self._pushing(table_name, base_url, progress, keep_answers)
@@ -118,7 +145,9 @@ async def _collect(pushing: Pushing, running: dict[asyncio.Task[Outcome], Batch]
     _reap(pushing, done, running)
 
 
-def _reap(pushing: Pushing, done: set[asyncio.Task[Outcome]], running: dict[asyncio.Task[Outcome], Batch]) -> None:
+def _reap(
+    pushing: Pushing, done: set[asyncio.Task[Outcome]], running: dict[asyncio.Task[Outcome], Batch]
+) -> None:
     for task in done:
         batch = running.pop(task)
         if not task.cancelled():

@@ -93,8 +93,13 @@ class Batcher:
 
     def _cut(self) -> Batch:
         count = len(self._parts)
-        batch = Batch(self._seq, self.index - count, count, b"[" + b",".join(self._parts) + b"]",
-                      frozenset(self._identities))
+        batch = Batch(
+            self._seq,
+            self.index - count,
+            count,
+            b"[" + b",".join(self._parts) + b"]",
+            frozenset(self._identities),
+        )
         self._seq += 1
         self._parts = []
         self._size = 2
@@ -108,7 +113,7 @@ def as_records(data: Any) -> Iterable[Any]:
         return (data,)
     if isinstance(data, (str, bytes, bytearray)) or not isinstance(data, Iterable):
         # ValueError, as the original client raised for anything but a list.
-        raise ValueError(f"data must be a dict or an iterable of dicts, not {type(data).__name__}")  # noqa: TRY004
+        raise ValueError(f"data must be a dict or an iterable of dicts, not {type(data).__name__}")
     return data
 
 
@@ -120,7 +125,9 @@ def batches(records: Iterable[Any], batcher: Batcher) -> Iterator[Batch]:
         yield last
 
 
-async def abatches(records: AsyncIterable[Any] | Iterable[Any], batcher: Batcher) -> AsyncGenerator[Batch, None]:
+async def abatches(
+    records: AsyncIterable[Any] | Iterable[Any], batcher: Batcher
+) -> AsyncGenerator[Batch, None]:
     if not isinstance(records, AsyncIterable):
         for batch in batches(records, batcher):
             yield batch

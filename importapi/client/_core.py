@@ -126,10 +126,18 @@ class PushSummary:
         return self.records / self.elapsed if self.elapsed > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"table": self.table, "sandbox": self.sandbox, "requests": self.requests,
-                "records": self.records, "acknowledged": self.acknowledged,
-                "inserted": self.inserted, "replaced": self.replaced, "retries": self.retries,
-                "elapsed": round(self.elapsed, 3), "rate": round(self.rate, 1)}
+        return {
+            "table": self.table,
+            "sandbox": self.sandbox,
+            "requests": self.requests,
+            "records": self.records,
+            "acknowledged": self.acknowledged,
+            "inserted": self.inserted,
+            "replaced": self.replaced,
+            "retries": self.retries,
+            "elapsed": round(self.elapsed, 3),
+            "rate": round(self.rate, 1),
+        }
 
     def __iter__(self) -> Any:
         return iter(self.answers)
@@ -152,8 +160,18 @@ class Pushing:
     go now (a free slot, and no batch in flight writes one of its keys), ``steps`` is
     its request, ``finish`` takes its outcome, ``result`` ends the push."""
 
-    def __init__(self, summary: PushSummary, url: str, headers: dict[str, str], *, retry: Retry,
-                 concurrency: int, gzip: bool, progress: Progress | None, keep_answers: bool) -> None:
+    def __init__(
+        self,
+        summary: PushSummary,
+        url: str,
+        headers: dict[str, str],
+        *,
+        retry: Retry,
+        concurrency: int,
+        gzip: bool,
+        progress: Progress | None,
+        keep_answers: bool,
+    ) -> None:
         self.summary = summary
         self.url = url
         self.headers = headers
@@ -242,13 +260,22 @@ def _count(body: Any, name: str) -> int:
 def failure(reply: Reply, first: int, count: int) -> PushError:
     """The error for a final reply that was not a success, mapped to the input's records."""
     if reply.status == 0:
-        return PushFailed(0, "No answer", [Detail("", reply.error or "the server could not be reached")],
-                          first=first, count=count)
+        return PushFailed(
+            0,
+            "No answer",
+            [Detail("", reply.error or "the server could not be reached")],
+            first=first,
+            count=count,
+        )
     body = _decode(reply.content)
     phrase = _phrase(reply.status)
     message = body.get("message") if isinstance(body, dict) else None
-    details = _details(body) or [Detail(Code.SERVER_ERROR if reply.status >= 500 else "",
-                                        reply.content.decode("utf-8", "replace")[:500] or phrase)]
+    details = _details(body) or [
+        Detail(
+            Code.SERVER_ERROR if reply.status >= 500 else "",
+            reply.content.decode("utf-8", "replace")[:500] or phrase,
+        )
+    ]
     message = str(message) if message else phrase
     if is_transient(reply.status):
         return PushFailed(reply.status, message, details, first=first, count=count)
@@ -262,9 +289,15 @@ def _details(body: Any) -> list[Detail]:
         return []
     details = body.get("details")
     if isinstance(details, list) and details and all(isinstance(d, dict) for d in details):
-        return [Detail(str(d.get("code", "")), str(d.get("message", "")),
-                       d["point"] if isinstance(d.get("point"), int) else None,
-                       d["field"] if isinstance(d.get("field"), str) else None) for d in details]
+        return [
+            Detail(
+                str(d.get("code", "")),
+                str(d.get("message", "")),
+                d["point"] if isinstance(d.get("point"), int) else None,
+                d["field"] if isinstance(d.get("field"), str) else None,
+            )
+            for d in details
+        ]
     reasons = body.get("reasons")
     return [Detail("", str(r)) for r in reasons] if isinstance(reasons, list) else []
 
@@ -283,12 +316,22 @@ class ClientBase:
     # server, or at IMPORTAPI_URL; ``Client(..., url=...)`` sets them per client.
     API_BASE, SANDBOX_BASE = bases(ClientSettings.from_env().url)
 
-    def __init__(self, client_id: int, api_key: str, *, url: str | None, concurrency: int,
-                 gzip: bool, retry: Retry | None, max_points: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        client_id: int,
+        api_key: str,
+        *,
+        url: str | None,
+        concurrency: int,
+        gzip: bool,
+        retry: Retry | None,
+        max_points: int,
+        max_bytes: int,
+    ) -> None:
         if type(client_id) is not int:
             raise ValueError(f"Client ID '{client_id}' must be an integer.")
         if not isinstance(api_key, str):
-            raise ValueError(f"Import API key '{api_key}' must be a string.")  # noqa: TRY004
+            raise ValueError(f"Import API key '{api_key}' must be a string.")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.client_id = client_id
@@ -304,22 +347,34 @@ class ClientBase:
     def _headers(self) -> dict[str, str]:
         from importapi import __version__
 
-        return {"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json",
-                "User-Agent": f"importapi-client/{__version__}"}
+        return {
+            "Authorization": f"Bearer {self.api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": f"importapi-client/{__version__}",
+        }
 
     def _auth_steps(self, base_url: str | None) -> Steps:
         url = f"{(base_url or self.API_BASE).rstrip('/')}/client/{self.client_id}/authenticate"
         return exchange(Send("GET", url, self._headers()), self.retry)
 
-    def _pushing(self, table_name: str, base_url: str | None, progress: Progress | None,
-                 keep_answers: bool) -> Pushing:
+    def _pushing(
+        self, table_name: str, base_url: str | None, progress: Progress | None, keep_answers: bool
+    ) -> Pushing:
         if not isinstance(table_name, str):
-            raise ValueError(f"Table name '{table_name}' must be a string.")  # noqa: TRY004
+            raise ValueError(f"Table name '{table_name}' must be a string.")
         base = (base_url or self.API_BASE).rstrip("/")
         url = f"{base}/client/{self.client_id}/table/{quote(table_name, safe='')}/data"
         summary = PushSummary(table=table_name, sandbox=is_sandbox(base))
-        return Pushing(summary, url, self._headers(), retry=self.retry, concurrency=self.concurrency,
-                       gzip=self.gzip, progress=progress, keep_answers=keep_answers)
+        return Pushing(
+            summary,
+            url,
+            self._headers(),
+            retry=self.retry,
+            concurrency=self.concurrency,
+            gzip=self.gzip,
+            progress=progress,
+            keep_answers=keep_answers,
+        )
 
 
 def authenticated(reply: Reply) -> bool:

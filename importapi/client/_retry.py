@@ -55,8 +55,7 @@ class Retry:
         if self.attempts < 0 or self.backoff < 0 or self.max_backoff < 0 or self.max_retry_after < 0:
             raise ValueError("retry settings cannot be negative")
 
-    def delay(self, retry: int, retry_after: str | None = None,
-              rng: random.Random | None = None) -> float:
+    def delay(self, retry: int, retry_after: str | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (counted from 0)."""
         asked = parse_retry_after(retry_after)
         if asked is not None:

@@ -55,7 +55,7 @@ def reply_of(response: httpx.Response) -> Reply:
 
 def no_reply(exc: httpx.TransportError) -> Reply:
     if isinstance(exc, httpx.UnsupportedProtocol):
-        raise ValueError(f"the server's URL is not usable: {exc}") from None  # noqa: TRY004
+        raise ValueError(f"the server's URL is not usable: {exc}") from None
     return Reply(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
@@ -74,14 +74,33 @@ class Client(ClientBase):
     ``PushRefused`` on a 4xx or ``PushFailed`` once retries run out.
     """
 
-    def __init__(self, client_id: int, api_key: str, *, url: str | None = None, concurrency: int = 4,
-                 gzip: bool = False, retry: Retry | None = None, timeout: float = 60.0,
-                 max_points: int = 100, max_bytes: int = 5 * 1024 * 1024,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(client_id, api_key, url=url, concurrency=concurrency, gzip=gzip, retry=retry,
-                         max_points=max_points, max_bytes=max_bytes)
+    def __init__(
+        self,
+        client_id: int,
+        api_key: str,
+        *,
+        url: str | None = None,
+        concurrency: int = 4,
+        gzip: bool = False,
+        retry: Retry | None = None,
+        timeout: float = 60.0,
+        max_points: int = 100,
+        max_bytes: int = 5 * 1024 * 1024,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            client_id,
+            api_key,
+            url=url,
+            concurrency=concurrency,
+            gzip=gzip,
+            retry=retry,
+            max_points=max_points,
+            max_bytes=max_bytes,
+        )
         self._http = httpx.Client(
-            transport=transport, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="importapi-push")
@@ -112,8 +131,15 @@ class Client(ClientBase):
         reply, _ = drive(self._auth_steps(base_url), self._send)
         return Answer(0, reply.status, reply.content)
 
-    def push_data(self, table_name: str, data: Any, base_url: str | None = None, *,
-                  progress: Progress | None = None, keep_answers: bool = True) -> PushSummary:
+    def push_data(
+        self,
+        table_name: str,
+        data: Any,
+        base_url: str | None = None,
+        *,
+        progress: Progress | None = None,
+        keep_answers: bool = True,
+    ) -> PushSummary:
         """Upsert ``data`` into ``table_name``; ``base_url=Client.SANDBOX_BASE`` checks it in
         the sandbox. ``progress`` is called with the summary as requests are acknowledged;
         ``keep_answers=False`` keeps no per-request answers (for endless streams)."""
@@ -134,8 +160,9 @@ class Client(ClientBase):
         return pushing.result()
 
 
-def _collect(pushing: Pushing, running: dict[Future[Outcome], Batch], when: str,
-             timeout: float | None = None) -> None:
+def _collect(
+    pushing: Pushing, running: dict[Future[Outcome], Batch], when: str, timeout: float | None = None
+) -> None:
     done, _ = wait(running, timeout, return_when=when)
     for future in done:
         pushing.finish(running.pop(future), future.result())

@@ -68,7 +68,11 @@ def export(request: Request) -> Response:
         return Response(status_code=404)
     columns, rows = storage_of(request).warehouse.read_rows(cid, table)
     body = _csv(columns, rows) if fmt == "csv" else _jsonl(columns, rows)
-    return StreamingResponse(body, media_type=FORMATS[fmt], headers={
-        "content-disposition": f'attachment; filename="client{cid}-{table}.{fmt}"',
-        "cache-control": "no-store",
-    })
+    return StreamingResponse(
+        body,
+        media_type=FORMATS[fmt],
+        headers={
+            "content-disposition": f'attachment; filename="client{cid}-{table}.{fmt}"',
+            "cache-control": "no-store",
+        },
+    )

@@ -38,8 +38,12 @@ HOME = "/data"
 
 def _safe_next(raw: object) -> str:
     """Where to go after signing in: only a console page, never another site."""
-    if isinstance(raw, str) and raw.startswith(PREFIX + "/") \
-            and "\\" not in raw and not raw.startswith(PREFIX + "/login"):
+    if (
+        isinstance(raw, str)
+        and raw.startswith(PREFIX + "/")
+        and "\\" not in raw
+        and not raw.startswith(PREFIX + "/login")
+    ):
         return raw
     return PREFIX + HOME
 
@@ -75,15 +79,18 @@ def _login(request: Request, data: FormData) -> Response:
     wait = throttle.wait_for(who)
     if wait > 0:
         seconds = math.ceil(wait)
-        response = _form(request, 429, f"Too many failed attempts. Try again in {seconds} seconds.",
-                         next_url)
+        response = _form(request, 429, f"Too many failed attempts. Try again in {seconds} seconds.", next_url)
         response.headers["retry-after"] = str(seconds)
         return response
     password = data.get("password")
     stored = storage_of(request).catalog.get_setting(PASSWORD_SETTING)
     if stored is None:
-        return _form(request, 401, "No owner password is set yet. On the server, run: "
-                     "importapi admin set-password", next_url)
+        return _form(
+            request,
+            401,
+            "No owner password is set yet. On the server, run: importapi admin set-password",
+            next_url,
+        )
     with request.app.state.login_lock:  # one scrypt at a time
         ok = isinstance(password, str) and check_password(password, stored)
     if not ok:
@@ -97,7 +104,7 @@ def _login(request: Request, data: FormData) -> Response:
 
 
 @form
-def logout(request: Request, data: FormData) -> Response:
+def logout(request: Request, _data: FormData) -> Response:
     end_sessions(storage_of(request))  # a copy of this cookie stops working too
     request.session.clear()
     return see_other("/login", "You are signed out.", request)

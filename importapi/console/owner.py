@@ -47,8 +47,15 @@ def check_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest)
-        given = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r),
-                               p=int(p), maxmem=_MAXMEM, dklen=len(expected))
+        given = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=_MAXMEM,
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(given, expected)
@@ -94,7 +101,9 @@ def fingerprint(secret: str, stored_hash: str | None, epoch: str | None) -> str:
 
 def owner_fingerprint(storage: Storage, secret: str) -> str:
     """The fingerprint a session must carry now to be the owner's."""
-    return fingerprint(secret, storage.catalog.get_setting(PASSWORD_SETTING), storage.catalog.get_setting(EPOCH_SETTING))
+    return fingerprint(
+        secret, storage.catalog.get_setting(PASSWORD_SETTING), storage.catalog.get_setting(EPOCH_SETTING)
+    )
 
 
 def end_sessions(storage: Storage) -> None:
@@ -105,8 +114,13 @@ def end_sessions(storage: Storage) -> None:
 class LoginThrottle:
     """Failed logins per address: after ``free`` failures, a doubling wait before the next try."""
 
-    def __init__(self, free: int = 3, max_wait: float = 300.0, max_tracked: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        free: int = 3,
+        max_wait: float = 300.0,
+        max_tracked: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.free = free
         self.max_wait = max_wait
         self.max_tracked = max_tracked

@@ -24,8 +24,10 @@ from importapi.storage.base import ClientInfo, TableInfo
 ROWS_PER_PAGE = 50
 SOURCES = {"import-api": "Data Import API"}
 SAMPLE_TABLE = "orders"
-SAMPLE_RECORD = ('{"keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": "pending", '
-                 '"created_at": "2012-08-01 14:22:32"}')
+SAMPLE_RECORD = (
+    '{"keys": ["id"], "id": 1, "email": "joe@schmo.com", "status": "pending", '
+    '"created_at": "2012-08-01 14:22:32"}'
+)
 
 
 def _client(request: Request) -> ClientInfo:
@@ -36,7 +38,7 @@ def _client(request: Request) -> ClientInfo:
 
 
 @page
-def home(request: Request) -> Response:
+def home(_request: Request) -> Response:
     return see_other("/data")
 
 
@@ -46,8 +48,14 @@ def data(request: Request) -> Response:
     clients = storage.catalog.list_clients()
     keys = [k for c in clients for k in storage.catalog.list_keys(c.client_id)]
     tables = [t for c in clients for t in storage.warehouse.tables(c.client_id)]
-    return render(request, "data.html", section="data", clients=clients,
-                  live_keys=sum(1 for k in keys if k.revoked_at is None), tables=tables)
+    return render(
+        request,
+        "data.html",
+        section="data",
+        clients=clients,
+        live_keys=sum(1 for k in keys if k.revoked_at is None),
+        tables=tables,
+    )
 
 
 @page
@@ -64,14 +72,16 @@ def create_client(request: Request, data: FormData) -> Response:
         request.session["flash"] = "A client needs a name of 1 to 100 characters."
         return see_other("/data/connections")
     client = storage_of(request).create_client(name)
-    return see_other("/data/connections", f"Created client {client.client_id} ({client.name}). "
-                     "Add a data source to get its API key.", request)
+    return see_other(
+        "/data/connections",
+        f"Created client {client.client_id} ({client.name}). Add a data source to get its API key.",
+        request,
+    )
 
 
 @page
 def choose_source(request: Request) -> Response:
-    return render(request, "add_source.html", section="connections", client=_client(request),
-                  sources=SOURCES)
+    return render(request, "add_source.html", section="connections", client=_client(request), sources=SOURCES)
 
 
 @form
@@ -81,20 +91,32 @@ def add_source(request: Request, data: FormData) -> Response:
         return refuse(request, 400, "Unknown data source", "Choose one of the listed data sources.")
     info, api_key = storage_of(request).catalog.create_key(client.client_id)
     base = str(request.base_url).rstrip("/")
-    return render(request, "source_created.html", section="connections", client=client, key=info,
-                  api_key=api_key, production=f"{base}/v2", sandbox=f"{base}/sandbox/v2",
-                  table=SAMPLE_TABLE, record=SAMPLE_RECORD)
+    return render(
+        request,
+        "source_created.html",
+        section="connections",
+        client=client,
+        key=info,
+        api_key=api_key,
+        production=f"{base}/v2",
+        sandbox=f"{base}/sandbox/v2",
+        table=SAMPLE_TABLE,
+        record=SAMPLE_RECORD,
+    )
 
 
 @form
-def revoke_key(request: Request, data: FormData) -> Response:
+def revoke_key(request: Request, _data: FormData) -> Response:
     client = _client(request)
     key_id = request.path_params["key_id"]
     if key_id not in {k.key_id for k in storage_of(request).catalog.list_keys(client.client_id)}:
         raise NotFound(f"client {client.client_id} has no key {key_id}")
     storage_of(request).catalog.revoke_key(key_id)
-    return see_other("/data/connections", f"Revoked key {key_id} of client {client.client_id}: "
-                     "pushes with it are refused from now on.", request)
+    return see_other(
+        "/data/connections",
+        f"Revoked key {key_id} of client {client.client_id}: pushes with it are refused from now on.",
+        request,
+    )
 
 
 @page
@@ -120,11 +142,25 @@ def table(request: Request) -> Response:
     pages = max(1, -(-info.row_count // ROWS_PER_PAGE))
     number = min(int_param(request.query_params.get("page"), 1), pages)
     columns, rows = storage_of(request).warehouse.read_rows(
-        client.client_id, info.schema.name, descending=descending,
-        offset=(number - 1) * ROWS_PER_PAGE, limit=ROWS_PER_PAGE)
-    return render(request, "table.html", section="tables", client=client, info=info,
-                  columns=columns, rows=[_cells(row) for row in rows], page=number, pages=pages,
-                  order="desc" if descending else "asc", per_page=ROWS_PER_PAGE)
+        client.client_id,
+        info.schema.name,
+        descending=descending,
+        offset=(number - 1) * ROWS_PER_PAGE,
+        limit=ROWS_PER_PAGE,
+    )
+    return render(
+        request,
+        "table.html",
+        section="tables",
+        client=client,
+        info=info,
+        columns=columns,
+        rows=[_cells(row) for row in rows],
+        page=number,
+        pages=pages,
+        order="desc" if descending else "asc",
+        per_page=ROWS_PER_PAGE,
+    )
 
 
 def _cells(row: tuple[Any, ...]) -> list[tuple[str, str]]:
@@ -148,6 +184,12 @@ def _cells(row: tuple[Any, ...]) -> list[tuple[str, str]]:
 def activity(request: Request) -> Response:
     storage = storage_of(request)
     names = {c.client_id: c.name for c in storage.catalog.list_clients()}
-    return render(request, "activity.html", section="activity", names=names, window=KEEP,
-                  pushes=storage.catalog.recent_activity(100, refused=False),
-                  refusals=storage.catalog.recent_activity(100, refused=True))
+    return render(
+        request,
+        "activity.html",
+        section="activity",
+        names=names,
+        window=KEEP,
+        pushes=storage.catalog.recent_activity(100, refused=False),
+        refusals=storage.catalog.recent_activity(100, refused=True),
+    )

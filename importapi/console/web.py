@@ -36,7 +36,7 @@ PREFIX = "/console"
 SECURITY_HEADERS = {
     "cache-control": "no-store",
     "content-security-policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-                               "form-action 'self'",
+    "form-action 'self'",
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
 }
@@ -55,8 +55,12 @@ def when(stamp: str | None, short: bool = False) -> str:
 
 
 def _context(request: Request) -> dict[str, Any]:
-    return {"csrf_token": csrf_token(request), "flash": request.session.pop("flash", None),
-            "signed_in": request.scope.get("importapi.owner", False), "prefix": PREFIX}
+    return {
+        "csrf_token": csrf_token(request),
+        "flash": request.session.pop("flash", None),
+        "signed_in": request.scope.get("importapi.owner", False),
+        "prefix": PREFIX,
+    }
 
 
 TEMPLATES = Jinja2Templates(directory=HERE / "templates", context_processors=[_context])
@@ -68,8 +72,13 @@ class Sessions:
     the console is reached over HTTPS."""
 
     def __init__(self, app: ASGIApp, secret: str, max_age: int) -> None:
-        options: dict[str, Any] = {"secret_key": secret, "session_cookie": "importapi_console",
-                                   "max_age": max_age, "path": PREFIX, "same_site": "lax"}
+        options: dict[str, Any] = {
+            "secret_key": secret,
+            "session_cookie": "importapi_console",
+            "max_age": max_age,
+            "path": PREFIX,
+            "same_site": "lax",
+        }
         self.plain = SessionMiddleware(app, **options)
         self.secure = SessionMiddleware(app, https_only=True, **options)
 
@@ -82,7 +91,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status == 404:
         return refuse(request, 404, "Not found", "There is no such page in the console.")
-    return refuse(request, status, "Not allowed", str(getattr(exc, "detail", "")) or "This request was refused.")
+    return refuse(
+        request, status, "Not allowed", str(getattr(exc, "detail", "")) or "This request was refused."
+    )
 
 
 def storage_of(request: Request) -> Storage:
@@ -115,15 +126,23 @@ def csrf_token(request: Request) -> str:
 
 def csrf_ok(request: Request, form: Mapping[str, Any]) -> bool:
     given, expected = form.get("csrf"), request.session.get("csrf")
-    return (isinstance(given, str) and isinstance(expected, str)
-            and hmac.compare_digest(given.encode(), expected.encode()))
+    return (
+        isinstance(given, str)
+        and isinstance(expected, str)
+        and hmac.compare_digest(given.encode(), expected.encode())
+    )
 
 
 def signed_in(request: Request) -> bool:
     """Is this session the owner's, opened with the password that is current now?"""
     remembered = request.session.get("owner")
-    ok = isinstance(remembered, str) and bool(remembered) and hmac.compare_digest(
-        remembered.encode(), owner_fingerprint(storage_of(request), request.app.state.secret).encode())
+    ok = (
+        isinstance(remembered, str)
+        and bool(remembered)
+        and hmac.compare_digest(
+            remembered.encode(), owner_fingerprint(storage_of(request), request.app.state.secret).encode()
+        )
+    )
     request.scope["importapi.owner"] = ok
     return ok
 
@@ -134,9 +153,13 @@ def to_login(request: Request) -> Response:
 
 
 def refuse_csrf(request: Request) -> Response:
-    return refuse(request, 403, "This form has expired",
-                  "The form was not sent by this console page, or your session changed since it "
-                  "was shown. Go back, reload the page and try again. Nothing was changed.")
+    return refuse(
+        request,
+        403,
+        "This form has expired",
+        "The form was not sent by this console page, or your session changed since it "
+        "was shown. Go back, reload the page and try again. Nothing was changed.",
+    )
 
 
 def _answer(fn: Callable[..., Response], request: Request, *args: Any) -> Response:

@@ -59,8 +59,16 @@ class RJMetricsRoutes:
             req.route = "status"
             allow(req.method, ("GET", "HEAD"))
             await self.services.in_thread(self.services.storage.ping)
-            return Answer(200, {"code": 200, "message": "OK", "service": "importapi",
-                                "version": __version__, "sandbox": req.sandbox})
+            return Answer(
+                200,
+                {
+                    "code": 200,
+                    "message": "OK",
+                    "service": "importapi",
+                    "version": __version__,
+                    "sandbox": req.sandbox,
+                },
+            )
         parts = path.split("/")
         # ['', 'v2', 'client', cid, 'authenticate'] or [..., cid, 'table', name, 'data']
         if len(parts) < 5 or parts[0] or parts[1] not in ("v1", "v2") or parts[2] != "client":
@@ -80,8 +88,9 @@ class RJMetricsRoutes:
             return await self._upsert(req, scope, receive, int(cid), parts[5])
         raise NotFound(f"no such resource: {path}")
 
-    async def _upsert(self, req: RequestRecord, scope: Scope, receive: Receive, client_id: int,
-                      raw_table: str) -> Answer:
+    async def _upsert(
+        self, req: RequestRecord, scope: Scope, receive: Receive, client_id: int, raw_table: str
+    ) -> Answer:
         services = self.services
         await services.key(req, scope, client_id)
         table = req.table = table_name(raw_table)
@@ -95,8 +104,13 @@ class RJMetricsRoutes:
         if result.kinds is not None and req.version == 2:
             self.shapes.learn(client_id, batch, result.kinds)
         req.inserted, req.replaced = result.inserted, result.replaced
-        body: dict[str, Any] = {"code": 201, "message": "Created", "table": table,
-                                "inserted": result.inserted, "replaced": result.replaced}
+        body: dict[str, Any] = {
+            "code": 201,
+            "message": "Created",
+            "table": table,
+            "inserted": result.inserted,
+            "replaced": result.replaced,
+        }
         if req.sandbox:
             body["sandbox"] = True
             body["plan"] = {**result.plan, "inserted": result.inserted, "replaced": result.replaced}

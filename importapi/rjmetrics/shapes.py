@@ -53,8 +53,16 @@ MAX_FIELDS = 100
 class Shape:
     """One record shape of one table, and the typed decoder built for it."""
 
-    __slots__ = ("columns", "decode", "key_fields", "kinds", "names_per_point", "pairs", "signature",
-                 "text_values")
+    __slots__ = (
+        "columns",
+        "decode",
+        "key_fields",
+        "kinds",
+        "names_per_point",
+        "pairs",
+        "signature",
+        "text_values",
+    )
 
     def __init__(self, columns: tuple[str, ...], kinds: dict[str, Kind], key_fields: tuple[str, ...]) -> None:
         self.columns = columns
@@ -120,12 +128,18 @@ class Shapes:
             # than there are, never hide a name given twice (which adds strings).
             quotes = body.count(b'"')
             texts = len(shape.text_values) * n
-            if (quotes != 2 * (n * shape.names_per_point + texts - body.count(b"null"))
-                    and quotes != 2 * (n * shape.names_per_point + shape.text_strings(rows))):
+            if quotes != 2 * (n * shape.names_per_point + texts - body.count(b"null")) and quotes != 2 * (
+                n * shape.names_per_point + shape.text_strings(rows)
+            ):
                 return None
         self.hits += 1
-        return Batch(table=table, key_fields=shape.key_fields, points=rows, kinds=dict(shape.kinds),
-                     columns=shape.columns)
+        return Batch(
+            table=table,
+            key_fields=shape.key_fields,
+            points=rows,
+            kinds=dict(shape.kinds),
+            columns=shape.columns,
+        )
 
     def learn(self, client_id: int, batch: Batch, kinds: dict[str, Kind]) -> None:
         """Keep the shape of a batch the table took, its columns now of ``kinds``.
@@ -138,7 +152,11 @@ class Shapes:
         if "keys" in names or any(p.keys() != names for p in batch.points):
             return
         columns = tuple(c for c in kinds if c in names)
-        if len(columns) != len(names) or len(columns) > MAX_FIELDS or any(kinds[c] not in _TYPES for c in columns):
+        if (
+            len(columns) != len(names)
+            or len(columns) > MAX_FIELDS
+            or any(kinds[c] not in _TYPES for c in columns)
+        ):
             return
         column_kinds = {c: kinds[c] for c in columns}
         signature = (columns, tuple(column_kinds.values()), batch.key_fields)
@@ -148,7 +166,10 @@ class Shapes:
             return
         try:
             shape = Shape(columns, column_kinds, batch.key_fields)
-        except (ValueError, TypeError):  # a name the typed decoder cannot match (a quote, a control character)
+        except (
+            ValueError,
+            TypeError,
+        ):  # a name the typed decoder cannot match (a quote, a control character)
             return
         with self._lock:
             self._known[key] = shape

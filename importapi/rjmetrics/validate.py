@@ -26,8 +26,10 @@ def _name_problem(name: str, lower_names: dict[str, str]) -> tuple[Code, str] | 
         return problem
     other = lower_names.setdefault(name.lower(), name)
     if other != name:
-        return (Code.FIELD_NAME_CASE,
-                f"field names {other!r} and {name!r} differ only in case; columns are matched ignoring case")
+        return (
+            Code.FIELD_NAME_CASE,
+            f"field names {other!r} and {name!r} differ only in case; columns are matched ignoring case",
+        )
     return None
 
 
@@ -43,8 +45,14 @@ def _depth(value: Any) -> int:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 class Collector:
@@ -62,17 +70,23 @@ class Collector:
 
     def raise_if_any(self) -> None:
         if self.details:
-            more = [Detail(Code.MORE_PROBLEMS, f"... and {self.dropped} more problems")] if self.dropped else []
+            more = (
+                [Detail(Code.MORE_PROBLEMS, f"... and {self.dropped} more problems")] if self.dropped else []
+            )
             raise BadRequest(details=[*self.details, *more])
 
 
 def _v2_keys(point: dict[str, Any], i: int, limits: Limits, out: Collector) -> tuple[str, ...] | None:
     keys = point.get("keys", _MISSING)
     if keys is _MISSING:
-        out.add(i, Code.KEYS_MISSING, 'has no "keys" field: name the fields that identify it, e.g. "keys": ["id"]')
+        out.add(
+            i, Code.KEYS_MISSING, 'has no "keys" field: name the fields that identify it, e.g. "keys": ["id"]'
+        )
         return None
     if type(keys) is not list or not keys:
-        out.add(i, Code.KEYS_INVALID, f'"keys" must be a non-empty array of field names, got {_type_name(keys)}')
+        out.add(
+            i, Code.KEYS_INVALID, f'"keys" must be a non-empty array of field names, got {_type_name(keys)}'
+        )
         return None
     if any(type(k) is not str for k in keys):
         out.add(i, Code.KEYS_INVALID, '"keys" must contain only field names (strings)')
@@ -81,7 +95,11 @@ def _v2_keys(point: dict[str, Any], i: int, limits: Limits, out: Collector) -> t
         out.add(i, Code.KEYS_INVALID, f'"keys" names a field more than once: {keys}')
         return None
     if len(keys) > limits.max_key_fields:
-        out.add(i, Code.KEYS_TOO_MANY, f'"keys" names {len(keys)} fields; at most {limits.max_key_fields} are allowed')
+        out.add(
+            i,
+            Code.KEYS_TOO_MANY,
+            f'"keys" names {len(keys)} fields; at most {limits.max_key_fields} are allowed',
+        )
         return None
     ok = True
     for k in keys:
@@ -94,8 +112,12 @@ def _v2_keys(point: dict[str, Any], i: int, limits: Limits, out: Collector) -> t
         else:
             v = point[k]
             if v is None or type(v) is dict or type(v) is list:
-                out.add(i, Code.KEY_INVALID, f"key field {k!r} must be a string, number or boolean, got "
-                        f"{_type_name(v)}", k)
+                out.add(
+                    i,
+                    Code.KEY_INVALID,
+                    f"key field {k!r} must be a string, number or boolean, got {_type_name(v)}",
+                    k,
+                )
                 ok = False
     return tuple(keys) if ok else None
 
@@ -113,8 +135,12 @@ def _v1_id(point: dict[str, Any], i: int, out: Collector) -> bool:
         point["_id"] = int(value)
         return True
     if type(value) is not int:
-        out.add(i, Code.ID_INVALID, f'"_id" must be an integer or a string of digits, got {_type_name(value)}',
-                "_id")
+        out.add(
+            i,
+            Code.ID_INVALID,
+            f'"_id" must be an integer or a string of digits, got {_type_name(value)}',
+            "_id",
+        )
         return False
     return True
 
@@ -144,8 +170,12 @@ class _Validator:
             if self.keys is None:
                 self.keys, self.key_set, self.keys_list = keys, frozenset(keys), list(keys)
             elif keys != self.keys and frozenset(keys) != self.key_set:
-                self.out.add(i, Code.KEYS_DIFFER, f"keys {list(keys)} differ from {list(self.keys)} named by "
-                             "an earlier data point; a table has one set of key fields")
+                self.out.add(
+                    i,
+                    Code.KEYS_DIFFER,
+                    f"keys {list(keys)} differ from {list(self.keys)} named by "
+                    "an earlier data point; a table has one set of key fields",
+                )
         names = tuple(point)
         types = tuple(map(type, point.values()))
         shape = self.shapes.get((names, types))
@@ -218,8 +248,12 @@ class _Validator:
 
     def _depth_ok(self, i: int, name: str, value: Any) -> bool:
         if 1 + _depth(value) > self.limits.max_depth:
-            self.out.add(i, Code.NESTED_TOO_DEEP, f"field {name!r} is nested deeper than "
-                         f"{self.limits.max_depth} levels", name)
+            self.out.add(
+                i,
+                Code.NESTED_TOO_DEEP,
+                f"field {name!r} is nested deeper than {self.limits.max_depth} levels",
+                name,
+            )
             return False
         return True
 
@@ -233,7 +267,8 @@ def validate(body: Any, table: str, *, version: int = 2, limits: Limits | None =
     if len(points) > limits.max_points:
         raise BadRequest(
             f"the body has {len(points)} data points; at most {limits.max_points} are allowed per request",
-            code=Code.POINTS_TOO_MANY)
+            code=Code.POINTS_TOO_MANY,
+        )
     v = _Validator(version, limits)
     for i, point in enumerate(points):
         if type(point) is dict:
@@ -242,5 +277,6 @@ def validate(body: Any, table: str, *, version: int = 2, limits: Limits | None =
             v.out.add(i, Code.POINT_NOT_OBJECT, f"is {_type_name(point)}; a data point must be an object")
     v.out.raise_if_any()
     assert v.keys is not None
-    return Batch(table=table, key_fields=v.keys, points=points, kinds=v.kinds, mixed=v.mixed,
-                 inexact=v.inexact)
+    return Batch(
+        table=table, key_fields=v.keys, points=points, kinds=v.kinds, mixed=v.mixed, inexact=v.inexact
+    )

@@ -37,9 +37,7 @@ def parse_database_url(url: str) -> tuple[str, str]:
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql", url
     if "://" in url:
-        raise ValueError(
-            f"unknown database URL {url!r}: use sqlite:///FOLDER or postgresql://..."
-        )
+        raise ValueError(f"unknown database URL {url!r}: use sqlite:///FOLDER or postgresql://...")
     return "sqlite", url
 
 
@@ -162,7 +160,12 @@ class Warehouse(abc.ABC):
 
     @abc.abstractmethod
     def read_rows(
-        self, client_id: int, table: str, *, descending: bool = False, offset: int = 0,
+        self,
+        client_id: int,
+        table: str,
+        *,
+        descending: bool = False,
+        offset: int = 0,
         limit: int | None = None,
     ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         """A table's columns (schema order) and its rows ordered by the key fields.
@@ -171,8 +174,13 @@ class Warehouse(abc.ABC):
         read lazily (an export streams them); an unknown table is a NotFound."""
 
     @abc.abstractmethod
-    def restore_table(self, client_id: int, schema: TableSchema, rows: Iterable[Sequence[Any]],
-                      last_push_at: str | None = None) -> int:
+    def restore_table(
+        self,
+        client_id: int,
+        schema: TableSchema,
+        rows: Iterable[Sequence[Any]],
+        last_push_at: str | None = None,
+    ) -> int:
         """Create a table with exactly this schema (column kinds, order, key fields, times)
         and fill it with rows of JSON values in column order, as ``read_rows`` gives them;
         the number of rows written. The table must not exist yet."""

@@ -25,12 +25,14 @@ class CopySummary:
     rows: int = 0
 
 
-def copy_warehouse(source: Storage, target: Storage,
-                   progress: Callable[[str], None] | None = None) -> CopySummary:
+def copy_warehouse(
+    source: Storage, target: Storage, progress: Callable[[str], None] | None = None
+) -> CopySummary:
     """Copy everything in ``source`` into the empty ``target``."""
     if target.catalog.list_clients():
-        raise BadRequest("the target warehouse already has clients; copy into an empty one",
-                         code=Code.WAREHOUSE_NOT_EMPTY)
+        raise BadRequest(
+            "the target warehouse already has clients; copy into an empty one", code=Code.WAREHOUSE_NOT_EMPTY
+        )
     dump = source.catalog.export()
     target.restore_catalog(dump)
     summary = CopySummary(clients=len(dump.clients), keys=len(dump.keys))

@@ -84,8 +84,9 @@ class PostgresWarehouse(Warehouse):
                 conn.execute(statement)
 
     def _require_space(self, conn: psycopg.Connection[Any], client_id: int) -> None:
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
-                           (f"{q.client_schema(client_id)}._importapi_tables",)).fetchone()
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"{q.client_schema(client_id)}._importapi_tables",)
+        ).fetchone()
         if not (row and row[0]):
             raise NotFound(f"client {client_id} does not exist")
 
@@ -106,19 +107,31 @@ class PostgresWarehouse(Warehouse):
                 exclusive = exclusive | retry.exclusive
         raise StorageUnavailable("the warehouse is too busy to take this push now; try again")
 
-    def _push_once(self, conn: psycopg.Connection[Any], push: Push, exclusive: frozenset[str]) -> list[PushResult]:
+    def _push_once(
+        self, conn: psycopg.Connection[Any], push: Push, exclusive: frozenset[str]
+    ) -> list[PushResult]:
         client_id = push.client_id
         batches = sorted(push.batches, key=lambda b: b.table)  # locks in one order: no deadlock
         try:
             with conn.transaction():
                 for batch in batches:
-                    lock = "pg_advisory_xact_lock" if batch.table in exclusive else "pg_advisory_xact_lock_shared"
-                    conn.execute(f"SELECT {lock}(hashtextextended(%s, 0))", (_lock_key(client_id, batch.table),))
+                    lock = (
+                        "pg_advisory_xact_lock"
+                        if batch.table in exclusive
+                        else "pg_advisory_xact_lock_shared"
+                    )
+                    conn.execute(
+                        f"SELECT {lock}(hashtextextended(%s, 0))", (_lock_key(client_id, batch.table),)
+                    )
                 planned = []
                 for batch in batches:
                     sql = self._table_sql(conn, client_id, batch.table)
-                    plan = make_plan(sql.schema if sql else None, batch, self.limits,
-                                     self._inexact(conn, client_id, batch.table))
+                    plan = make_plan(
+                        sql.schema if sql else None,
+                        batch,
+                        self.limits,
+                        self._inexact(conn, client_id, batch.table),
+                    )
                     planned.append((batch, sql, plan))
                 wanted = frozenset(b.table for b, _sql, plan in planned if plan.changes_schema)
                 if not wanted <= exclusive:
@@ -137,8 +150,9 @@ class PostgresWarehouse(Warehouse):
             raise _Retry(exclusive) from exc
         return [results[b.table] for b in push.batches]
 
-    def _write(self, conn: psycopg.Connection[Any], client_id: int, batch: Batch, sql: q.TableSQL | None,
-               plan: Plan) -> PushResult:
+    def _write(
+        self, conn: psycopg.Connection[Any], client_id: int, batch: Batch, sql: q.TableSQL | None, plan: Plan
+    ) -> PushResult:
         if plan.changes_schema:
             sql = self._change_schema(conn, client_id, sql.schema if sql else None, plan)
         assert sql is not None
@@ -167,7 +181,8 @@ class PostgresWarehouse(Warehouse):
             c = quote(column)
             row = conn.execute(
                 f"SELECT 1 FROM {q.table_ref(client_id, table)} WHERE {c} > %s OR {c} < %s LIMIT 1",
-                (DOUBLE_EXACT, -DOUBLE_EXACT), prepare=False,
+                (DOUBLE_EXACT, -DOUBLE_EXACT),
+                prepare=False,
             ).fetchone()
             return row is not None
 
@@ -177,7 +192,8 @@ class PostgresWarehouse(Warehouse):
         """The table's statements at its current schema version (None: no such table yet)."""
         try:
             row = conn.execute(
-                f"SELECT version FROM {q.client_schema(client_id)}._importapi_tables WHERE name = %s", (table,)
+                f"SELECT version FROM {q.client_schema(client_id)}._importapi_tables WHERE name = %s",
+                (table,),
             ).fetchone()
         except pg_errors.UndefinedTable as exc:
             raise NotFound(f"client {client_id} does not exist") from exc
@@ -191,8 +207,9 @@ class PostgresWarehouse(Warehouse):
         sql = self._tables[(client_id, table)] = q.TableSQL(client_id, schema, row[0])
         return sql
 
-    def _load_schemas(self, conn: psycopg.Connection[Any], client_id: int,
-                      table: str | None = None) -> dict[str, TableSchema]:
+    def _load_schemas(
+        self, conn: psycopg.Connection[Any], client_id: int, table: str | None = None
+    ) -> dict[str, TableSchema]:
         s = q.client_schema(client_id)
         where, params = ("WHERE name = %s", (table,)) if table else ("", ())
         schemas = {
@@ -204,13 +221,15 @@ class PostgresWarehouse(Warehouse):
         where = "WHERE table_name = %s" if table else ""
         for table_name, name, kind, widened in conn.execute(
             f"SELECT table_name, name, kind, widened_at FROM {s}._importapi_columns {where}"
-            " ORDER BY table_name, position", params,
+            " ORDER BY table_name, position",
+            params,
         ):
             schemas[table_name].columns[name] = Column(name, Kind.from_label(kind), iso(widened))
         return schemas
 
-    def _change_schema(self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema | None,
-                       plan: Plan) -> q.TableSQL:
+    def _change_schema(
+        self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema | None, plan: Plan
+    ) -> q.TableSQL:
         now = _now()
         s, t = q.client_schema(client_id), q.table_ref(client_id, plan.table)
         if schema is None:
@@ -218,7 +237,8 @@ class PostgresWarehouse(Warehouse):
             conn.execute(q.create_table(client_id, created))
             conn.execute(
                 f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version)"
-                " VALUES (%s, %s, %s, %s, 1)", (plan.table, list(plan.key_fields), now, now),
+                " VALUES (%s, %s, %s, %s, 1)",
+                (plan.table, list(plan.key_fields), now, now),
             )
             position = 0
         else:
@@ -233,13 +253,16 @@ class PostgresWarehouse(Warehouse):
             except pg_errors.UniqueViolation as exc:
                 raise BadRequest(
                     f"table {plan.table!r}: widening a key column would make two rows share a key",
-                    code=Code.KEY_WIDENING_COLLISION) from exc
-            conn.execute(f"UPDATE {s}._importapi_tables SET version = version + 1 WHERE name = %s",
-                         (plan.table,))
+                    code=Code.KEY_WIDENING_COLLISION,
+                ) from exc
+            conn.execute(
+                f"UPDATE {s}._importapi_tables SET version = version + 1 WHERE name = %s", (plan.table,)
+            )
             for name, _old, wider in plan.widen:
                 conn.execute(
                     f"UPDATE {s}._importapi_columns SET kind = %s, widened_at = %s"
-                    " WHERE table_name = %s AND name = %s", (wider.label, now, plan.table, name),
+                    " WHERE table_name = %s AND name = %s",
+                    (wider.label, now, plan.table, name),
                 )
             position = len(schema.columns)
         with conn.cursor() as cur:
@@ -274,11 +297,14 @@ class PostgresWarehouse(Warehouse):
         if now - self._touched.get((client_id, table), -TOUCH_TABLE_SECONDS) < TOUCH_TABLE_SECONDS:
             return
         self._touched[(client_id, table)] = now
-        conn.execute(f"UPDATE {q.client_schema(client_id)}._importapi_tables SET last_push_at = %s"
-                     " WHERE name = %s", (_now(), table))
+        conn.execute(
+            f"UPDATE {q.client_schema(client_id)}._importapi_tables SET last_push_at = %s WHERE name = %s",
+            (_now(), table),
+        )
 
-    def _existing(self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema, plan: Plan,
-                  keys: list[Any]) -> set[Any]:
+    def _existing(
+        self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema, plan: Plan, keys: list[Any]
+    ) -> set[Any]:
         widen = {name: (old, new) for name, old, new in plan.widen if name in plan.key_fields}
         sql = q.probe_existing(client_id, schema, widen)
         single = len(schema.key_fields) == 1
@@ -313,14 +339,21 @@ class PostgresWarehouse(Warehouse):
                     found = [tuple(r) for r in cur.stream(sql.encode())]
                     return [d.name for d in cur.description or ()], found
             except pg_errors.ReadOnlySqlTransaction as exc:
-                raise BadRequest(f"query is read-only; this statement would write ({exc})", code=Code.QUERY_READ_ONLY) from exc
+                raise BadRequest(
+                    f"query is read-only; this statement would write ({exc})", code=Code.QUERY_READ_ONLY
+                ) from exc
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
                 raise BadRequest(f"query failed: {exc}", code=Code.QUERY_FAILED) from exc
 
     def read_rows(
-        self, client_id: int, table: str, *, descending: bool = False, offset: int = 0,
+        self,
+        client_id: int,
+        table: str,
+        *,
+        descending: bool = False,
+        offset: int = 0,
         limit: int | None = None,
     ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         conn = self._getconn()
@@ -337,8 +370,10 @@ class PostgresWarehouse(Warehouse):
             raise
         direction = " DESC" if descending else ""
         order = ", ".join(quote(k) + direction for k in schema.key_fields)
-        select = (f"SELECT {names(schema.columns)} FROM {q.table_ref(client_id, table)}"
-                  f" ORDER BY {order} LIMIT %s OFFSET %s")
+        select = (
+            f"SELECT {names(schema.columns)} FROM {q.table_ref(client_id, table)}"
+            f" ORDER BY {order} LIMIT %s OFFSET %s"
+        )
         kinds = [c.kind for c in schema.columns.values()]
         released = threading.Event()
 
@@ -362,8 +397,14 @@ class PostgresWarehouse(Warehouse):
             conn.rollback()
         self._pool.putconn(conn)
 
-    def _stream(self, conn: psycopg.Connection[Any], select: str, params: tuple[Any, ...],
-                kinds: list[Kind], release: Callable[[], None]) -> Iterator[tuple[Any, ...]]:
+    def _stream(
+        self,
+        conn: psycopg.Connection[Any],
+        select: str,
+        params: tuple[Any, ...],
+        kinds: list[Kind],
+        release: Callable[[], None],
+    ) -> Iterator[tuple[Any, ...]]:
         try:
             with conn.cursor(name="importapi_rows") as cur:
                 cur.execute(select, params)
@@ -375,8 +416,13 @@ class PostgresWarehouse(Warehouse):
         finally:
             release()
 
-    def restore_table(self, client_id: int, schema: TableSchema, rows: Iterable[Sequence[Any]],
-                      last_push_at: str | None = None) -> int:
+    def restore_table(
+        self,
+        client_id: int,
+        schema: TableSchema,
+        rows: Iterable[Sequence[Any]],
+        last_push_at: str | None = None,
+    ) -> int:
         s = q.client_schema(client_id)
         kinds = [c.kind for c in schema.columns.values()]
         count = 0
@@ -391,16 +437,20 @@ class PostgresWarehouse(Warehouse):
                 cur.executemany(
                     f"INSERT INTO {s}._importapi_columns (table_name, name, kind, position, created_at,"
                     " widened_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                    [(schema.name, c.name, c.kind.label, i, stamp(schema.created_at), stamp(c.widened_at))
-                     for i, c in enumerate(schema.columns.values())],
+                    [
+                        (schema.name, c.name, c.kind.label, i, stamp(schema.created_at), stamp(c.widened_at))
+                        for i, c in enumerate(schema.columns.values())
+                    ],
                 )
                 columns = names(schema.columns)
                 with cur.copy(f"COPY {q.table_ref(client_id, schema.name)} ({columns}) FROM STDIN") as copy:
                     for row in rows:
-                        copy.write_row([
-                            None if v is None else (bool(v) if k is Kind.BOOLEAN else to_storage(v, k))
-                            for v, k in zip(row, kinds)
-                        ])
+                        copy.write_row(
+                            [
+                                None if v is None else (bool(v) if k is Kind.BOOLEAN else to_storage(v, k))
+                                for v, k in zip(row, kinds)
+                            ]
+                        )
                         count += 1
         return count
 
@@ -411,8 +461,9 @@ class PostgresWarehouse(Warehouse):
 
     def check_writable(self) -> None:
         with self._connection(timeout=PING_TIMEOUT) as conn:
-            row = conn.execute("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean"
-                               ).fetchone()
+            row = conn.execute(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean"
+            ).fetchone()
         if row and row[0]:
             raise StorageUnavailable("the warehouse database is read-only (a standby?)")
 

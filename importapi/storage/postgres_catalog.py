@@ -74,8 +74,14 @@ class PostgresCatalogDB(CatalogDB):
         self._listener = _Listener(url)
         self._local = 0  # this process's own changes, seen before their notification arrives
 
-    def run(self, sql: str, params: Sequence[Any] = (), *, many: bool = False,
-            activity: bool = False) -> list[tuple[Any, ...]]:
+    def run(
+        self,
+        sql: str,
+        params: Sequence[Any] = (),
+        *,
+        many: bool = False,
+        activity: bool = False,  # noqa: ARG002 -- one database holds the catalog and the window
+    ) -> list[tuple[Any, ...]]:
         with pooled(self.pool) as conn:
             return _run(conn, sql, params, many)
 

@@ -49,8 +49,16 @@ def open_pool(url: str, size: int) -> Pool:
         psycopg.connect(url, connect_timeout=10).close()
     except psycopg.Error as exc:
         raise StorageUnavailable(f"cannot connect to the warehouse database: {one_line(exc)}") from exc
-    pool: Pool = ConnectionPool(url, min_size=1, max_size=size, kwargs={"autocommit": True},
-                                configure=_configure, open=False, name="importapi", timeout=POOL_TIMEOUT)
+    pool: Pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True},
+        configure=_configure,
+        open=False,
+        name="importapi",
+        timeout=POOL_TIMEOUT,
+    )
     try:
         pool.open(wait=True, timeout=10)
         _bootstrap(pool)
@@ -78,7 +86,9 @@ def _bootstrap(pool: Pool) -> None:
                 for statement in q.CATALOG_DDL:
                     conn.execute(statement)
         except psycopg.Error as exc:
-            raise StorageUnavailable(f"cannot set up the warehouse in this database: {one_line(exc)}") from exc
+            raise StorageUnavailable(
+                f"cannot set up the warehouse in this database: {one_line(exc)}"
+            ) from exc
 
 
 @contextmanager

@@ -171,8 +171,12 @@ def column_def(name: str, kind: Kind, key: bool) -> str:
 
 
 def create_table(client_id: int, schema: TableSchema) -> str:
-    defs = sql.column_defs("postgresql", [(c.name, c.kind) for c in schema.columns.values()], schema.key_fields)
-    return f"CREATE TABLE {table_ref(client_id, schema.name)} ({defs}, PRIMARY KEY ({names(schema.key_fields)}))"
+    defs = sql.column_defs(
+        "postgresql", [(c.name, c.kind) for c in schema.columns.values()], schema.key_fields
+    )
+    return (
+        f"CREATE TABLE {table_ref(client_id, schema.name)} ({defs}, PRIMARY KEY ({names(schema.key_fields)}))"
+    )
 
 
 class TableSQL:
@@ -199,8 +203,9 @@ class TableSQL:
             action = f"DO UPDATE SET {sets} RETURNING xmax = 0"
         else:
             action = "DO NOTHING RETURNING true"
-        self.upsert = (f"INSERT INTO {t} ({names(cols)})"
-                       f" SELECT * FROM unnest({arrays}) ON CONFLICT ({keys}) {action}")
+        self.upsert = (
+            f"INSERT INTO {t} ({names(cols)}) SELECT * FROM unnest({arrays}) ON CONFLICT ({keys}) {action}"
+        )
         self.key_positions = [cols.index(k) for k in schema.key_fields]
         self.all_keys = not others
 
@@ -220,5 +225,7 @@ def probe_existing(client_id: int, schema: TableSchema, widen: dict[str, tuple[K
     if len(exprs) == 1:
         return f"SELECT {exprs[0]} FROM {t} WHERE {exprs[0]} = ANY({arrays[0]})"
     names = ", ".join(f"k{i}" for i in range(len(exprs)))
-    return (f"SELECT {', '.join(exprs)} FROM {t} WHERE ({', '.join(exprs)}) IN"
-            f" (SELECT * FROM unnest({', '.join(arrays)}) AS probe ({names}))")
+    return (
+        f"SELECT {', '.join(exprs)} FROM {t} WHERE ({', '.join(exprs)}) IN"
+        f" (SELECT * FROM unnest({', '.join(arrays)}) AS probe ({names}))"
+    )

@@ -27,12 +27,20 @@ Dialect = Literal["sqlite", "postgresql"]
 
 TYPES: dict[Dialect, dict[Kind, str]] = {
     "sqlite": {
-        Kind.BOOLEAN: "BOOLEAN", Kind.INTEGER: "INTEGER", Kind.DOUBLE: "REAL", Kind.DECIMAL: "TEXT",
-        Kind.TEXT: "TEXT", Kind.JSON: "TEXT",
+        Kind.BOOLEAN: "BOOLEAN",
+        Kind.INTEGER: "INTEGER",
+        Kind.DOUBLE: "REAL",
+        Kind.DECIMAL: "TEXT",
+        Kind.TEXT: "TEXT",
+        Kind.JSON: "TEXT",
     },
     "postgresql": {
-        Kind.BOOLEAN: "boolean", Kind.INTEGER: "bigint", Kind.DOUBLE: "double precision",
-        Kind.DECIMAL: "numeric", Kind.TEXT: "text", Kind.JSON: "jsonb",
+        Kind.BOOLEAN: "boolean",
+        Kind.INTEGER: "bigint",
+        Kind.DOUBLE: "double precision",
+        Kind.DECIMAL: "numeric",
+        Kind.TEXT: "text",
+        Kind.JSON: "jsonb",
     },
 }
 

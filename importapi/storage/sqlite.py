@@ -110,8 +110,9 @@ class SQLiteCatalogDB(CatalogDB):
     def _conn(self, activity: bool) -> sqlite3.Connection:
         return self._activity if activity else self._catalog
 
-    def run(self, sql: str, params: Sequence[Any] = (), *, many: bool = False,
-            activity: bool = False) -> list[tuple[Any, ...]]:
+    def run(
+        self, sql: str, params: Sequence[Any] = (), *, many: bool = False, activity: bool = False
+    ) -> list[tuple[Any, ...]]:
         with self._locks[activity]:
             conn = self._conn(activity)
             try:
@@ -160,8 +161,11 @@ class SQLiteCatalogDB(CatalogDB):
             pass
 
     def close(self) -> None:
-        for lock, conn in ((self._locks[False], self._catalog), (self._watch_lock, self._watch),
-                           (self._locks[True], self._activity)):
+        for lock, conn in (
+            (self._locks[False], self._catalog),
+            (self._watch_lock, self._watch),
+            (self._locks[True], self._activity),
+        ):
             with lock:
                 conn.close()
 
@@ -178,8 +182,9 @@ def _stream(conn: sqlite3.Connection, cursor: sqlite3.Cursor, kinds: list[Kind])
 
 
 class SQLiteWarehouse(Warehouse):
-    def __init__(self, folder: str | os.PathLike[str], limits: Limits | None = None,
-                 synchronous: str = "FULL") -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], limits: Limits | None = None, synchronous: str = "FULL"
+    ) -> None:
         self.folder = Path(folder)
         self.limits = limits or Limits()
         self.synchronous = synchronous.upper()
@@ -229,8 +234,9 @@ class SQLiteWarehouse(Warehouse):
         path = self._client_path(client_id)
         if not path.exists():
             raise NotFound(f"client {client_id} does not exist")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)  # read_rows' stream may move threads
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )  # read_rows' stream may move threads
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA query_only = ON")
         return conn
@@ -242,8 +248,9 @@ class SQLiteWarehouse(Warehouse):
             schemas = load_schemas(conn)
             pushed = dict(conn.execute("SELECT name, last_push_at FROM _importapi_tables").fetchall())
             return [
-                TableInfo(s, conn.execute(f"SELECT count(*) FROM {quote(s.name)}").fetchone()[0],
-                          pushed.get(s.name))
+                TableInfo(
+                    s, conn.execute(f"SELECT count(*) FROM {quote(s.name)}").fetchone()[0], pushed.get(s.name)
+                )
                 for s in sorted(schemas.values(), key=lambda s: s.name)
             ]
         except sqlite3.Error as exc:
@@ -259,14 +266,20 @@ class SQLiteWarehouse(Warehouse):
             return columns, cursor.fetchall()
         except sqlite3.Error as exc:
             if error_code(exc) == _SQLITE_READONLY:
-                raise BadRequest(f"query is read-only; this statement would write ({exc})",
-                                 code=Code.QUERY_READ_ONLY) from exc
+                raise BadRequest(
+                    f"query is read-only; this statement would write ({exc})", code=Code.QUERY_READ_ONLY
+                ) from exc
             raise BadRequest(f"query failed: {exc}", code=Code.QUERY_FAILED) from exc
         finally:
             conn.close()
 
     def read_rows(
-        self, client_id: int, table: str, *, descending: bool = False, offset: int = 0,
+        self,
+        client_id: int,
+        table: str,
+        *,
+        descending: bool = False,
+        offset: int = 0,
         limit: int | None = None,
     ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         conn = self._reader(client_id)
@@ -291,29 +304,40 @@ class SQLiteWarehouse(Warehouse):
         return list(schema.columns), _stream(conn, cursor, kinds)
 
     # -- copying a warehouse ----------------------------------------------
-    def restore_table(self, client_id: int, schema: TableSchema, rows: Iterable[Sequence[Any]],
-                      last_push_at: str | None = None) -> int:
+    def restore_table(
+        self,
+        client_id: int,
+        schema: TableSchema,
+        rows: Iterable[Sequence[Any]],
+        last_push_at: str | None = None,
+    ) -> int:
         columns = list(schema.columns.values())
-        insert = (f"INSERT INTO {quote(schema.name)} ({names(schema.columns)})"
-                  f" VALUES ({', '.join('?' for _ in columns)})")
+        insert = (
+            f"INSERT INTO {quote(schema.name)} ({names(schema.columns)})"
+            f" VALUES ({', '.join('?' for _ in columns)})"
+        )
         if not self._client_path(client_id).exists():
             raise NotFound(f"client {client_id} does not exist")
         conn = connect(self._client_path(client_id), self.synchronous)
         try:
             conn.execute("BEGIN IMMEDIATE")
             create_table(conn, schema.name, [(c.name, c.kind) for c in columns], schema.key_fields)
-            conn.execute("INSERT INTO _importapi_tables (name, key_fields, created_at, last_push_at)"
-                         " VALUES (?, ?, ?, ?)",
-                         (schema.name, json.dumps(list(schema.key_fields)), schema.created_at, last_push_at))
+            conn.execute(
+                "INSERT INTO _importapi_tables (name, key_fields, created_at, last_push_at)"
+                " VALUES (?, ?, ?, ?)",
+                (schema.name, json.dumps(list(schema.key_fields)), schema.created_at, last_push_at),
+            )
             conn.executemany(
                 "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, widened_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [(schema.name, c.name, c.kind.label, i, schema.created_at, c.widened_at)
-                 for i, c in enumerate(columns)],
+                [
+                    (schema.name, c.name, c.kind.label, i, schema.created_at, c.widened_at)
+                    for i, c in enumerate(columns)
+                ],
             )
-            count = conn.executemany(insert, (
-                [to_storage(v, c.kind) for v, c in zip(row, columns)] for row in rows
-            )).rowcount
+            count = conn.executemany(
+                insert, ([to_storage(v, c.kind) for v, c in zip(row, columns)] for row in rows)
+            ).rowcount
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:

@@ -66,15 +66,18 @@ def storage_error(exc: sqlite3.Error) -> ImportApiError:
     return ServerError()
 
 
-def create_table(conn: sqlite3.Connection, name: str, columns: list[tuple[str, Kind]],
-                 key_fields: tuple[str, ...]) -> None:
+def create_table(
+    conn: sqlite3.Connection, name: str, columns: list[tuple[str, Kind]], key_fields: tuple[str, ...]
+) -> None:
     """A table and the unique index on its key fields."""
     conn.execute(f"CREATE TABLE {quote(name)} ({column_defs('sqlite', columns, key_fields)})")
     create_key_index(conn, name, key_fields)
 
 
 def create_key_index(conn: sqlite3.Connection, table: str, key_fields: tuple[str, ...]) -> None:
-    conn.execute(f"CREATE UNIQUE INDEX {quote('_importapi_key_' + table)} ON {quote(table)} ({names(key_fields)})")
+    conn.execute(
+        f"CREATE UNIQUE INDEX {quote('_importapi_key_' + table)} ON {quote(table)} ({names(key_fields)})"
+    )
 
 
 def widen_function(value: Any, old: str, new: str) -> Any:
@@ -89,9 +92,22 @@ def holds_inexact(conn: sqlite3.Connection, table: str, column: str) -> bool:
 
 
 # Doubles whose text is hardest to read back exactly: the extremes, subnormals, halfway cases.
-_HARD_DOUBLES = (0.1, 1 / 3, -2.5e-8, 5e-324, 2.2250738585072014e-308, 2.225073858507201e-308,
-                 1.7976931348623157e308, 9007199254740993.0, 0.30000000000000004, 1e23, 8.41e21,
-                 4.35679e-10, 123456789012345.67, -0.0)
+_HARD_DOUBLES = (
+    0.1,
+    1 / 3,
+    -2.5e-8,
+    5e-324,
+    2.2250738585072014e-308,
+    2.225073858507201e-308,
+    1.7976931348623157e308,
+    9007199254740993.0,
+    0.30000000000000004,
+    1e23,
+    8.41e21,
+    4.35679e-10,
+    123456789012345.67,
+    -0.0,
+)
 
 
 def json_rows_work(conn: sqlite3.Connection) -> bool:
@@ -106,8 +122,10 @@ def json_rows_work(conn: sqlite3.Connection) -> bool:
     ints = (INT64_MIN, INT64_MAX, INT64_MIN + 1, 0)
     rows = [(v, repr(v), ints[i % 4], i % 2 == 0) for i, v in enumerate(_HARD_DOUBLES)]
     try:
-        back = conn.execute("SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
-                            (encode_rows(rows),)).fetchall()
+        back = conn.execute(
+            "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?)",
+            (encode_rows(rows),),
+        ).fetchall()
     except sqlite3.Error:
         return False
     return [(repr(a), b, c, d) for a, b, c, d in back] == [(b, b, c, int(d)) for _, b, c, d in rows]
@@ -163,8 +181,10 @@ class TableSQL:
         # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
         # needs it between a SELECT and ON CONFLICT.
         values = ", ".join(f"value ->> {i}" for i in range(len(cols)))
-        self.upsert_rows = (f"INSERT INTO {t} ({col_list}) SELECT {values} FROM json_each(?) WHERE true"
-                            f" ON CONFLICT ({conflict}) {action}")
+        self.upsert_rows = (
+            f"INSERT INTO {t} ({col_list}) SELECT {values} FROM json_each(?) WHERE true"
+            f" ON CONFLICT ({conflict}) {action}"
+        )
         key_cols = names(keys)
         if len(keys) == 1:
             probe = ", ".join("?" for _ in range(max_points))

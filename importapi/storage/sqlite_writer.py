@@ -138,8 +138,7 @@ class _Checkpointer:
                 if frames >= RESTART_WAL_FRAMES:
                     self.caught_up.set()
             except sqlite3.Error:
-                log.warning("checkpoint of %s failed; the next one will retry", self.path.name,
-                            exc_info=True)
+                log.warning("checkpoint of %s failed; the next one will retry", self.path.name, exc_info=True)
             self.stopping.wait(self.interval)
         if conn is not None:
             conn.close()
@@ -169,8 +168,9 @@ class ClientWriter:
         self.jobs.put(_Job(push, future))
         return future
 
-    def submit_from_loop(self, push: Push, loop: asyncio.AbstractEventLoop,
-                         answer: asyncio.Future[Results]) -> None:
+    def submit_from_loop(
+        self, push: Push, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[Results]
+    ) -> None:
         """``submit`` for an event loop: ``answer`` is resolved on ``loop``."""
         self.jobs.put(_Job(push, None, loop, answer))
 
@@ -295,8 +295,10 @@ class ClientWriter:
             self._refresh(conn)
             for batch in push.batches:
                 self.last_rowid.pop(batch.table, None)
-            return BadRequest(f"table {table!r}: widening a key column would make two rows share a key ({exc})",
-                              code=Code.KEY_WIDENING_COLLISION)
+            return BadRequest(
+                f"table {table!r}: widening a key column would make two rows share a key ({exc})",
+                code=Code.KEY_WIDENING_COLLISION,
+            )
         conn.execute(f"RELEASE push{n}")
         return results
 
@@ -316,8 +318,9 @@ class ClientWriter:
         self.pushed.add(batch.table)
         return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe(), plan.kinds)
 
-    def _upsert(self, conn: sqlite3.Connection, sql: TableSQL, schema: TableSchema | None,
-                plan: Plan, rows: Rows) -> int:
+    def _upsert(
+        self, conn: sqlite3.Connection, sql: TableSQL, schema: TableSchema | None, plan: Plan, rows: Rows
+    ) -> int:
         """Write the rows; return how many distinct keys were new (data points inserted)."""
         table = plan.table
         before = self.last_rowid.get(table)
@@ -361,8 +364,7 @@ class ClientWriter:
         if widened:
             kinds = [widened.get(k) for k in schema.key_fields]
             found = [
-                tuple(v if w is None else widen_stored(v, *w) for v, w in zip(row, kinds))
-                for row in found
+                tuple(v if w is None else widen_stored(v, *w) for v, w in zip(row, kinds)) for row in found
             ]
         return {row[0] for row in found} if single else set(found)
 
