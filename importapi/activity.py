@@ -113,23 +113,10 @@ class ActivityRecorder:
 
     @staticmethod
     def _event(item: tuple[Any, ...]) -> Activity:
-        at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, details, path = item
-        if status >= 400 and cid is None:
+        at, rid, route, cid, key_id, table, *outcome, details, path = item
+        if outcome[-1] >= 400 and cid is None:  # refused before the key said whose it is
             cid, table = _from_path(path)
-        return Activity(
-            _stamp(at),
-            rid,
-            route,
-            cid,
-            key_id,
-            table,
-            points,
-            inserted,
-            replaced,
-            sandbox,
-            status,
-            tuple(details),
-        )
+        return Activity(*(_stamp(at), rid, route, cid, key_id, table, *outcome, tuple(details)))
 
     def close(self) -> None:
         """Stop the writer and write what is still queued."""

@@ -51,6 +51,11 @@ def errors_as_messages(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def reads_warehouse(fn: F) -> F:
+    """A command on a warehouse: ``--json``, ``--database``, and errors as messages."""
+    return json_option(database_option(errors_as_messages(fn)))
+
+
 @contextmanager
 def storage_for(database: str | None) -> Iterator[Storage]:
     with open_storage(Settings.from_env(database=database)) as storage:
@@ -143,9 +148,7 @@ def clients() -> None:
 
 @clients.command("create")
 @click.argument("name")
-@json_option
-@database_option
-@errors_as_messages
+@reads_warehouse
 def clients_create(name: str, as_json: bool, database: str | None) -> None:
     """Create a client (a warehouse of its own)."""
     with storage_for(database) as storage:
@@ -157,9 +160,7 @@ def clients_create(name: str, as_json: bool, database: str | None) -> None:
 
 
 @clients.command("list")
-@json_option
-@database_option
-@errors_as_messages
+@reads_warehouse
 def clients_list(as_json: bool, database: str | None) -> None:
     """List clients."""
     with storage_for(database) as storage:
@@ -178,9 +179,7 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("client_id", type=int)
-@json_option
-@database_option
-@errors_as_messages
+@reads_warehouse
 def keys_create(client_id: int, as_json: bool, database: str | None) -> None:
     """Create a key for a client; the key is shown only this once."""
     with storage_for(database) as storage:
@@ -196,9 +195,7 @@ def keys_create(client_id: int, as_json: bool, database: str | None) -> None:
 
 @keys.command("list")
 @click.argument("client_id", type=int)
-@json_option
-@database_option
-@errors_as_messages
+@reads_warehouse
 def keys_list(client_id: int, as_json: bool, database: str | None) -> None:
     """List a client's keys (never the keys themselves)."""
     with storage_for(database) as storage:
@@ -213,9 +210,7 @@ def keys_list(client_id: int, as_json: bool, database: str | None) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-@json_option
-@database_option
-@errors_as_messages
+@reads_warehouse
 def keys_revoke(key_id: str, as_json: bool, database: str | None) -> None:
     """Revoke a key: requests with it are refused from now on."""
     with storage_for(database) as storage:
@@ -228,9 +223,7 @@ def keys_revoke(key_id: str, as_json: bool, database: str | None) -> None:
 
 @main.command()
 @click.argument("client_id", type=int)
-@json_option
-@database_option
-@errors_as_messages
+@reads_warehouse
 def tables(client_id: int, as_json: bool, database: str | None) -> None:
     """A client's tables: key fields, columns with their types, row counts."""
     with storage_for(database) as storage:

@@ -29,24 +29,20 @@ class Limits:
     max_key_fields: int = 8
 
 
-def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, not {raw!r}")
-    return value
+def _integer(minimum: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, not {raw!r}") from None
+        if value < minimum:
+            raise ValueError(f"{name} must be {'positive' if minimum else 'zero or more'}, not {raw!r}")
+        return value
+
+    return parse
 
 
-def _count(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be zero or more, not {raw!r}")
-    return value
+_positive_int, _count = _integer(1), _integer(0)
 
 
 def _port(name: str, raw: str) -> int:
@@ -127,27 +123,28 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 
 @dataclass(frozen=True)
 class Settings:
+    """A server process's settings; the README's Configuration table says what each means.
+
+    ``rate_limit`` 0 and ``rate_burst`` 0 mean no rate limit and one second's worth of
+    requests; ``max_concurrent`` requests in progress per process, more are answered 503
+    with Retry-After; ``body_timeout`` and ``header_timeout`` are the seconds a client has to
+    send a whole body, and a request line with its headers (a slower one is answered 408).
+    """
+
     database: str = DEFAULT_DATABASE
     host: str = "127.0.0.1"
     port: int = 8080
     server: str = "uvicorn"
-    """The HTTP server that runs the application: uvicorn, or granian."""
     limits: Limits = field(default_factory=Limits)
     sqlite_synchronous: str = "FULL"
-    pool_size: int = 8
-    """PostgreSQL: connections per server process (pushes in progress at once)."""
+    pool_size: int = 8  # PostgreSQL: connections per server process
     key_touch_seconds: int = 60
     access_log: bool = True
     rate_limit: float = 0.0
-    """Requests per second per key; 0 turns rate limiting off (the default)."""
     rate_burst: int = 0
-    """Requests a key may send at once; 0 means one second's worth."""
     max_concurrent: int = 256
-    """Requests in progress per server process; more are answered 503 with Retry-After."""
     body_timeout: float = 60.0
-    """Seconds a client has to send a whole request body; a slower one is answered 408."""
     header_timeout: float = 15.0
-    """Seconds a client has to send a request line and headers; a slower one is answered 408."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

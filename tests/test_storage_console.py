@@ -13,7 +13,7 @@ from importapi.errors import Code, Detail, NotFound
 from importapi.rjmetrics.validate import validate
 from importapi.settings import Limits, Settings
 from importapi.storage import Storage, open_storage
-from importapi.storage.base import Activity
+from importapi.storage.base import Activity, Page
 from tests.helpers import apply
 
 
@@ -66,9 +66,9 @@ def test_rows_come_in_key_order_paged_with_their_pushed_values(storage: Storage)
         (1, "y", False, [1, "2"], 3),
         (2, "x", True, {"k": [1]}, 2**70),
     ]
-    _, rows = storage.warehouse.read_rows(client.client_id, "t", descending=True, offset=1, limit=1)
+    _, rows = storage.warehouse.read_rows(client.client_id, "t", Page(descending=True, offset=1, limit=1))
     assert list(rows) == [(1, "y", False, [1, "2"], 3)]
-    _, rows = storage.warehouse.read_rows(client.client_id, "t", offset=5)
+    _, rows = storage.warehouse.read_rows(client.client_id, "t", Page(offset=5))
     assert list(rows) == []
 
 
@@ -78,7 +78,7 @@ def test_a_long_read_streams_and_can_stop_early(storage: Storage) -> None:
         push(storage, client.client_id, "t", [{"keys": ["n"], "n": n} for n in range(start, start + 100)])
     _, rows = storage.warehouse.read_rows(client.client_id, "t")
     assert sum(1 for _ in rows) == 1200
-    _, rows = storage.warehouse.read_rows(client.client_id, "t", descending=True)
+    _, rows = storage.warehouse.read_rows(client.client_id, "t", Page(descending=True))
     assert next(rows) == (1199,)
     rows.close()  # type: ignore[attr-defined]
 
@@ -118,7 +118,5 @@ def test_any_page_is_that_slice_of_the_whole_table_in_key_order(
         client = storage.create_client("shop")
         push(storage, client.client_id, "t", [{"keys": ["n", "s"], "n": n, "s": s} for n, s in keys])
         whole = sorted(keys, reverse=descending)
-        _, rows = storage.warehouse.read_rows(
-            client.client_id, "t", descending=descending, offset=offset, limit=limit
-        )
+        _, rows = storage.warehouse.read_rows(client.client_id, "t", Page(descending, offset, limit))
         assert list(rows) == whole[offset : offset + limit]

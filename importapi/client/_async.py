@@ -7,79 +7,40 @@ waiting differs. ``data`` may also be an async iterable.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Callable, Coroutine
+from collections.abc import AsyncIterable, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, Self
 
 import httpx
 
+from importapi.client import _core
 from importapi.client._batching import Batch, Batcher, abatches, as_records
-from importapi.client._core import (
-    Answer,
-    ClientBase,
-    Progress,
-    Pushing,
-    PushSummary,
-    Reply,
-    Send,
-    Steps,
-    Wait,
-    authenticated,
-)
-from importapi.client._retry import Retry
 from importapi.client._sync import no_reply, reply_of
 
-Outcome = tuple[Reply, int]
+Outcome = tuple[_core.Reply, int]
 
 
-async def drive(steps: Steps, send: Callable[[Send], Coroutine[Any, Any, Reply]]) -> Outcome:
+async def drive(steps: _core.Steps, send: Callable[[_core.Send], Awaitable[_core.Reply]]) -> Outcome:
     """Carry out a request's steps with ``await``."""
-    reply: Reply | None = None
-    while True:
-        try:
-            step = steps.send(reply)
-        except StopIteration as stop:
-            outcome: Outcome = stop.value
-            return outcome
-        if isinstance(step, Wait):
-            await asyncio.sleep(step.seconds)
-            reply = None
+    step = _core.advance(steps, None)
+    while isinstance(step, _core.Send | _core.Wait):
+        if isinstance(step, _core.Send):
+            step = _core.advance(steps, await send(step))
         else:
-            reply = await send(step)
+            await asyncio.sleep(step.seconds)
+            step = _core.advance(steps, None)
+    return step
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(_core.ClientBase):
     """``Client`` for asyncio programs: ``await client.authenticate()``,
     ``await client.push_data(table_name, data)``; use it with ``async with``."""
 
-    def __init__(
-        self,
-        client_id: int,
-        api_key: str,
-        *,
-        url: str | None = None,
-        concurrency: int = 4,
-        gzip: bool = False,
-        retry: Retry | None = None,
-        timeout: float = 60.0,
-        max_points: int = 100,
-        max_bytes: int = 5 * 1024 * 1024,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            client_id,
-            api_key,
-            url=url,
-            concurrency=concurrency,
-            gzip=gzip,
-            retry=retry,
-            max_points=max_points,
-            max_bytes=max_bytes,
-        )
+    def _open(self, transport: httpx.AsyncBaseTransport | None, timeout: float) -> None:
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
 
     async def aclose(self) -> None:
@@ -91,7 +52,7 @@ class AsyncClient(ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _send(self, step: Send) -> Reply:
+    async def _send(self, step: _core.Send) -> _core.Reply:
         try:
             response = await self._http.request(
                 step.method, step.url, headers=step.headers, content=step.content
@@ -102,11 +63,11 @@ class AsyncClient(ClientBase):
 
     async def authenticate(self) -> bool:
         """True if the key may push data for this client."""
-        return authenticated((await drive(self._auth_steps(None), self._send))[0])
+        return _core.authenticated((await drive(self._auth_steps(None), self._send))[0])
 
-    async def authenticateWithAPI(self, base_url: str | None = None) -> Answer:  # the original name
+    async def authenticateWithAPI(self, base_url: str | None = None) -> _core.Answer:  # the original name
         reply, _ = await drive(self._auth_steps(base_url), self._send)
-        return Answer(0, reply.status, reply.content)
+        return _core.Answer(0, reply.status, reply.content)
 
     async def push_data(
         self,
@@ -114,9 +75,9 @@ class AsyncClient(ClientBase):
         data: Any,
         base_url: str | None = None,
         *,
-        progress: Progress | None = None,
+        progress: _core.Progress | None = None,
         keep_answers: bool = True,
-    ) -> PushSummary:
+    ) -> _core.PushSummary:
         """As ``Client.push_data``; ``data`` may also be an async iterable."""
         records = data if isinstance(data, AsyncIterable) else as_records(data)
         pushing = self._pushing(table_name, base_url, progress, keep_answers)
@@ -140,13 +101,13 @@ class AsyncClient(ClientBase):
         return pushing.result()
 
 
-async def _collect(pushing: Pushing, running: dict[asyncio.Task[Outcome], Batch], when: str) -> None:
+async def _collect(pushing: _core.Pushing, running: dict[asyncio.Task[Outcome], Batch], when: str) -> None:
     done, _ = await asyncio.wait(running, return_when=when)
     _reap(pushing, done, running)
 
 
 def _reap(
-    pushing: Pushing, done: set[asyncio.Task[Outcome]], running: dict[asyncio.Task[Outcome], Batch]
+    pushing: _core.Pushing, done: set[asyncio.Task[Outcome]], running: dict[asyncio.Task[Outcome], Batch]
 ) -> None:
     for task in done:
         batch = running.pop(task)

@@ -13,7 +13,7 @@ import gzip as gzip_module
 import json
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -49,6 +49,15 @@ class Reply:
 
 Step = Send | Wait
 Steps = Generator[Step, Reply | None, tuple[Reply, int]]
+
+
+def advance(steps: Steps, reply: Reply | None) -> Step | tuple[Reply, int]:
+    """A request's next step, given the reply to the last one; its outcome once it is over."""
+    try:
+        return steps.send(reply)
+    except StopIteration as stop:
+        outcome: tuple[Reply, int] = stop.value
+        return outcome
 
 
 def exchange(send: Send, retry: Retry) -> Steps:
@@ -104,19 +113,22 @@ class Answer:
 
 @dataclass
 class PushSummary:
-    """What a push did. ``requests`` counts requests answered 2xx, ``retries`` the extra
-    tries it took, ``records`` the records acknowledged, and ``acknowledged`` how many
-    records from the start of the input were all acknowledged (where a resumed push
-    starts). Iterating gives one ``Answer`` per request, as the original client did."""
+    """What a push did. Iterating gives one ``Answer`` per request, as the original client did."""
 
     table: str
     sandbox: bool = False
     requests: int = 0
+    """Requests answered 2xx."""
     records: int = 0
+    """Records acknowledged."""
     acknowledged: int = 0
+    """How many records from the start of the input were all acknowledged: where a resumed push starts."""
     inserted: int = 0
+    """Records whose key was new."""
     replaced: int = 0
+    """Records that replaced a stored row."""
     retries: int = 0
+    """The extra tries the requests took."""
     elapsed: float = 0.0
     answers: list[Answer] = field(default_factory=list, repr=False)
 
@@ -126,18 +138,8 @@ class PushSummary:
         return self.records / self.elapsed if self.elapsed > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "table": self.table,
-            "sandbox": self.sandbox,
-            "requests": self.requests,
-            "records": self.records,
-            "acknowledged": self.acknowledged,
-            "inserted": self.inserted,
-            "replaced": self.replaced,
-            "retries": self.retries,
-            "elapsed": round(self.elapsed, 3),
-            "rate": round(self.rate, 1),
-        }
+        counts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "answers"}
+        return {**counts, "elapsed": round(self.elapsed, 3), "rate": round(self.rate, 1)}
 
     def __iter__(self) -> Any:
         return iter(self.answers)
@@ -321,13 +323,17 @@ class ClientBase:
         client_id: int,
         api_key: str,
         *,
-        url: str | None,
-        concurrency: int,
-        gzip: bool,
-        retry: Retry | None,
-        max_points: int,
-        max_bytes: int,
+        url: str | None = None,
+        concurrency: int = 4,
+        gzip: bool = False,
+        retry: Retry | None = None,
+        timeout: float = 60.0,
+        max_points: int = 100,
+        max_bytes: int = 5 * 1024 * 1024,
+        transport: Any = None,
     ) -> None:
+        """``transport``: an httpx transport for the driver's HTTP client (tests reach an
+        application in process through one)."""
         if type(client_id) is not int:
             raise ValueError(f"Client ID '{client_id}' must be an integer.")
         if not isinstance(api_key, str):
@@ -343,6 +349,11 @@ class ClientBase:
         self.retry = retry or Retry()
         self.max_points = max_points
         self.max_bytes = max_bytes
+        self._open(transport, timeout)
+
+    def _open(self, transport: Any, timeout: float) -> None:
+        """The driver's HTTP client, with ``concurrency`` connections and this timeout."""
+        raise NotImplementedError
 
     def _headers(self) -> dict[str, str]:
         from importapi import __version__

@@ -26,27 +26,23 @@ from importapi.client._core import (
     Send,
     Steps,
     Wait,
+    advance,
     authenticated,
 )
-from importapi.client._retry import Retry
 
 Outcome = tuple[Reply, int]
 
 
 def drive(steps: Steps, send: Callable[[Send], Reply]) -> Outcome:
     """Carry out a request's steps with blocking calls."""
-    reply: Reply | None = None
-    while True:
-        try:
-            step = steps.send(reply)
-        except StopIteration as stop:
-            outcome: Outcome = stop.value
-            return outcome
+    step = advance(steps, None)
+    while isinstance(step, Send | Wait):
         if isinstance(step, Wait):
             time.sleep(step.seconds)
-            reply = None
+            step = advance(steps, None)
         else:
-            reply = send(step)
+            step = advance(steps, send(step))
+    return step
 
 
 def reply_of(response: httpx.Response) -> Reply:
@@ -74,36 +70,13 @@ class Client(ClientBase):
     ``PushRefused`` on a 4xx or ``PushFailed`` once retries run out.
     """
 
-    def __init__(
-        self,
-        client_id: int,
-        api_key: str,
-        *,
-        url: str | None = None,
-        concurrency: int = 4,
-        gzip: bool = False,
-        retry: Retry | None = None,
-        timeout: float = 60.0,
-        max_points: int = 100,
-        max_bytes: int = 5 * 1024 * 1024,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            client_id,
-            api_key,
-            url=url,
-            concurrency=concurrency,
-            gzip=gzip,
-            retry=retry,
-            max_points=max_points,
-            max_bytes=max_bytes,
-        )
+    def _open(self, transport: httpx.BaseTransport | None, timeout: float) -> None:
         self._http = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="importapi-push")
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="importapi-push")
         # Code written for the original client never closes it: clean up when it is dropped.
         self._closer = weakref.finalize(self, _close, self._http, self._pool)
 

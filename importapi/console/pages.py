@@ -19,7 +19,7 @@ from importapi.activity import KEEP
 from importapi.console.exports import csv_text
 from importapi.console.web import form, int_param, page, refuse, render, see_other, storage_of
 from importapi.errors import NotFound
-from importapi.storage.base import ClientInfo, TableInfo
+from importapi.storage.base import ClientInfo, Page, TableInfo
 
 ROWS_PER_PAGE = 50
 SOURCES = {"import-api": "Data Import API"}
@@ -141,13 +141,8 @@ def table(request: Request) -> Response:
     descending = request.query_params.get("order") == "desc"
     pages = max(1, -(-info.row_count // ROWS_PER_PAGE))
     number = min(int_param(request.query_params.get("page"), 1), pages)
-    columns, rows = storage_of(request).warehouse.read_rows(
-        client.client_id,
-        info.schema.name,
-        descending=descending,
-        offset=(number - 1) * ROWS_PER_PAGE,
-        limit=ROWS_PER_PAGE,
-    )
+    page = Page(descending=descending, offset=(number - 1) * ROWS_PER_PAGE, limit=ROWS_PER_PAGE)
+    columns, rows = storage_of(request).warehouse.read_rows(client.client_id, info.schema.name, page)
     return render(
         request,
         "table.html",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -65,13 +66,7 @@ class KeyInfo:
     revoked_at: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "key_id": self.key_id,
-            "client_id": self.client_id,
-            "created_at": self.created_at,
-            "last_used_at": self.last_used_at,
-            "revoked_at": self.revoked_at,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -129,6 +124,20 @@ class CatalogDump:
     settings: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Page:
+    """Which rows of a table to read, in key order."""
+
+    descending: bool = False
+    offset: int = 0
+    limit: int | None = None
+
+
+EVERY_ROW = Page()
+RowStream = tuple[list[str], Iterator[tuple[Any, ...]]]
+"""A table's column names, and its rows read lazily."""
+
+
 class Warehouse(abc.ABC):
     """One backend's data: each client's tables, their schemas and rows.
 
@@ -159,30 +168,17 @@ class Warehouse(abc.ABC):
         """Run read-only SQL on a client's data; a write statement is refused."""
 
     @abc.abstractmethod
-    def read_rows(
-        self,
-        client_id: int,
-        table: str,
-        *,
-        descending: bool = False,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
-        """A table's columns (schema order) and its rows ordered by the key fields.
+    def read_rows(self, client_id: int, table: str, page: Page = EVERY_ROW) -> RowStream:
+        """A table's columns (schema order) and its rows ordered by the key fields, or the
+        page of them asked for.
 
         Values come back as the JSON values they hold (``kinds.from_storage``). The rows are
         read lazily (an export streams them); an unknown table is a NotFound."""
 
     @abc.abstractmethod
-    def restore_table(
-        self,
-        client_id: int,
-        schema: TableSchema,
-        rows: Iterable[Sequence[Any]],
-        last_push_at: str | None = None,
-    ) -> int:
-        """Create a table with exactly this schema (column kinds, order, key fields, times)
-        and fill it with rows of JSON values in column order, as ``read_rows`` gives them;
+    def restore_table(self, client_id: int, info: TableInfo, rows: Iterable[Sequence[Any]]) -> int:
+        """Create a table with exactly this schema and last push (column kinds, order, key
+        fields, times) and fill it with rows of JSON values in column order, as ``read_rows`` gives them;
         the number of rows written. The table must not exist yet."""
 
     @abc.abstractmethod

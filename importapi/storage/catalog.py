@@ -245,23 +245,8 @@ class Catalog:
             (refused, limit),
             activity=True,
         )
-        return [
-            Activity(
-                at,
-                rid,
-                route,
-                cid,
-                key_id,
-                table,
-                points,
-                inserted,
-                replaced,
-                bool(sandbox),
-                status,
-                tuple(_details(reasons)),
-            )
-            for at, rid, route, cid, key_id, table, points, inserted, replaced, sandbox, status, reasons in rows
-        ]
+        # at, request_id, route, client_id, key_id, table, points, inserted, replaced | sandbox, status, reasons
+        return [Activity(*(*r[:9], bool(r[9]), r[10], tuple(_details(r[11])))) for r in rows]
 
     # -- copying a warehouse --------------------------------------------------
     def export(self) -> CatalogDump:

@@ -39,7 +39,7 @@ def copy_warehouse(
     for client in dump.clients:
         for info in source.warehouse.tables(client.client_id):
             _, rows = source.warehouse.read_rows(client.client_id, info.schema.name)
-            count = target.warehouse.restore_table(client.client_id, info.schema, rows, info.last_push_at)
+            count = target.warehouse.restore_table(client.client_id, info, rows)
             summary.tables += 1
             summary.rows += count
             if progress:

@@ -35,7 +35,7 @@ from importapi.push import Batch, Push, PushResult
 from importapi.schema import Column, Plan, Rows, TableSchema, count_changes, make_plan, prepare_rows
 from importapi.settings import Limits
 from importapi.storage import postgres_sql as q
-from importapi.storage.base import TableInfo, Warehouse
+from importapi.storage.base import EVERY_ROW, Page, RowStream, TableInfo, Warehouse
 from importapi.storage.postgres_pool import PING_TIMEOUT, POOL_TIMEOUT, Pool, iso, pooled, stamp
 from importapi.storage.sql import names, quote
 
@@ -347,15 +347,7 @@ class PostgresWarehouse(Warehouse):
             except psycopg.Error as exc:
                 raise BadRequest(f"query failed: {exc}", code=Code.QUERY_FAILED) from exc
 
-    def read_rows(
-        self,
-        client_id: int,
-        table: str,
-        *,
-        descending: bool = False,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    def read_rows(self, client_id: int, table: str, page: Page = EVERY_ROW) -> RowStream:
         conn = self._getconn()
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -368,7 +360,7 @@ class PostgresWarehouse(Warehouse):
             if isinstance(exc, psycopg.Error):
                 raise StorageUnavailable(f"cannot read table {table!r} ({exc})") from exc
             raise
-        direction = " DESC" if descending else ""
+        direction = " DESC" if page.descending else ""
         order = ", ".join(quote(k) + direction for k in schema.key_fields)
         select = (
             f"SELECT {names(schema.columns)} FROM {q.table_ref(client_id, table)}"
@@ -382,7 +374,7 @@ class PostgresWarehouse(Warehouse):
                 released.set()
                 self._putconn(conn)
 
-        rows = self._stream(conn, select, (limit, offset), kinds, release)
+        rows = self._stream(conn, select, (page.limit, page.offset), kinds, release)
         weakref.finalize(rows, release)
         return list(schema.columns), rows
 
@@ -416,13 +408,8 @@ class PostgresWarehouse(Warehouse):
         finally:
             release()
 
-    def restore_table(
-        self,
-        client_id: int,
-        schema: TableSchema,
-        rows: Iterable[Sequence[Any]],
-        last_push_at: str | None = None,
-    ) -> int:
+    def restore_table(self, client_id: int, info: TableInfo, rows: Iterable[Sequence[Any]]) -> int:
+        schema, last_push_at = info.schema, info.last_push_at
         s = q.client_schema(client_id)
         kinds = [c.kind for c in schema.columns.values()]
         count = 0

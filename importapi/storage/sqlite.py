@@ -26,9 +26,8 @@ from typing import Any
 from importapi.errors import BadRequest, Code, NotFound, StorageUnavailable
 from importapi.kinds import Kind, from_storage, to_storage
 from importapi.push import Push, PushResult
-from importapi.schema import TableSchema
 from importapi.settings import SYNCHRONOUS, Limits
-from importapi.storage.base import TableInfo, Warehouse
+from importapi.storage.base import EVERY_ROW, Page, RowStream, TableInfo, Warehouse
 from importapi.storage.catalog import CatalogDB, Run
 from importapi.storage.sql import names, quote
 from importapi.storage.sqlite_sql import (
@@ -273,26 +272,18 @@ class SQLiteWarehouse(Warehouse):
         finally:
             conn.close()
 
-    def read_rows(
-        self,
-        client_id: int,
-        table: str,
-        *,
-        descending: bool = False,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    def read_rows(self, client_id: int, table: str, page: Page = EVERY_ROW) -> RowStream:
         conn = self._reader(client_id)
         try:
             conn.execute("BEGIN")  # one snapshot for the schema and every row
             schema = load_schemas(conn).get(table)
             if schema is None:
                 raise NotFound(f"client {client_id} has no table {table!r}")
-            direction = " DESC" if descending else ""
+            direction = " DESC" if page.descending else ""
             order = ", ".join(quote(k) + direction for k in schema.key_fields)
             cursor = conn.execute(
                 f"SELECT {names(schema.columns)} FROM {quote(table)} ORDER BY {order} LIMIT ? OFFSET ?",
-                (-1 if limit is None else limit, offset),
+                (-1 if page.limit is None else page.limit, page.offset),
             )
         except sqlite3.Error as exc:
             conn.close()
@@ -304,13 +295,8 @@ class SQLiteWarehouse(Warehouse):
         return list(schema.columns), _stream(conn, cursor, kinds)
 
     # -- copying a warehouse ----------------------------------------------
-    def restore_table(
-        self,
-        client_id: int,
-        schema: TableSchema,
-        rows: Iterable[Sequence[Any]],
-        last_push_at: str | None = None,
-    ) -> int:
+    def restore_table(self, client_id: int, info: TableInfo, rows: Iterable[Sequence[Any]]) -> int:
+        schema, last_push_at = info.schema, info.last_push_at
         columns = list(schema.columns.values())
         insert = (
             f"INSERT INTO {quote(schema.name)} ({names(schema.columns)})"
