@@ -7,8 +7,9 @@ and the warehouse keeps only the newest ``keep`` pushes and ``keep`` refusals. B
 window lives in the warehouse, every server process records into it and the console of any
 process shows all of them.
 
-What is recorded: every push (data route), sandbox pushes included and marked, and every
-refusal of an API route (a bad key on authenticate, a 404 under ``/v1`` or ``/v2``).
+What is recorded: every push (the RJMetrics data route, the Stitch batch, push and validate
+routes), sandbox pushes included and marked, and every refusal of an API route (a bad key
+on authenticate, a 404 under ``/v1`` or ``/v2``).
 Status probes and successful authentications are not activity.
 """
 
@@ -19,7 +20,6 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
 
 from importapi.observe import RequestRecord
 from importapi.storage.base import Activity
@@ -30,6 +30,7 @@ log = logging.getLogger("importapi.activity")
 KEEP = 200  # pushes, and as many refusals, kept in the window
 FLUSH_SECONDS = 0.25
 _API_PREFIXES = ("/v1/", "/v2/", "/sandbox/v1/", "/sandbox/v2/")
+PUSH_ROUTES = frozenset(("data", "batch", "push", "validate"))
 
 
 def _stamp(seconds: float) -> str:
@@ -54,7 +55,7 @@ class ActivityRecorder:
         self.keep = keep
         self.flush_seconds = flush_seconds
         # Bounded: under a flood only the newest requests matter to the window anyway.
-        self._pending: deque[tuple[Any, ...]] = deque(maxlen=4 * keep)
+        self._pending: deque[tuple[float, RequestRecord]] = deque(maxlen=4 * keep)
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._flushing = threading.Lock()
@@ -64,29 +65,13 @@ class ActivityRecorder:
     def __call__(self, req: RequestRecord) -> None:
         """The hot path: one check and one append, nothing else."""
         route = req.route
-        if route != "data" and (
+        if route not in PUSH_ROUTES and (
             req.status < 400
-            or route == "status"
+            or route in ("status", "import_status")
             or (route == "other" and not req.path.startswith(_API_PREFIXES))
         ):
             return
-        self._pending.append(
-            (
-                time.time(),
-                req.rid,
-                route,
-                req.client_id,
-                req.key_id,
-                req.table,
-                req.points,
-                req.inserted,
-                req.replaced,
-                req.sandbox,
-                req.status,
-                req.details,
-                req.path,
-            )
-        )
+        self._pending.append((time.time(), req))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -112,11 +97,26 @@ class ActivityRecorder:
                 log.warning("could not record %d activity events", len(events), exc_info=True)
 
     @staticmethod
-    def _event(item: tuple[Any, ...]) -> Activity:
-        at, rid, route, cid, key_id, table, *outcome, details, path = item
-        if outcome[-1] >= 400 and cid is None:  # refused before the key said whose it is
-            cid, table = _from_path(path)
-        return Activity(*(_stamp(at), rid, route, cid, key_id, table, *outcome, tuple(details)))
+    def _event(item: tuple[float, RequestRecord]) -> Activity:
+        at, req = item
+        cid, table = req.client_id, req.table
+        if req.status >= 400 and cid is None:  # refused before the key said whose it is
+            cid, table = _from_path(req.path)
+        return Activity(
+            _stamp(at),
+            req.rid,
+            req.route,
+            cid,
+            req.key_id,
+            table,
+            req.points,
+            req.inserted,
+            req.replaced,
+            req.sandbox,
+            req.status,
+            tuple(req.details),
+            req.stale,
+        )
 
     def close(self) -> None:
         """Stop the writer and write what is still queued."""

@@ -32,9 +32,11 @@ from importapi.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from importapi.metrics import Metrics
 from importapi.observe import Observer, RequestRecord
 from importapi.openapi import build as build_openapi
-from importapi.ratelimit import ConcurrencyLimit, RateLimiter
+from importapi.ratelimit import BodyBudget, ConcurrencyLimit, RateLimiter
 from importapi.rjmetrics.routes import RJMetricsRoutes
 from importapi.settings import Settings
+from importapi.stitch.routes import PREFIX as STITCH_PREFIX
+from importapi.stitch.routes import StitchRoutes
 from importapi.storage import Storage, open_storage
 
 log = logging.getLogger("importapi.server")
@@ -72,6 +74,7 @@ class ImportApi:
             settings,
             Authenticator(storage.catalog, settings.key_touch_seconds),
             RateLimiter(settings.rate_limit, settings.rate_burst),
+            BodyBudget(settings.max_body_bytes_in_progress),
         )
         # Called with every finished request, after its answer is sent; keep them cheap.
         self.observers: list[Observer] = [log_access] if settings.access_log else []
@@ -79,6 +82,7 @@ class ImportApi:
         self.observers.append(self.metrics.observe)
         self.in_progress = ConcurrencyLimit(settings.max_concurrent)
         self.rjmetrics = RJMetricsRoutes(self.services)
+        self.stitch = StitchRoutes(self.services)
         self._openapi = _encode(build_openapi(settings.limits))
         self.console: ASGIApp | None = None  # the web console, answering under /console
         self.on_shutdown: list[Callable[[], None]] = []  # run before the storage closes
@@ -118,7 +122,7 @@ class ImportApi:
         if path == "/sandbox" or path.startswith("/sandbox/"):
             req.sandbox = True
             path = path[len("/sandbox") :] or "/"
-        return self.rjmetrics, path
+        return (self.stitch if path.startswith(STITCH_PREFIX) else self.rjmetrics), path
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -141,12 +145,14 @@ class ImportApi:
         except BaseException:
             if entered:
                 self.in_progress.leave()
+            self.services.bodies.release(req)
             raise
         try:
             await self._send(req, answer, send)
         finally:
             if entered:
                 self.in_progress.leave()
+            self.services.bodies.release(req)
         req.status = answer.status
         req.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         for observer in self.observers:

@@ -10,6 +10,7 @@ import json
 import re
 import zlib
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -18,6 +19,7 @@ from importapi.errors import BadRequest, Code, Detail, PayloadTooLarge, Unsuppor
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 _decode = msgspec.json.Decoder().decode
+_decode_exact = msgspec.json.Decoder(float_hook=Decimal).decode
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -91,11 +93,14 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def decode_json(body: bytes) -> Any:
+def decode_json(body: bytes, *, exact: bool = False, points: bool = True) -> Any:
+    """The body's JSON value. ``exact``: numbers with a fraction come as Decimal, every digit
+    kept. ``points``: the body is data points (an object or an array of them), whose text
+    is checked for NUL characters here; a caller that reads another shape checks its own."""
     if not body.strip():
         raise BadRequest("the body is empty: send a JSON object or an array of objects", code=Code.BODY_EMPTY)
     try:
-        value = _decode(body)
+        value = (_decode_exact if exact else _decode)(body)
     except RecursionError:
         raise BadRequest("the body is nested too deeply to be read", code=Code.BODY_TOO_DEEP) from None
     except msgspec.DecodeError as exc:
@@ -107,7 +112,7 @@ def decode_json(body: bytes) -> Any:
             f"the body is not valid UTF-8 ({exc})", code=Code.BODY_NOT_UTF8
         ) from None
     _refuse_repeated_names(body, value)
-    if b"\\u0000" in body:  # JSON can carry a NUL only escaped; look closer only then
+    if points and b"\\u0000" in body:  # JSON can carry a NUL only escaped; look closer only then
         _refuse_nul(value)
     return value
 
@@ -123,13 +128,13 @@ def _not_utf8(body: bytes) -> BadRequest | None:
     return None
 
 
-def _holds_nul(value: Any) -> bool:
+def holds_nul(value: Any) -> bool:
     if type(value) is str:
         return "\x00" in value
     if type(value) is list:
-        return any(_holds_nul(v) for v in value)
+        return any(holds_nul(v) for v in value)
     if type(value) is dict:
-        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+        return any("\x00" in k or holds_nul(v) for k, v in value.items())
     return False
 
 
@@ -138,7 +143,7 @@ def _refuse_nul(value: Any) -> None:
     neither backend takes it; a field name with one is refused by validation."""
     points = value if type(value) is list else [value]
     try:
-        bad = [i for i, p in enumerate(points) if _holds_nul(list(p.values()) if type(p) is dict else p)]
+        bad = [i for i, p in enumerate(points) if holds_nul(list(p.values()) if type(p) is dict else p)]
     except RecursionError:
         return  # validation refuses the nesting
     if bad:

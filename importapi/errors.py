@@ -4,11 +4,13 @@
     ├── BadRequest            400
     │   └── ClientExists      400  (a client id that is taken)
     ├── Unauthorized          401
+    ├── Forbidden             403
     ├── NotFound              404
     ├── MethodNotAllowed      405
     ├── RequestTimeout        408
     ├── PayloadTooLarge       413
     ├── UnsupportedEncoding   415
+    ├── Unprocessable         422
     ├── TooManyRequests       429
     ├── ServerError           500
     ├── StorageUnavailable    503
@@ -50,6 +52,7 @@ class Code(enum.StrEnum):
     NAME_REPEATED = "name_repeated"
     BODY_TOO_LARGE = "body_too_large"
     ENCODING_UNSUPPORTED = "encoding_unsupported"
+    CONTENT_TYPE_UNSUPPORTED = "content_type_unsupported"
     BODY_TIMEOUT = "body_timeout"
     HEAD_TIMEOUT = "head_timeout"
     # how many data points, and their shape
@@ -58,6 +61,16 @@ class Code(enum.StrEnum):
     POINT_NOT_OBJECT = "point_not_object"
     NESTED_TOO_DEEP = "nested_too_deep"
     TEXT_HAS_NUL = "text_has_nul"
+    # the Stitch routes' bodies
+    BATCH_INVALID = "batch_invalid"
+    SCHEMA_UNREADABLE = "schema_unreadable"
+    RECORD_NOT_CONFORMING = "record_not_conforming"
+    RECORDS_EXPECTED = "records_expected"
+    RECORD_INVALID = "record_invalid"
+    TOO_MANY_FIELDS = "too_many_fields"
+    CLIENT_MISMATCH = "client_mismatch"
+    CLIENT_IDS_DIFFER = "client_ids_differ"
+    KEY_NAMES_DIFFER = "key_names_differ"
     # key fields
     KEYS_MISSING = "keys_missing"
     KEYS_INVALID = "keys_invalid"
@@ -186,6 +199,10 @@ class Unauthorized(ImportApiError, status=401, message="Unauthorized", code=Code
     pass
 
 
+class Forbidden(ImportApiError, status=403, message="Forbidden", code=Code.CLIENT_MISMATCH):
+    pass
+
+
 class NotFound(ImportApiError, status=404, message="Not Found", code=Code.NOT_FOUND):
     pass
 
@@ -209,6 +226,10 @@ class PayloadTooLarge(ImportApiError, status=413, message="Payload Too Large", c
 class UnsupportedEncoding(
     ImportApiError, status=415, message="Unsupported Media Type", code=Code.ENCODING_UNSUPPORTED
 ):
+    pass
+
+
+class Unprocessable(ImportApiError, status=422, message="Unprocessable Content", code=Code.RECORD_INVALID):
     pass
 
 

@@ -16,7 +16,7 @@ from importapi.auth import Authenticator, presented_key
 from importapi.body import encoding_of, read_body
 from importapi.errors import MethodNotAllowed, RequestTimeout
 from importapi.observe import RequestRecord
-from importapi.ratelimit import RateLimiter
+from importapi.ratelimit import BodyBudget, RateLimiter
 from importapi.settings import Settings
 from importapi.storage import Storage
 from importapi.storage.base import StoredKey
@@ -42,6 +42,7 @@ class Services:
     settings: Settings
     keys: Authenticator
     rate_limiter: RateLimiter
+    bodies: BodyBudget
 
     async def key(self, req: RequestRecord, scope: dict[str, Any], client_id: int | None) -> StoredKey:
         """The request's live key (of ``client_id`` when one is named), within its rate limit."""
@@ -52,17 +53,25 @@ class Services:
         self.rate_limiter.check(stored.key_id)
         return stored
 
-    async def body(self, req: RequestRecord, receive: Any, limit: int) -> bytes:
-        """The whole body, inflated, at most ``limit`` bytes, within the body deadline."""
+    async def body(self, req: RequestRecord, receive: Any, limit: int, *, budget: bool = False) -> bytes:
+        """The whole body, inflated, at most ``limit`` bytes, within the body deadline.
+        ``budget``: the body counts against the bytes the process may hold at once."""
         encoding = encoding_of(req.headers.get(b"content-encoding"))
+        length = req.headers.get(b"content-length")
+        if budget:
+            announced = int(length) if length and length.isdigit() and not encoding else limit
+            self.bodies.take(req, min(announced, limit))
         timeout = self.settings.body_timeout
         try:
             async with asyncio.timeout(timeout):
-                return await read_body(receive, encoding, req.headers.get(b"content-length"), limit)
+                raw = await read_body(receive, encoding, length, limit)
         except TimeoutError:
             raise RequestTimeout(
                 f"the body did not arrive within {timeout:g} seconds; send it whole, promptly"
             ) from None
+        if budget:
+            self.bodies.resize(req, len(raw))
+        return raw
 
     async def in_thread(self, fn: Any, *args: Any) -> Any:
         """A blocking call (storage) off the event loop."""

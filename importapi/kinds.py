@@ -3,9 +3,13 @@
 One lattice for every backend. Scalars widen along
 
     boolean < integer < double < decimal < text
+                          timestamp, date < text
 
 and ``json`` sits above them all: a JSON column takes any value as JSON. ``decimal`` is
-an integer beyond 64 bits (or a column that has held one); it keeps every digit.
+an integer beyond 64 bits, an exact decimal (``Decimal``), or a column that has held one;
+it keeps every digit. ``timestamp`` (an instant, stored in UTC) and ``date`` come from a
+schema or from typed values (``datetime``, ``date``); joined with any other kind they
+widen to text, written as ISO 8601 (``2026-12-01T07:46:49.376708Z``, ``2026-12-01``).
 A value is converted to its column's kind by ``to_storage`` and a stored value to a wider
 kind by ``widen_stored``: both go through the same Python value, so a widened column
 means what the pushed values meant.
@@ -13,6 +17,7 @@ means what the pushed values meant.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from decimal import Decimal
 from typing import Any
@@ -27,6 +32,8 @@ class Kind(enum.IntEnum):
     DECIMAL = 4
     TEXT = 5
     JSON = 6
+    TIMESTAMP = 7
+    DATE = 8
 
     @property
     def label(self) -> str:
@@ -42,12 +49,16 @@ INT64_MAX = 2**63 - 1
 DOUBLE_EXACT = 2**53  # integers beyond this magnitude are not all doubles
 # Object keys sorted: PostgreSQL's jsonb keeps no key order, so neither backend does, and a
 # warehouse copied from one to the other and back reads the same.
-_encode_json = msgspec.json.Encoder(order="sorted").encode
+_encode_json = msgspec.json.Encoder(order="sorted", decimal_format="number").encode
 _decode_json = msgspec.json.Decoder().decode
 
 
+_TYPED = {Decimal: Kind.DECIMAL, dt.datetime: Kind.TIMESTAMP, dt.date: Kind.DATE}
+_NUMBERS = frozenset((Kind.BOOLEAN, Kind.INTEGER, Kind.DOUBLE, Kind.DECIMAL))
+
+
 def kind_of(value: Any) -> Kind | None:
-    """The kind a JSON value asks for; None for null, which never decides a type."""
+    """The kind a value asks for; None for null, which never decides a type."""
     t = type(value)
     if t is str:
         return Kind.TEXT
@@ -59,12 +70,30 @@ def kind_of(value: Any) -> Kind | None:
         return Kind.BOOLEAN
     if value is None:
         return None
-    return Kind.JSON
+    return _TYPED.get(t, Kind.JSON)
 
 
 def join(a: Kind, b: Kind) -> Kind:
-    """The narrowest kind that holds values of both kinds (the lattice is a chain)."""
-    return max(a, b)
+    """The narrowest kind that holds values of both kinds."""
+    if a is b:
+        return a
+    if a in _NUMBERS and b in _NUMBERS:
+        return max(a, b)  # the numbers are a chain
+    if a is Kind.JSON or b is Kind.JSON:
+        return Kind.JSON
+    return Kind.TEXT
+
+
+def timestamp_text(value: dt.datetime) -> str:
+    """An instant as the warehouse writes it: UTC, to the microsecond, so text order is time
+    order. A time without a zone is taken as UTC."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _decimal_text(value: Decimal) -> str:
+    return format(value, "f")
 
 
 def _float_text(value: float) -> str:
@@ -72,19 +101,28 @@ def _float_text(value: float) -> str:
     return repr(value)
 
 
+def _text(value: Any, t: type) -> str:
+    if t is bool:
+        return "true" if value else "false"
+    if t is float:
+        return _float_text(value)
+    if t is dt.datetime:
+        return timestamp_text(value)
+    if t is dt.date:
+        return str(value.isoformat())
+    if t is Decimal:
+        return _decimal_text(value)
+    return str(value)
+
+
 def to_storage(value: Any, kind: Kind) -> Any:
-    """Convert a decoded JSON value to what a column of ``kind`` stores."""
+    """Convert a decoded value to what a column of ``kind`` stores (timestamps and dates as
+    their ISO text, which both backends take)."""
     if value is None:
         return None
     t = type(value)
-    if kind is Kind.TEXT:
-        if t is str:
-            return value
-        if t is bool:
-            return "true" if value else "false"
-        if t is float:
-            return _float_text(value)
-        return str(value)
+    if kind is Kind.TEXT or kind is Kind.TIMESTAMP or kind is Kind.DATE:
+        return value if t is str else _text(value, t)
     if kind is Kind.INTEGER or kind is Kind.BOOLEAN:
         return int(value)
     if kind is Kind.DOUBLE:
@@ -95,12 +133,16 @@ def to_storage(value: Any, kind: Kind) -> Any:
             # PostgreSQL's numeric keeps, and 3.0 the same decimal (and key) as 3
             text = format(Decimal(_float_text(value or 0.0)), "f")
             return text.removesuffix(".0")
+        if t is Decimal:
+            return _decimal_text(value)
         return str(int(value))
     if t is float:
         # with a fraction part, so it reads back as a double from PostgreSQL's jsonb too,
         # which would write 1e+17 out as an integer
         text = format(Decimal(_float_text(value or 0.0)), "f")
         return text if "." in text else text + ".0"
+    if t is dt.datetime or t is dt.date:
+        return _encode_json(_text(value, t)).decode()
     return _encode_json(value).decode()
 
 
@@ -118,6 +160,10 @@ def from_storage(value: Any, kind: Kind) -> Any:
             return int(text)
         except ValueError:
             return float(text)
+    if kind is Kind.TIMESTAMP and type(value) is dt.datetime:
+        return timestamp_text(value)  # PostgreSQL gives a datetime; SQLite has the text already
+    if kind is Kind.DATE and type(value) is dt.date:
+        return value.isoformat()
     return value
 
 

@@ -28,6 +28,7 @@ class RequestRecord:
         "duration_ms",
         "error",
         "headers",
+        "held",
         "inserted",
         "key_id",
         "method",
@@ -59,6 +60,7 @@ class RequestRecord:
         self.inserted = 0
         self.replaced = 0
         self.stale = 0
+        self.held = 0  # bytes of body this request holds against the server's budget
         self.status = 0
         self.details: list[Detail] = []
         self.duration_ms = 0.0

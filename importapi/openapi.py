@@ -12,6 +12,7 @@ from typing import Any
 from importapi import __version__
 from importapi.errors import Code
 from importapi.settings import Limits
+from importapi.stitch import openapi as stitch_openapi
 
 JSON = "application/json"
 SECURITY: list[dict[str, list[str]]] = [{"apikeyQuery": []}, {"bearer": []}]
@@ -235,18 +236,20 @@ def build(limits: Limits | None = None) -> dict[str, Any]:
             label = f"{tag} {version}" + (" (deprecated)" if version == "v1" else "")
             paths[f"{base}/authenticate"] = _auth_path(label)
             paths[f"{base}/table/{{table}}/data"] = _data_path(label, point, limits)
+    paths.update(stitch_openapi.paths())
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "importapi",
             "version": __version__,
             "description": "Push JSON records over HTTP; they land as upserts in typed SQL tables. "
-            "Every answer is a JSON object starting with code and message; "
-            "errors add a non-empty reasons list.",
+            "The RJMetrics routes answer a JSON object starting with code and message, errors add "
+            "reasons and details; the Stitch routes (/v2/import/...) answer as the Stitch Import API "
+            "does, errors with details.",
         },
         "paths": paths,
         "components": {
-            "schemas": _schemas(limits),
+            "schemas": {**_schemas(limits), **stitch_openapi.schemas()},
             "securitySchemes": {
                 "apikeyQuery": {"type": "apiKey", "in": "query", "name": "apikey"},
                 "bearer": {"type": "http", "scheme": "bearer"},

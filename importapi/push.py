@@ -28,6 +28,20 @@ class Batch:
     inexact: set[str] = field(default_factory=set)
     """Fields holding an integer that a double cannot hold exactly (beyond 2**53)."""
     columns: tuple[str, ...] | None = None
+    sequence: str | None = None
+    """The field whose integer orders the points (Stitch's ``_sdc_sequence``). A stored row
+    is replaced only by a point whose sequence is not lower; of a key's points in the batch
+    the highest sequence wins, the later one on a tie. The others are stale."""
+    version: str | None = None
+    """The field holding each point's table version (``_sdc_table_version``): a point of a
+    version older than the table's own is stale."""
+    activate: int | None = None
+    """A table version to make the table's own once the points are applied: in the same
+    transaction, rows of older versions (or of none) are deleted."""
+    stamp: str | None = None
+    """A field set to the time the push is applied (``_sdc_batched_at``)."""
+    system: frozenset[str] = frozenset()
+    """Fields the system adds: they do not count against the column limit."""
 
 
 @dataclass
@@ -50,3 +64,8 @@ class PushResult:
     plan: dict[str, Any] = field(default_factory=dict)
     kinds: dict[str, Kind] | None = None
     """The table's columns and their kinds once the push is applied (not for the sandbox)."""
+    stale: int = 0
+    """Points not applied: an older sequence than the stored row's (or another point's), or
+    an older table version than the table's."""
+    deleted: int = 0
+    """Rows of older table versions deleted by an activation."""

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from importapi.errors import Overloaded, TooManyRequests
+from importapi.observe import RequestRecord
 
 MAX_BUCKETS = 100_000
 
@@ -88,3 +89,37 @@ class ConcurrencyLimit:
 
     def leave(self) -> None:
         self.active -= 1
+
+
+class BodyBudget:
+    """At most ``limit`` bytes of request bodies held at once (read, being read, or being
+    processed) by the routes that take large bodies; a request that would go past it is
+    refused with 503 and Retry-After before its body is read, so memory stays bounded
+    however many large bodies arrive together. One request is always let through, whatever
+    its size. Runs on the event loop only: no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+
+    def take(self, req: RequestRecord, size: int) -> None:
+        if self.held and self.held + size > self.limit:
+            raise Overloaded(
+                f"the server holds {self.held:,} bytes of request bodies, its limit is {self.limit:,}; "
+                "retry in a moment",
+                retry_after=1,
+            )
+        self.held += size
+        req.held += size
+        self.peak = max(self.peak, self.held)
+
+    def resize(self, req: RequestRecord, size: int) -> None:
+        """The request holds ``size`` bytes now (its body inflated, or smaller than announced)."""
+        self.held += size - req.held
+        req.held = size
+        self.peak = max(self.peak, self.held)
+
+    def release(self, req: RequestRecord) -> None:
+        self.held -= req.held
+        req.held = 0

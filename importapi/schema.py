@@ -9,6 +9,7 @@ wins within the request. Backends share both, so they cannot disagree on a decis
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -33,6 +34,8 @@ class TableSchema:
     key_fields: tuple[str, ...]
     columns: dict[str, Column]
     created_at: str = ""
+    version: int | None = None
+    """The table's own table version (made so by an activation), if it has one."""
 
     def lower_names(self) -> dict[str, str]:
         return {name.lower(): name for name in self.columns}
@@ -46,10 +49,15 @@ class Plan:
     kinds: dict[str, Kind]
     add: list[Column] = field(default_factory=list)
     widen: list[tuple[str, Kind, Kind]] = field(default_factory=list)
+    version: int | None = None
+    """The table version points must not be older than: the table's own, or the one the
+    batch activates if newer."""
+    activate: int | None = None
+    """The table version this push makes the table's own (newer than its present one)."""
 
     @property
     def changes_schema(self) -> bool:
-        return self.create or bool(self.add) or bool(self.widen)
+        return self.create or bool(self.add) or bool(self.widen) or self.activate is not None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -57,6 +65,7 @@ class Plan:
             "key_fields": list(self.key_fields),
             "add_columns": [{"name": c.name, "type": c.kind.label} for c in self.add],
             "widen_columns": [{"name": n, "from": old.label, "to": new.label} for n, old, new in self.widen],
+            **({"activate_version": self.activate} if self.activate is not None else {}),
         }
 
 
@@ -86,7 +95,8 @@ def make_plan(
         order = [*batch.key_fields, *(n for n in batch.kinds if n not in batch.key_fields)]
         kinds = {name: _exact(batch.kinds[name], name, batch) for name in order}
         plan = Plan(batch.table, True, batch.key_fields, kinds, add=[Column(n, k) for n, k in kinds.items()])
-        _check_width(plan, limits)
+        plan.version = plan.activate = batch.activate
+        _check_width(plan, limits, batch.system)
         return plan
 
     problems: list[Detail] = []
@@ -100,7 +110,9 @@ def make_plan(
             )
         )
     kinds = {name: col.kind for name, col in schema.columns.items()}
-    plan = Plan(schema.name, False, schema.key_fields, kinds)
+    plan = Plan(schema.name, False, schema.key_fields, kinds, version=schema.version)
+    if batch.activate is not None and (schema.version is None or batch.activate > schema.version):
+        plan.version = plan.activate = batch.activate
     lower = schema.lower_names()
     for name, kind in batch.kinds.items():
         current = kinds.get(name)
@@ -128,14 +140,15 @@ def make_plan(
             plan.widen.append((name, current, wider))
     if problems:
         raise BadRequest(details=problems)
-    _check_width(plan, limits)
+    _check_width(plan, limits, batch.system)
     return plan
 
 
-def _check_width(plan: Plan, limits: Limits) -> None:
-    if len(plan.kinds) > limits.max_columns:
+def _check_width(plan: Plan, limits: Limits, system: frozenset[str]) -> None:
+    width = len(plan.kinds) - len(system.intersection(plan.kinds))
+    if width > limits.max_columns:
         raise BadRequest(
-            f"table {plan.table!r} would have {len(plan.kinds)} columns; at most "
+            f"table {plan.table!r} would have {width} columns; at most "
             f"{limits.max_columns} are allowed (key columns included)",
             code=Code.TOO_MANY_COLUMNS,
         )
@@ -143,7 +156,8 @@ def _check_width(plan: Plan, limits: Limits) -> None:
 
 @dataclass
 class Rows:
-    """Rows ready to bind: one per distinct key, the last data point for it winning.
+    """Rows ready to bind: one per distinct key, the winning data point for it (the last,
+    or for a batch ordered by sequence the last of the highest sequence).
 
     A key is the key column's value for a single-field key, else a tuple of values."""
 
@@ -151,12 +165,18 @@ class Rows:
     rows: list[Sequence[Any]]
     keys: list[Any]
     point_keys: list[Any]
+    """The key of every data point that is not stale, in request order."""
+    stale: int = 0
+    """Data points left out: an older table version, or an older sequence than another point's."""
+    sequence: int | None = None
+    """The position of the ordering column in each row."""
 
 
 _AS_BOUND = (Kind.BOOLEAN, Kind.INTEGER, Kind.DOUBLE, Kind.TEXT)
 
 
-def prepare_rows(plan: Plan, batch: Batch) -> Rows:
+def prepare_rows(plan: Plan, batch: Batch, now: str | None = None) -> Rows:
+    """The batch's rows for the planned column kinds; ``now`` fills its stamp field."""
     columns = list(plan.kinds)
     # A column needs converting only where its values are not already what it stores:
     # the driver binds str, int, float and bool as they are.
@@ -175,21 +195,88 @@ def prepare_rows(plan: Plan, batch: Batch) -> Rows:
             by_key = dict(zip(point_keys, points))
             return Rows(columns, list(by_key.values()), list(by_key), point_keys)
         points = [dict(zip(batch.columns, p)) for p in points]
-    by_key = {}
-    point_keys = []
+    stamp = columns.index(batch.stamp) if batch.stamp in plan.kinds and now is not None else None
+    rows: list[Sequence[Any]] = []
     for point in points:
-        if convert:
+        if convert or stamp is not None:
             values = list(map(point.get, columns))
+            if stamp is not None:
+                values[stamp] = now
             for j, kind in convert:
                 if values[j] is not None:
                     values[j] = to_storage(values[j], kind)
-            row: Sequence[Any] = values
+            rows.append(values)
         else:
-            row = tuple(map(point.get, columns))
+            rows.append(tuple(map(point.get, columns)))
+    if batch.sequence is None and batch.version is None:
+        point_keys = list(map(key_of, rows))
+        by_key = dict(zip(point_keys, rows))
+        return Rows(columns, list(by_key.values()), list(by_key), point_keys)
+    return _settle(rows, columns, key_of, batch, plan.version)
+
+
+def _settle(
+    rows: Sequence[Sequence[Any]], columns: list[str], key_of: Any, batch: Batch, version: int | None
+) -> Rows:
+    """A batch ordered by sequence and versions: a point of a version older than the table's
+    (``version``) is stale, and so is one whose key has a point of a higher sequence."""
+    at_seq = columns.index(batch.sequence) if batch.sequence in columns else None
+    at_version = columns.index(batch.version) if batch.version in columns else None
+    best: dict[Any, Sequence[Any]] = {}
+    keys: dict[Any, list[Any]] = {}  # each key's winning points (all of its highest sequence)
+    stale = 0
+    for row in rows:
+        if (
+            at_version is not None
+            and version is not None
+            and row[at_version] is not None
+            and row[at_version] < version
+        ):
+            stale += 1
+            continue
         key = key_of(row)
-        point_keys.append(key)
-        by_key[key] = row
-    return Rows(columns, list(by_key.values()), list(by_key), point_keys)
+        held = best.get(key)
+        if (
+            held is not None
+            and at_seq is not None
+            and row[at_seq] is not None
+            and (held[at_seq] is not None and row[at_seq] < held[at_seq])
+        ):
+            stale += 1
+            continue
+        if (
+            held is not None
+            and at_seq is not None
+            and row[at_seq] is not None
+            and (held[at_seq] is None or row[at_seq] > held[at_seq])
+        ):
+            stale += len(keys[key])
+            keys[key] = []
+        best[key] = row
+        keys.setdefault(key, []).append(key)
+    point_keys = [k for ks in keys.values() for k in ks]
+    return Rows(columns, list(best.values()), list(best), point_keys, stale, at_seq)
+
+
+def drop_older(rows: Rows, stored: dict[Any, Any]) -> tuple[Rows, int]:
+    """Leave out the rows of keys whose stored row has a higher sequence (``stored``: each
+    key's stored sequence); how many data points that leaves out."""
+    at = rows.sequence
+    if at is None or not stored:
+        return rows, 0
+    lost = {
+        k
+        for k, row in zip(rows.keys, rows.rows)
+        if (s := stored.get(k)) is not None and row[at] is not None and row[at] < s
+    }
+    if not lost:
+        return rows, 0
+    kept = [(k, r) for k, r in zip(rows.keys, rows.rows) if k not in lost]
+    point_keys = [k for k in rows.point_keys if k not in lost]
+    left = len(rows.point_keys) - len(point_keys)
+    return dataclasses.replace(
+        rows, rows=[r for _, r in kept], keys=[k for k, _ in kept], point_keys=point_keys
+    ), left
 
 
 def count_changes(point_keys: list[Any], existing: set[Any]) -> tuple[int, int]:

@@ -117,6 +117,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "rate_burst": ("IMPORTAPI_RATE_BURST", _count),
     "max_concurrent": ("IMPORTAPI_MAX_CONCURRENT", _positive_int),
     "body_timeout": ("IMPORTAPI_BODY_TIMEOUT", _seconds),
+    "max_body_bytes_in_progress": ("IMPORTAPI_MAX_BODY_BYTES_IN_PROGRESS", _positive_int),
     "header_timeout": ("IMPORTAPI_HEADER_TIMEOUT", _seconds),
 }
 
@@ -128,7 +129,9 @@ class Settings:
     ``rate_limit`` 0 and ``rate_burst`` 0 mean no rate limit and one second's worth of
     requests; ``max_concurrent`` requests in progress per process, more are answered 503
     with Retry-After; ``body_timeout`` and ``header_timeout`` are the seconds a client has to
-    send a whole body, and a request line with its headers (a slower one is answered 408).
+    send a whole body, and a request line with its headers (a slower one is answered 408);
+    ``max_body_bytes_in_progress`` the bytes of Stitch request bodies a process holds at
+    once (past it, a 503 with Retry-After).
     """
 
     database: str = DEFAULT_DATABASE
@@ -145,6 +148,7 @@ class Settings:
     max_concurrent: int = 256
     body_timeout: float = 60.0
     header_timeout: float = 15.0
+    max_body_bytes_in_progress: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

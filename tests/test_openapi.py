@@ -64,6 +64,8 @@ def send(api: Api, case: Any) -> httpx.Response:
     if "cid" in case.path_parameters and turn % 3:
         case.path_parameters["cid"] = api.client_id
         case.query = {**(case.query or {}), "apikey": api.key}
+    elif "/import/" in case.path and turn % 3:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {api.key}"}
     kwargs = case.as_transport_kwargs(base_url="http://testserver")
     kwargs.pop("cookies", None)
     if isinstance(kwargs.get("data"), (bytes, str)):  # a raw body, in httpx's spelling
@@ -76,8 +78,20 @@ def send(api: Api, case: Any) -> httpx.Response:
 def test_fuzzed_requests_get_documented_enveloped_answers(case: Any, fuzz_api: Api) -> None:
     response = send(fuzz_api, case)
     case.validate_response(response, checks=CHECKS)
-    if case.path not in NOT_ENVELOPED:
+    if "/import/" in case.path:
+        assert_stitch_answer(response)
+    elif case.path not in NOT_ENVELOPED:
         assert_envelope(response)
+
+
+def assert_stitch_answer(response: httpx.Response) -> None:
+    """The Stitch routes' answers: JSON always (target-stitch retries any other body);
+    errors carry details, and a 429 never leaves (the clients would give up on it)."""
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, dict) and response.status_code != 429, body
+    if response.status_code >= 400:
+        assert body["details"] and set(body) & {"error", "message"}, body
 
 
 def test_the_served_description_is_the_built_one_with_the_configured_limits(tmp_path: Path) -> None:
@@ -142,4 +156,6 @@ def test_every_error_status_the_app_can_answer_is_described() -> None:
         and cls.status >= 400
     }
     data = SPEC["paths"]["/v2/client/{cid}/table/{table}/data"]["post"]["responses"]
-    assert statuses - {405} <= {int(s) for s in data}
+    batch = SPEC["paths"]["/v2/import/batch"]["post"]["responses"]
+    assert statuses - {405, 403, 422} <= {int(s) for s in data}  # 403, 422: Stitch's records only
+    assert statuses - {429} <= {int(s) for s in batch}  # a 429 is a 503 there: the clients retry 5xx only

@@ -104,6 +104,8 @@ class Activity:
     sandbox: bool
     status: int
     details: tuple[Detail, ...] = ()
+    stale: int = 0
+    """Records not applied: older than the stored rows (the Stitch routes)."""
 
     @property
     def refused(self) -> bool:

@@ -31,7 +31,7 @@ Run = Callable[..., list[tuple[Any, ...]]]
 _KEY_COLUMNS = "key_id, client_id, created_at, last_used_at, revoked_at"
 _ACTIVITY_COLUMNS = (
     "at, request_id, route, client_id, key_id, table_name, points, inserted, replaced,"
-    " sandbox, status, reasons"
+    " sandbox, status, reasons, stale"
 )
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -221,6 +221,7 @@ class Catalog:
                 e.sandbox,
                 e.status,
                 _encode([d.as_dict() for d in e.details]).decode(),
+                e.stale,
             )
             for e in events
         ]
@@ -231,7 +232,7 @@ class Catalog:
         )
         with self.db.transaction(activity=True) as run:
             run(
-                f"INSERT INTO {t} (refused, {_ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO {t} (refused, {_ACTIVITY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
                 many=True,
             )
@@ -245,8 +246,9 @@ class Catalog:
             (refused, limit),
             activity=True,
         )
-        # at, request_id, route, client_id, key_id, table, points, inserted, replaced | sandbox, status, reasons
-        return [Activity(*(*r[:9], bool(r[9]), r[10], tuple(_details(r[11])))) for r in rows]
+        # at, request_id, route, client_id, key_id, table, points, inserted, replaced | sandbox, status, reasons,
+        # stale
+        return [Activity(*(*r[:9], bool(r[9]), r[10], tuple(_details(r[11])), r[12] or 0)) for r in rows]
 
     # -- copying a warehouse --------------------------------------------------
     def export(self) -> CatalogDump:

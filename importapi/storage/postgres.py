@@ -16,6 +16,7 @@ cannot deadlock.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -30,9 +31,18 @@ from psycopg import errors as pg_errors
 from psycopg_pool import PoolTimeout
 
 from importapi.errors import BadRequest, Code, NotFound, StorageUnavailable
-from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, to_storage
+from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, timestamp_text, to_storage
 from importapi.push import Batch, Push, PushResult
-from importapi.schema import Column, Plan, Rows, TableSchema, count_changes, make_plan, prepare_rows
+from importapi.schema import (
+    Column,
+    Plan,
+    Rows,
+    TableSchema,
+    count_changes,
+    drop_older,
+    make_plan,
+    prepare_rows,
+)
 from importapi.settings import Limits
 from importapi.storage import postgres_sql as q
 from importapi.storage.base import EVERY_ROW, Page, RowStream, TableInfo, Warehouse
@@ -63,6 +73,22 @@ def _bind(kind: Kind, values: list[Any]) -> list[Any]:
     return values
 
 
+def _arrays(sql: q.TableSQL, prepared: Rows) -> list[list[Any]]:
+    """One array per column of the table, the rows in key order (concurrent pushes then lock
+    rows in one order and cannot deadlock); a column the rows lack is all nulls."""
+    columns, rows, keys = prepared.columns, prepared.rows, prepared.keys
+    try:
+        order = sorted(range(len(rows)), key=keys.__getitem__)
+    except TypeError:
+        order = sorted(range(len(rows)), key=lambda i: repr(keys[i]))
+    where = {name: j for j, name in enumerate(columns)}
+    arrays = []
+    for name, kind in zip(sql.columns, sql.kinds):
+        j = where.get(name)
+        arrays.append(_bind(kind, [None] * len(rows) if j is None else [rows[i][j] for i in order]))
+    return arrays
+
+
 def _lock_key(client_id: int, table: str) -> str:
     return f"{client_id}/{table}"
 
@@ -74,6 +100,7 @@ class PostgresWarehouse(Warehouse):
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="importapi-pg")
         self._tables: dict[tuple[int, str], q.TableSQL] = {}
         self._touched: dict[tuple[int, str], float] = {}
+        self._upgraded: set[int] = set()
 
     def _connection(self, timeout: float = POOL_TIMEOUT) -> Any:
         return pooled(self._pool, timeout)
@@ -82,6 +109,10 @@ class PostgresWarehouse(Warehouse):
         with self._connection() as conn, conn.transaction():
             for statement in q.client_ddl(client_id):
                 conn.execute(statement)
+
+    @staticmethod
+    def _missing(client_id: int, table: str) -> q.TableSQL:
+        raise NotFound(f"client {client_id} has no table {table!r}")
 
     def _require_space(self, conn: psycopg.Connection[Any], client_id: int) -> None:
         row = conn.execute(
@@ -96,7 +127,24 @@ class PostgresWarehouse(Warehouse):
             return self._executor.submit(self._plan_only, push)
         return self._executor.submit(self._push, push)
 
+    def _upgrade(self, client_id: int) -> None:
+        """Bring a client schema made by an earlier release to this layout, once per process."""
+        if client_id in self._upgraded:
+            return
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = '_importapi_tables' AND column_name = 'table_version')",
+                (f"{q.client_schema(client_id)}._importapi_tables", f"client_{client_id}"),
+            ).fetchone()
+            if row is None or not row[0]:
+                return  # no such client (yet): whoever asked learns it from what it does next
+            if not row[1]:
+                conn.execute(q.upgrade(client_id))
+        self._upgraded.add(client_id)
+
     def _push(self, push: Push) -> list[PushResult]:
+        self._upgrade(push.client_id)
         exclusive: frozenset[str] = frozenset()
         for _attempt in range(MAX_ATTEMPTS):
             try:
@@ -156,13 +204,25 @@ class PostgresWarehouse(Warehouse):
         if plan.changes_schema:
             sql = self._change_schema(conn, client_id, sql.schema if sql else None, plan)
         assert sql is not None
-        rows = prepare_rows(plan, batch)
-        inserted = self._upsert(conn, sql, rows)
+        rows = prepare_rows(plan, batch, timestamp_text(dt.datetime.now(dt.UTC)) if batch.stamp else None)
+        stale = rows.stale
+        if not rows.rows:
+            inserted = 0
+        elif rows.sequence is not None and rows.columns[rows.sequence] in sql.schema.columns:
+            inserted, written = self._upsert_ordered(conn, sql, rows)
+            applied = [k for k in rows.point_keys if k in written]  # the others lost to a stored row
+            stale += len(rows.point_keys) - len(applied)
+            rows = dataclasses.replace(rows, point_keys=applied)
+        else:
+            inserted = self._upsert(conn, sql, rows)
+        deleted = self._activate(conn, client_id, batch, sql, plan) if plan.activate is not None else 0
         self._touch_table(conn, client_id, batch.table)
-        return PushResult(batch.table, inserted, len(rows.point_keys) - inserted, plan.describe(), plan.kinds)
+        replaced = len(rows.point_keys) - inserted
+        return PushResult(batch.table, inserted, replaced, plan.describe(), plan.kinds, stale, deleted)
 
     def _plan_only(self, push: Push) -> list[PushResult]:
         """The sandbox: what the push would do against the tables as they are now; writes nothing."""
+        self._upgrade(push.client_id)
         results = []
         with self._connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
@@ -171,10 +231,27 @@ class PostgresWarehouse(Warehouse):
                 schema = sql.schema if sql else None
                 plan = make_plan(schema, batch, self.limits, self._inexact(conn, push.client_id, batch.table))
                 rows = prepare_rows(plan, batch)
+                rows, lost = drop_older(rows, self._sequences(conn, push.client_id, schema, rows))
                 existing = self._existing(conn, push.client_id, schema, plan, rows.keys) if schema else set()
                 inserted, replaced = count_changes(rows.point_keys, existing)
-                results.append(PushResult(batch.table, inserted, replaced, plan.describe()))
+                results.append(
+                    PushResult(batch.table, inserted, replaced, plan.describe(), stale=rows.stale + lost)
+                )
         return results
+
+    def _sequences(
+        self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema | None, rows: Rows
+    ) -> dict[Any, Any]:
+        """The stored sequence of each of the rows' keys the table holds (for the sandbox)."""
+        if rows.sequence is None or schema is None or rows.columns[rows.sequence] not in schema.columns:
+            return {}
+        sequence = rows.columns[rows.sequence]
+        select = q.probe_existing(client_id, schema, {}).replace(" FROM ", f", {quote(sequence)} FROM ", 1)
+        width = len(schema.key_fields)
+        columns = [list(rows.keys)] if width == 1 else [list(c) for c in zip(*rows.keys)]
+        params = [_bind(schema.columns[k].kind, col) for k, col in zip(schema.key_fields, columns)]
+        found = conn.execute(select, params, prepare=False).fetchall()
+        return {(r[0] if width == 1 else tuple(r[:width])): r[width] for r in found}
 
     def _inexact(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> Any:
         def holds_inexact(column: str) -> bool:
@@ -213,9 +290,10 @@ class PostgresWarehouse(Warehouse):
         s = q.client_schema(client_id)
         where, params = ("WHERE name = %s", (table,)) if table else ("", ())
         schemas = {
-            name: TableSchema(name, tuple(keys), {}, iso(created) or "")
-            for name, keys, created in conn.execute(
-                f"SELECT name, key_fields, created_at FROM {s}._importapi_tables {where}", params
+            name: TableSchema(name, tuple(keys), {}, iso(created) or "", version)
+            for name, keys, created, version in conn.execute(
+                f"SELECT name, key_fields, created_at, table_version FROM {s}._importapi_tables {where}",
+                params,
             )
         }
         where = "WHERE table_name = %s" if table else ""
@@ -241,6 +319,8 @@ class PostgresWarehouse(Warehouse):
                 (plan.table, list(plan.key_fields), now, now),
             )
             position = 0
+        elif not plan.add and not plan.widen:
+            return self._table_sql(conn, client_id, plan.table) or self._missing(client_id, plan.table)
         else:
             parts = [f"ADD COLUMN {q.column_def(c.name, c.kind, False)}" for c in plan.add]
             parts += [
@@ -276,20 +356,34 @@ class PostgresWarehouse(Warehouse):
         return sql
 
     def _upsert(self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows) -> int:
-        """Write the rows in key order (concurrent pushes then lock rows in one order and
-        cannot deadlock); the number of rows that were new."""
-        columns, rows, keys = prepared.columns, prepared.rows, prepared.keys
-        try:
-            order = sorted(range(len(rows)), key=keys.__getitem__)
-        except TypeError:
-            order = sorted(range(len(rows)), key=lambda i: repr(keys[i]))
-        where = {name: j for j, name in enumerate(columns)}
-        arrays = []
-        for name, kind in zip(sql.columns, sql.kinds):
-            j = where.get(name)
-            arrays.append(_bind(kind, [None] * len(rows) if j is None else [rows[i][j] for i in order]))
-        flags = conn.execute(sql.upsert, arrays).fetchall()
+        """Write the rows; the number of rows that were new."""
+        flags = conn.execute(sql.upsert, _arrays(sql, prepared)).fetchall()
         return len(flags) if sql.all_keys else sum(1 for (new,) in flags if new)
+
+    def _upsert_ordered(
+        self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows
+    ) -> tuple[int, set[Any]]:
+        """Write the rows that are not older than their stored row (the database decides,
+        row by row, under the row's lock); how many were new, and the keys written."""
+        sequence = prepared.columns[prepared.sequence or 0]
+        found = conn.execute(sql.guarded(sequence), _arrays(sql, prepared)).fetchall()
+        width = len(sql.schema.key_fields)
+        written = {r[0] if width == 1 else tuple(r[:width]) for r in found}
+        return sum(1 for r in found if r[width]), written
+
+    def _activate(
+        self, conn: psycopg.Connection[Any], client_id: int, batch: Batch, sql: q.TableSQL, plan: Plan
+    ) -> int:
+        """Make the plan's table version the table's own, and delete the rows of older ones."""
+        conn.execute(
+            f"UPDATE {q.client_schema(client_id)}._importapi_tables SET table_version = %s, version = version + 1"
+            " WHERE name = %s",
+            (plan.activate, plan.table),
+        )
+        self._tables.pop((client_id, plan.table), None)  # other processes reload it: its version moved
+        if batch.version is None or batch.version not in sql.schema.columns:
+            return 0
+        return conn.execute(q.deleting_older(client_id, plan.table, batch.version), (plan.activate,)).rowcount
 
     def _touch_table(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> None:
         """Record the table's last push, at most once a second per process (a hot row)."""
@@ -315,6 +409,7 @@ class PostgresWarehouse(Warehouse):
 
     # -- reading ----------------------------------------------------------
     def tables(self, client_id: int) -> list[TableInfo]:
+        self._upgrade(client_id)
         s = q.client_schema(client_id)
         with self._connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -348,6 +443,7 @@ class PostgresWarehouse(Warehouse):
                 raise BadRequest(f"query failed: {exc}", code=Code.QUERY_FAILED) from exc
 
     def read_rows(self, client_id: int, table: str, page: Page = EVERY_ROW) -> RowStream:
+        self._upgrade(client_id)
         conn = self._getconn()
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -416,9 +512,15 @@ class PostgresWarehouse(Warehouse):
         with self._connection() as conn, conn.transaction():
             conn.execute(q.create_table(client_id, schema))
             conn.execute(
-                f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version)"
-                " VALUES (%s, %s, %s, %s, 1)",
-                (schema.name, list(schema.key_fields), stamp(schema.created_at), stamp(last_push_at)),
+                f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version,"
+                " table_version) VALUES (%s, %s, %s, %s, 1, %s)",
+                (
+                    schema.name,
+                    list(schema.key_fields),
+                    stamp(schema.created_at),
+                    stamp(last_push_at),
+                    schema.version,
+                ),
             )
             with conn.cursor() as cur:
                 cur.executemany(

@@ -77,6 +77,8 @@ def _bootstrap(pool: Pool) -> None:
         ready = conn.execute(
             "SELECT to_regclass('importapi.catalog_state') IS NOT NULL"
             " AND to_regprocedure('importapi.float_text(double precision)') IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'importapi'"
+            " AND table_name = 'activity' AND column_name = 'stale')"
         ).fetchone()
         if ready and ready[0]:
             return

@@ -107,8 +107,10 @@ CATALOG_DDL = [
         replaced integer NOT NULL,
         sandbox boolean NOT NULL,
         status integer NOT NULL,
-        reasons jsonb NOT NULL
+        reasons jsonb NOT NULL,
+        stale integer NOT NULL DEFAULT 0
     )""",
+    "ALTER TABLE importapi.activity ADD COLUMN IF NOT EXISTS stale integer NOT NULL DEFAULT 0",
     "CREATE INDEX IF NOT EXISTS activity_by_kind ON importapi.activity (refused, seq)",
     # One row: a number every process reads to know whether its key cache is stale.
     """CREATE TABLE IF NOT EXISTS importapi.catalog_state (
@@ -129,7 +131,8 @@ def client_ddl(client_id: int) -> list[str]:
             key_fields text[] NOT NULL,
             created_at timestamptz NOT NULL,
             last_push_at timestamptz,
-            version bigint NOT NULL
+            version bigint NOT NULL,
+            table_version bigint
         )""",
         f"""CREATE TABLE IF NOT EXISTS {s}._importapi_columns (
             table_name text NOT NULL REFERENCES {s}._importapi_tables (name),
@@ -146,6 +149,14 @@ def client_ddl(client_id: int) -> list[str]:
 def widen_expr(column: str, old: Kind, new: Kind) -> str:
     """SQL that turns a stored value of ``old`` into ``new`` as ``kinds.widen_stored`` does."""
     c = column
+    if old is Kind.TIMESTAMP or old is Kind.DATE:
+        pattern = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"' if old is Kind.TIMESTAMP else "YYYY-MM-DD"
+        text = (
+            f"to_char({c} AT TIME ZONE 'UTC', '{pattern}')"
+            if old is Kind.TIMESTAMP
+            else f"to_char({c}, '{pattern}')"
+        )
+        return f"to_jsonb({text})" if new is Kind.JSON else text
     if new is Kind.JSON:
         if old is Kind.DOUBLE:
             # a JSON number with a fraction part reads back as a double, also 1e+17 (jsonb
@@ -208,6 +219,34 @@ class TableSQL:
         )
         self.key_positions = [cols.index(k) for k in schema.key_fields]
         self.all_keys = not others
+        self._parts = (t, names(cols), arrays, keys, others)
+        self._guarded: dict[str, str] = {}
+
+    def guarded(self, sequence: str) -> str:
+        """The upsert for rows ordered by ``sequence``: a stored row with a higher sequence is
+        left as it is. It returns the key of every row it wrote, and whether it was new."""
+        sql = self._guarded.get(sequence)
+        if sql is None:
+            t, cols, arrays, keys, others = self._parts
+            s = quote(sequence)
+            sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
+            sql = self._guarded[sequence] = (
+                f"INSERT INTO {t} AS stored ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT ({keys})"
+                f" DO UPDATE SET {sets} WHERE stored.{s} IS NULL OR stored.{s} <= EXCLUDED.{s}"
+                f" RETURNING {keys}, xmax = 0"
+            )
+        return sql
+
+
+def upgrade(client_id: int) -> str:
+    """The columns a client schema made by an earlier release lacks (none again is harmless)."""
+    return f"ALTER TABLE {client_schema(client_id)}._importapi_tables ADD COLUMN IF NOT EXISTS table_version bigint"
+
+
+def deleting_older(client_id: int, table: str, version: str) -> str:
+    """Delete a table's rows of table versions older than the one bound (or of none)."""
+    c = quote(version)
+    return f"DELETE FROM {table_ref(client_id, table)} WHERE {c} < %s OR {c} IS NULL"
 
 
 def probe_existing(client_id: int, schema: TableSchema, widen: dict[str, tuple[Kind, Kind]]) -> str:

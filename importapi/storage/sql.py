@@ -10,9 +10,12 @@ value a bound parameter, and each column kind has one declared type per dialect.
     decimal    TEXT        numeric
     text       TEXT        text COLLATE "C"
     json       TEXT        jsonb
+    timestamp  TIMESTAMP   timestamptz
+    date       DATE        date
 
 SQLite has no exact type for numbers beyond 64 bits (``NUMERIC`` would round them), so
-decimals are text there. PostgreSQL's text compares byte by byte (collation "C"), as
+decimals are text there; timestamps and dates are ISO 8601 text in UTC (their declared
+types tell SQL tools what the text is). PostgreSQL's text compares byte by byte (collation "C"), as
 SQLite's does, so keys sort the same on both.
 """
 
@@ -33,6 +36,8 @@ TYPES: dict[Dialect, dict[Kind, str]] = {
         Kind.DECIMAL: "TEXT",
         Kind.TEXT: "TEXT",
         Kind.JSON: "TEXT",
+        Kind.TIMESTAMP: "TIMESTAMP",
+        Kind.DATE: "DATE",
     },
     "postgresql": {
         Kind.BOOLEAN: "boolean",
@@ -41,6 +46,8 @@ TYPES: dict[Dialect, dict[Kind, str]] = {
         Kind.DECIMAL: "numeric",
         Kind.TEXT: "text",
         Kind.JSON: "jsonb",
+        Kind.TIMESTAMP: "timestamptz",
+        Kind.DATE: "date",
     },
 }
 

@@ -39,6 +39,7 @@ from importapi.storage.sqlite_sql import (
     execute_script,
     load_schemas,
     storage_error,
+    upgrade,
 )
 from importapi.storage.sqlite_writer import ClientWriter
 
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS activity (
     replaced INTEGER NOT NULL,
     sandbox BOOLEAN NOT NULL,
     status INTEGER NOT NULL,
-    reasons TEXT NOT NULL
+    reasons TEXT NOT NULL,
+    stale INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS activity_by_kind ON activity (refused, seq);
 """
@@ -101,6 +103,8 @@ class SQLiteCatalogDB(CatalogDB):
             # A log, not the warehouse: losing its last second to a power cut is acceptable.
             self._activity = connect(folder / "activity.sqlite3", "NORMAL")
             execute_script(self._activity, ACTIVITY_DDL)
+            if "stale" not in {r[1] for r in self._activity.execute("PRAGMA table_info(activity)")}:
+                self._activity.execute("ALTER TABLE activity ADD COLUMN stale INTEGER NOT NULL DEFAULT 0")
         except (OSError, sqlite3.Error) as exc:
             raise StorageUnavailable(f"cannot open the warehouse in {str(folder)!r}: {exc}") from exc
         self._locks = {False: threading.Lock(), True: threading.Lock()}
@@ -191,6 +195,7 @@ class SQLiteWarehouse(Warehouse):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self._lock = threading.Lock()
         self._writers: dict[int, ClientWriter] = {}
+        self._upgraded: set[int] = set()
 
     def _client_path(self, client_id: int) -> Path:
         return self.folder / f"client_{client_id}.sqlite3"
@@ -200,10 +205,38 @@ class SQLiteWarehouse(Warehouse):
             conn = connect(self._client_path(client_id), self.synchronous)
             try:
                 execute_script(conn, CLIENT_DDL)
+                self._upgrade(conn, client_id)
             finally:
                 conn.close()
         except sqlite3.Error as exc:
             raise storage_error(exc) from exc
+
+    def _upgrade(self, conn: sqlite3.Connection, client_id: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            upgrade(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._upgraded.add(client_id)
+
+    def _path(self, client_id: int) -> Path:
+        """A client's file, in this release's layout (files of earlier ones are upgraded
+        the first time this process opens them)."""
+        path = self._client_path(client_id)
+        if not path.exists():
+            raise NotFound(f"client {client_id} does not exist")
+        if client_id not in self._upgraded:
+            try:
+                conn = connect(path, self.synchronous)
+                try:
+                    self._upgrade(conn, client_id)
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                raise storage_error(exc) from exc
+        return path
 
     # -- pushes -------------------------------------------------------------
     def _writer(self, client_id: int) -> ClientWriter:
@@ -212,10 +245,7 @@ class SQLiteWarehouse(Warehouse):
             with self._lock:
                 writer = self._writers.get(client_id)
                 if writer is None:
-                    path = self._client_path(client_id)
-                    if not path.exists():
-                        raise NotFound(f"client {client_id} has no warehouse file")
-                    writer = ClientWriter(path, self.limits, self.synchronous)
+                    writer = ClientWriter(self._path(client_id), self.limits, self.synchronous)
                     self._writers[client_id] = writer
         return writer
 
@@ -230,9 +260,7 @@ class SQLiteWarehouse(Warehouse):
 
     # -- reading ------------------------------------------------------------
     def _reader(self, client_id: int) -> sqlite3.Connection:
-        path = self._client_path(client_id)
-        if not path.exists():
-            raise NotFound(f"client {client_id} does not exist")
+        path = self._path(client_id)
         conn = sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
         )  # read_rows' stream may move threads
@@ -302,16 +330,20 @@ class SQLiteWarehouse(Warehouse):
             f"INSERT INTO {quote(schema.name)} ({names(schema.columns)})"
             f" VALUES ({', '.join('?' for _ in columns)})"
         )
-        if not self._client_path(client_id).exists():
-            raise NotFound(f"client {client_id} does not exist")
-        conn = connect(self._client_path(client_id), self.synchronous)
+        conn = connect(self._path(client_id), self.synchronous)
         try:
             conn.execute("BEGIN IMMEDIATE")
             create_table(conn, schema.name, [(c.name, c.kind) for c in columns], schema.key_fields)
             conn.execute(
-                "INSERT INTO _importapi_tables (name, key_fields, created_at, last_push_at)"
-                " VALUES (?, ?, ?, ?)",
-                (schema.name, json.dumps(list(schema.key_fields)), schema.created_at, last_push_at),
+                "INSERT INTO _importapi_tables (name, key_fields, created_at, last_push_at, table_version)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    schema.name,
+                    json.dumps(list(schema.key_fields)),
+                    schema.created_at,
+                    last_push_at,
+                    schema.version,
+                ),
             )
             conn.executemany(
                 "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, widened_at)"

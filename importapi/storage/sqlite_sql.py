@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS _importapi_tables (
     name TEXT PRIMARY KEY,
     key_fields TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    last_push_at TEXT
+    last_push_at TEXT,
+    table_version INTEGER
 );
 CREATE TABLE IF NOT EXISTS _importapi_columns (
     table_name TEXT NOT NULL,
@@ -146,12 +147,20 @@ def execute_script(conn: sqlite3.Connection, script: str) -> None:
         raise
 
 
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a client file made by an earlier release to this layout (it lacks
+    ``_importapi_tables.table_version``); nothing when it has it already."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(_importapi_tables)")}
+    if columns and "table_version" not in columns:
+        conn.execute("ALTER TABLE _importapi_tables ADD COLUMN table_version INTEGER")
+
+
 def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
     schemas: dict[str, TableSchema] = {}
-    for name, key_fields, created_at in conn.execute(
-        "SELECT name, key_fields, created_at FROM _importapi_tables"
+    for name, key_fields, created_at, version in conn.execute(
+        "SELECT name, key_fields, created_at, table_version FROM _importapi_tables"
     ):
-        schemas[name] = TableSchema(name, tuple(json.loads(key_fields)), {}, created_at)
+        schemas[name] = TableSchema(name, tuple(json.loads(key_fields)), {}, created_at, version)
     for table, name, kind, widened_at in conn.execute(
         "SELECT table_name, name, kind, widened_at FROM _importapi_columns ORDER BY table_name, position"
     ):
@@ -162,7 +171,7 @@ def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
 class TableSQL:
     """Statements for one table at one schema, built once and reused."""
 
-    def __init__(self, schema: TableSchema, max_points: int) -> None:
+    def __init__(self, schema: TableSchema) -> None:
         t = quote(schema.name)
         cols = list(schema.columns)
         keys = list(schema.key_fields)
@@ -185,19 +194,29 @@ class TableSQL:
             f"INSERT INTO {t} ({col_list}) SELECT {values} FROM json_each(?) WHERE true"
             f" ON CONFLICT ({conflict}) {action}"
         )
+        # Which of a JSON array of keys the table holds (each key an array when it has several
+        # fields), with whatever columns are asked for after the key's.
         key_cols = names(keys)
         if len(keys) == 1:
-            probe = ", ".join("?" for _ in range(max_points))
-            self.existing = f"SELECT {key_cols} FROM {t} WHERE {key_cols} IN ({probe})"
+            where = f"{key_cols} IN (SELECT value FROM json_each(?))"
         else:
-            row = "(" + ", ".join("?" for _ in keys) + ")"
-            probe = ", ".join(row for _ in range(max_points))
-            self.existing = f"SELECT {key_cols} FROM {t} WHERE ({key_cols}) IN (VALUES {probe})"
+            parts = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(keys)))
+            where = f"({key_cols}) IN (SELECT {parts} FROM json_each(?))"
+        self._probe = (t, key_cols, where)
         self.key_width = len(keys)
-        self.max_points = max_points
         # A new row gets the rowid one above the table's largest, and a replaced row keeps
         # its own: so the largest rowid after an upsert less the largest before is how many
         # keys it inserted, without probing each key.
         lower = {c.lower() for c in cols}
         rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
         self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
+
+    def existing(self, *also: str) -> str:
+        """The keys of a JSON array of keys the table holds, each with the columns ``also``."""
+        t, key_cols, where = self._probe
+        return f"SELECT {', '.join([key_cols, *map(quote, also)])} FROM {t} WHERE {where}"
+
+    def deleting_older(self, version: str) -> str:
+        """Delete the rows of table versions older than the one bound (or of none)."""
+        c = quote(version)
+        return f"DELETE FROM {self._probe[0]} WHERE {c} < ? OR {c} IS NULL"

@@ -10,20 +10,30 @@ never waits for that.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import queue
 import sqlite3
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from importapi.errors import BadRequest, Code, ImportApiError, ServerError
-from importapi.kinds import widen_stored
+from importapi.kinds import timestamp_text, widen_stored
 from importapi.push import Batch, Push, PushResult
-from importapi.schema import Column, Plan, Rows, TableSchema, count_changes, make_plan, prepare_rows
+from importapi.schema import (
+    Column,
+    Plan,
+    Rows,
+    TableSchema,
+    count_changes,
+    drop_older,
+    make_plan,
+    prepare_rows,
+)
 from importapi.settings import Limits
 from importapi.storage.base import utcnow
 from importapi.storage.sql import column_def, column_defs, names, quote
@@ -305,18 +315,48 @@ class ClientWriter:
     def _plan(self, conn: sqlite3.Connection, batch: Batch) -> tuple[Batch, Plan, Rows]:
         schema = self.schemas.get(batch.table)
         plan = make_plan(schema, batch, self.limits, lambda column: holds_inexact(conn, batch.table, column))
-        return batch, plan, prepare_rows(plan, batch)
+        now = timestamp_text(dt.datetime.now(dt.UTC)) if batch.stamp else None
+        return batch, plan, prepare_rows(plan, batch, now)
 
     def _sandbox(self, conn: sqlite3.Connection, batch: Batch, plan: Plan, rows: Rows) -> PushResult:
-        existing = self._existing(conn, self.schemas.get(batch.table), plan, rows.keys)
+        schema = self.schemas.get(batch.table)
+        rows, stale = self._drop_older(conn, schema, plan, rows)
+        existing = self._existing(conn, schema, plan, rows.keys)
         inserted, replaced = count_changes(rows.point_keys, existing)
-        return PushResult(batch.table, inserted, replaced, plan.describe())
+        return PushResult(batch.table, inserted, replaced, plan.describe(), stale=rows.stale + stale)
 
     def _write_batch(self, conn: sqlite3.Connection, batch: Batch, plan: Plan, rows: Rows) -> PushResult:
         schema = self.schemas[batch.table]
-        inserted = self._upsert(conn, self._statements(schema), schema, plan, rows)
+        sql = self._statements(schema)
+        rows, stale = self._drop_older(conn, schema, plan, rows)
+        inserted = self._upsert(conn, sql, schema, plan, rows) if rows.rows else 0
+        deleted = 0
+        if plan.activate is not None and batch.version is not None:
+            conn.execute(
+                "UPDATE _importapi_tables SET table_version = ? WHERE name = ?", (plan.activate, plan.table)
+            )
+            schema.version = plan.activate
+            if batch.version in schema.columns:
+                deleted = conn.execute(sql.deleting_older(batch.version), (plan.activate,)).rowcount
         self.pushed.add(batch.table)
-        return PushResult(batch.table, inserted, len(batch.points) - inserted, plan.describe(), plan.kinds)
+        replaced = len(rows.point_keys) - inserted
+        return PushResult(
+            batch.table, inserted, replaced, plan.describe(), plan.kinds, rows.stale + stale, deleted
+        )
+
+    def _drop_older(
+        self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, rows: Rows
+    ) -> tuple[Rows, int]:
+        """Leave out the rows whose stored row has a higher sequence. (This writer holds the
+        file's write lock: nothing changes between this read and the write.)"""
+        if rows.sequence is None or schema is None or plan.create or not rows.rows:
+            return rows, 0
+        column = rows.columns[rows.sequence]
+        if column not in schema.columns:
+            return rows, 0
+        found = conn.execute(self._statements(schema).existing(column), (encode_rows(rows.keys),)).fetchall()
+        width = len(schema.key_fields)
+        return drop_older(rows, {(r[0] if width == 1 else tuple(r[:width])): r[width] for r in found})
 
     def _upsert(
         self, conn: sqlite3.Connection, sql: TableSQL, schema: TableSchema | None, plan: Plan, rows: Rows
@@ -346,20 +386,18 @@ class ClientWriter:
     def _statements(self, schema: TableSchema) -> TableSQL:
         sql = self.sql.get(schema.name)
         if sql is None:
-            sql = self.sql[schema.name] = TableSQL(schema, self.limits.max_points)
+            sql = self.sql[schema.name] = TableSQL(schema)
         return sql
 
     def _existing(
         self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, keys: list[Any]
     ) -> set[Any]:
         """Which of these keys the table already holds, as values of the planned key kinds."""
-        if schema is None:
+        if schema is None or not keys:
             return set()
         sql = self._statements(schema)
         single = sql.key_width == 1
-        params: list[Any] = list(keys) if single else [v for key in keys for v in key]
-        params.extend([None] * (sql.max_points * sql.key_width - len(params)))
-        found: list[Any] = conn.execute(sql.existing, params).fetchall()
+        found: list[Any] = conn.execute(sql.existing(), (encode_rows(keys),)).fetchall()
         widened = {name: (old, new) for name, old, new in plan.widen if name in plan.key_fields}
         if widened:
             kinds = [widened.get(k) for k in schema.key_fields]
@@ -379,7 +417,7 @@ class ClientWriter:
             )
             schema = TableSchema(plan.table, plan.key_fields, {}, now)
         else:
-            schema = TableSchema(schema.name, schema.key_fields, dict(schema.columns), schema.created_at)
+            schema = replace(schema, columns=dict(schema.columns))
             for c in plan.add:
                 conn.execute(f"ALTER TABLE {t} ADD COLUMN {column_def('sqlite', c.name, c.kind)}")
         position = len(schema.columns)
