@@ -170,6 +170,8 @@ class Rows:
     """Data points left out: an older table version, or an older sequence than another point's."""
     sequence: int | None = None
     """The position of the ordering column in each row."""
+    version: int | None = None
+    """The position of the table version column in each row."""
 
 
 _AS_BOUND = (Kind.BOOLEAN, Kind.INTEGER, Kind.DOUBLE, Kind.TEXT)
@@ -255,20 +257,30 @@ def _settle(
         best[key] = row
         keys.setdefault(key, []).append(key)
     point_keys = [k for ks in keys.values() for k in ks]
-    return Rows(columns, list(best.values()), list(best), point_keys, stale, at_seq)
+    return Rows(columns, list(best.values()), list(best), point_keys, stale, at_seq, at_version)
 
 
-def drop_older(rows: Rows, stored: dict[Any, Any]) -> tuple[Rows, int]:
-    """Leave out the rows of keys whose stored row has a higher sequence (``stored``: each
-    key's stored sequence); how many data points that leaves out."""
-    at = rows.sequence
+def replaces(sequence: Any, version: Any, stored_sequence: Any, stored_version: Any) -> bool:
+    """Does a row of this sequence and table version replace the stored one? When its
+    sequence is not lower, or when it belongs to a newer version than the stored row (whose
+    version is then on its way out: the next activation deletes it)."""
+    if sequence is None or stored_sequence is None or sequence >= stored_sequence:
+        return True
+    return version is not None and (stored_version is None or stored_version < version)
+
+
+def drop_older(rows: Rows, stored: dict[Any, tuple[Any, Any]]) -> tuple[Rows, int]:
+    """Leave out the rows the stored ones win over (``stored``: each key's stored sequence
+    and table version); how many data points that leaves out."""
+    at, at_version = rows.sequence, rows.version
     if at is None or not stored:
         return rows, 0
-    lost = {
-        k
-        for k, row in zip(rows.keys, rows.rows)
-        if (s := stored.get(k)) is not None and row[at] is not None and row[at] < s
-    }
+    lost = set()
+    for key, row in zip(rows.keys, rows.rows):
+        held = stored.get(key)
+        version = row[at_version] if at_version is not None else None
+        if held is not None and not replaces(row[at], version, *held):
+            lost.add(key)
     if not lost:
         return rows, 0
     kept = [(k, r) for k, r in zip(rows.keys, rows.rows) if k not in lost]

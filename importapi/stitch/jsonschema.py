@@ -118,7 +118,7 @@ class FieldType:
         return {"integer": Kind.INTEGER, "boolean": Kind.BOOLEAN}.get(t, Kind.JSON)
 
     def expected(self) -> str:
-        return " or ".join(_NAMES[t] for t in _TYPES if t in self.types)
+        return " or ".join(_NAMES[t] for t in (*_TYPES[1:], "null") if t in self.types)
 
     def converter(self) -> Callable[[Any], Any]:
         """A function from a decoded value to its typed value, raising Mismatch."""

@@ -19,22 +19,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import PoolTimeout
 
 from importapi.errors import BadRequest, Code, NotFound, StorageUnavailable
-from importapi.kinds import DOUBLE_EXACT, Kind, from_storage, timestamp_text, to_storage
+from importapi.kinds import DOUBLE_EXACT, Kind, timestamp_text
 from importapi.push import Batch, Push, PushResult
 from importapi.schema import (
-    Column,
     Plan,
     Rows,
     TableSchema,
@@ -45,9 +40,10 @@ from importapi.schema import (
 )
 from importapi.settings import Limits
 from importapi.storage import postgres_sql as q
-from importapi.storage.base import EVERY_ROW, Page, RowStream, TableInfo, Warehouse
-from importapi.storage.postgres_pool import PING_TIMEOUT, POOL_TIMEOUT, Pool, iso, pooled, stamp
-from importapi.storage.sql import names, quote
+from importapi.storage.base import Warehouse
+from importapi.storage.postgres_pool import PING_TIMEOUT, Pool
+from importapi.storage.postgres_read import PostgresReads
+from importapi.storage.sql import quote
 
 log = logging.getLogger("importapi.storage")
 
@@ -93,17 +89,13 @@ def _lock_key(client_id: int, table: str) -> str:
     return f"{client_id}/{table}"
 
 
-class PostgresWarehouse(Warehouse):
+class PostgresWarehouse(PostgresReads, Warehouse):
     def __init__(self, pool: Pool, limits: Limits | None = None, pool_size: int = 8) -> None:
+        super().__init__(pool)
         self.limits = limits or Limits()
-        self._pool = pool
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="importapi-pg")
         self._tables: dict[tuple[int, str], q.TableSQL] = {}
         self._touched: dict[tuple[int, str], float] = {}
-        self._upgraded: set[int] = set()
-
-    def _connection(self, timeout: float = POOL_TIMEOUT) -> Any:
-        return pooled(self._pool, timeout)
 
     def create_space(self, client_id: int) -> None:
         with self._connection() as conn, conn.transaction():
@@ -114,34 +106,11 @@ class PostgresWarehouse(Warehouse):
     def _missing(client_id: int, table: str) -> q.TableSQL:
         raise NotFound(f"client {client_id} has no table {table!r}")
 
-    def _require_space(self, conn: psycopg.Connection[Any], client_id: int) -> None:
-        row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (f"{q.client_schema(client_id)}._importapi_tables",)
-        ).fetchone()
-        if not (row and row[0]):
-            raise NotFound(f"client {client_id} does not exist")
-
     # -- pushes -----------------------------------------------------------
     def submit(self, push: Push) -> Future[list[PushResult]]:
         if push.sandbox:
             return self._executor.submit(self._plan_only, push)
         return self._executor.submit(self._push, push)
-
-    def _upgrade(self, client_id: int) -> None:
-        """Bring a client schema made by an earlier release to this layout, once per process."""
-        if client_id in self._upgraded:
-            return
-        with self._connection() as conn:
-            row = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM information_schema.columns"
-                " WHERE table_schema = %s AND table_name = '_importapi_tables' AND column_name = 'table_version')",
-                (f"{q.client_schema(client_id)}._importapi_tables", f"client_{client_id}"),
-            ).fetchone()
-            if row is None or not row[0]:
-                return  # no such client (yet): whoever asked learns it from what it does next
-            if not row[1]:
-                conn.execute(q.upgrade(client_id))
-        self._upgraded.add(client_id)
 
     def _push(self, push: Push) -> list[PushResult]:
         self._upgrade(push.client_id)
@@ -242,16 +211,21 @@ class PostgresWarehouse(Warehouse):
     def _sequences(
         self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema | None, rows: Rows
     ) -> dict[Any, Any]:
-        """The stored sequence of each of the rows' keys the table holds (for the sandbox)."""
+        """The stored sequence and table version of each of the rows' keys the table holds
+        (for the sandbox)."""
         if rows.sequence is None or schema is None or rows.columns[rows.sequence] not in schema.columns:
             return {}
         sequence = rows.columns[rows.sequence]
-        select = q.probe_existing(client_id, schema, {}).replace(" FROM ", f", {quote(sequence)} FROM ", 1)
+        version = rows.columns[rows.version] if rows.version is not None else None
+        also = quote(version) if version in schema.columns else "NULL"
+        select = q.probe_existing(client_id, schema, {}).replace(
+            " FROM ", f", {quote(sequence)}, {also} FROM ", 1
+        )
         width = len(schema.key_fields)
         columns = [list(rows.keys)] if width == 1 else [list(c) for c in zip(*rows.keys)]
         params = [_bind(schema.columns[k].kind, col) for k, col in zip(schema.key_fields, columns)]
         found = conn.execute(select, params, prepare=False).fetchall()
-        return {(r[0] if width == 1 else tuple(r[:width])): r[width] for r in found}
+        return {(r[0] if width == 1 else tuple(r[:width])): (r[width], r[width + 1]) for r in found}
 
     def _inexact(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> Any:
         def holds_inexact(column: str) -> bool:
@@ -283,27 +257,6 @@ class PostgresWarehouse(Warehouse):
         schema = self._load_schemas(conn, client_id, table)[table]
         sql = self._tables[(client_id, table)] = q.TableSQL(client_id, schema, row[0])
         return sql
-
-    def _load_schemas(
-        self, conn: psycopg.Connection[Any], client_id: int, table: str | None = None
-    ) -> dict[str, TableSchema]:
-        s = q.client_schema(client_id)
-        where, params = ("WHERE name = %s", (table,)) if table else ("", ())
-        schemas = {
-            name: TableSchema(name, tuple(keys), {}, iso(created) or "", version)
-            for name, keys, created, version in conn.execute(
-                f"SELECT name, key_fields, created_at, table_version FROM {s}._importapi_tables {where}",
-                params,
-            )
-        }
-        where = "WHERE table_name = %s" if table else ""
-        for table_name, name, kind, widened in conn.execute(
-            f"SELECT table_name, name, kind, widened_at FROM {s}._importapi_columns {where}"
-            " ORDER BY table_name, position",
-            params,
-        ):
-            schemas[table_name].columns[name] = Column(name, Kind.from_label(kind), iso(widened))
-        return schemas
 
     def _change_schema(
         self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema | None, plan: Plan
@@ -366,7 +319,10 @@ class PostgresWarehouse(Warehouse):
         """Write the rows that are not older than their stored row (the database decides,
         row by row, under the row's lock); how many were new, and the keys written."""
         sequence = prepared.columns[prepared.sequence or 0]
-        found = conn.execute(sql.guarded(sequence), _arrays(sql, prepared)).fetchall()
+        version = prepared.columns[prepared.version] if prepared.version is not None else None
+        if version not in sql.schema.columns:
+            version = None
+        found = conn.execute(sql.guarded(sequence, version), _arrays(sql, prepared)).fetchall()
         width = len(sql.schema.key_fields)
         written = {r[0] if width == 1 else tuple(r[:width]) for r in found}
         return sum(1 for r in found if r[width]), written
@@ -408,141 +364,6 @@ class PostgresWarehouse(Warehouse):
         return {r[0] for r in found} if single else {tuple(r) for r in found}
 
     # -- reading ----------------------------------------------------------
-    def tables(self, client_id: int) -> list[TableInfo]:
-        self._upgrade(client_id)
-        s = q.client_schema(client_id)
-        with self._connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            self._require_space(conn, client_id)
-            schemas = self._load_schemas(conn, client_id)
-            pushed = dict(conn.execute(f"SELECT name, last_push_at FROM {s}._importapi_tables").fetchall())
-            infos = []
-            for name in sorted(schemas):
-                row = conn.execute(f"SELECT count(*) FROM {q.table_ref(client_id, name)}").fetchone()
-                infos.append(TableInfo(schemas[name], int(row[0]) if row else 0, iso(pushed.get(name))))
-        return infos
-
-    def query(self, client_id: int, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SET TRANSACTION READ ONLY")
-            self._require_space(conn, client_id)
-            cur.execute(f"SET LOCAL search_path = {q.client_schema(client_id)}")
-            try:
-                with conn.transaction():
-                    # stream() runs the SQL through the extended protocol, which takes exactly
-                    # one statement: no "COMMIT; ..." can leave the read-only transaction
-                    found = [tuple(r) for r in cur.stream(sql.encode())]
-                    return [d.name for d in cur.description or ()], found
-            except pg_errors.ReadOnlySqlTransaction as exc:
-                raise BadRequest(
-                    f"query is read-only; this statement would write ({exc})", code=Code.QUERY_READ_ONLY
-                ) from exc
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error as exc:
-                raise BadRequest(f"query failed: {exc}", code=Code.QUERY_FAILED) from exc
-
-    def read_rows(self, client_id: int, table: str, page: Page = EVERY_ROW) -> RowStream:
-        self._upgrade(client_id)
-        conn = self._getconn()
-        try:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            self._require_space(conn, client_id)
-            schema = self._load_schemas(conn, client_id, table).get(table)
-            if schema is None:
-                raise NotFound(f"client {client_id} has no table {table!r}")
-        except BaseException as exc:
-            self._putconn(conn)
-            if isinstance(exc, psycopg.Error):
-                raise StorageUnavailable(f"cannot read table {table!r} ({exc})") from exc
-            raise
-        direction = " DESC" if page.descending else ""
-        order = ", ".join(quote(k) + direction for k in schema.key_fields)
-        select = (
-            f"SELECT {names(schema.columns)} FROM {q.table_ref(client_id, table)}"
-            f" ORDER BY {order} LIMIT %s OFFSET %s"
-        )
-        kinds = [c.kind for c in schema.columns.values()]
-        released = threading.Event()
-
-        def release() -> None:  # once: when the rows are read, or dropped unread
-            if not released.is_set():
-                released.set()
-                self._putconn(conn)
-
-        rows = self._stream(conn, select, (page.limit, page.offset), kinds, release)
-        weakref.finalize(rows, release)
-        return list(schema.columns), rows
-
-    def _getconn(self) -> psycopg.Connection[Any]:
-        try:
-            return self._pool.getconn(timeout=POOL_TIMEOUT)
-        except PoolTimeout as exc:
-            raise StorageUnavailable(f"the warehouse database cannot be reached ({exc})") from exc
-
-    def _putconn(self, conn: psycopg.Connection[Any]) -> None:
-        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.rollback()
-        self._pool.putconn(conn)
-
-    def _stream(
-        self,
-        conn: psycopg.Connection[Any],
-        select: str,
-        params: tuple[Any, ...],
-        kinds: list[Kind],
-        release: Callable[[], None],
-    ) -> Iterator[tuple[Any, ...]]:
-        try:
-            with conn.cursor(name="importapi_rows") as cur:
-                cur.execute(select, params)
-                while chunk := cur.fetchmany(1000):
-                    for row in chunk:
-                        yield tuple(from_storage(v, k) for v, k in zip(row, kinds))
-        except psycopg.Error as exc:
-            raise StorageUnavailable(f"reading rows failed ({exc})") from exc
-        finally:
-            release()
-
-    def restore_table(self, client_id: int, info: TableInfo, rows: Iterable[Sequence[Any]]) -> int:
-        schema, last_push_at = info.schema, info.last_push_at
-        s = q.client_schema(client_id)
-        kinds = [c.kind for c in schema.columns.values()]
-        count = 0
-        with self._connection() as conn, conn.transaction():
-            conn.execute(q.create_table(client_id, schema))
-            conn.execute(
-                f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version,"
-                " table_version) VALUES (%s, %s, %s, %s, 1, %s)",
-                (
-                    schema.name,
-                    list(schema.key_fields),
-                    stamp(schema.created_at),
-                    stamp(last_push_at),
-                    schema.version,
-                ),
-            )
-            with conn.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {s}._importapi_columns (table_name, name, kind, position, created_at,"
-                    " widened_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                    [
-                        (schema.name, c.name, c.kind.label, i, stamp(schema.created_at), stamp(c.widened_at))
-                        for i, c in enumerate(schema.columns.values())
-                    ],
-                )
-                columns = names(schema.columns)
-                with cur.copy(f"COPY {q.table_ref(client_id, schema.name)} ({columns}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(
-                            [
-                                None if v is None else (bool(v) if k is Kind.BOOLEAN else to_storage(v, k))
-                                for v, k in zip(row, kinds)
-                            ]
-                        )
-                        count += 1
-        return count
-
     # -- health -----------------------------------------------------------
     def ping(self) -> None:
         with self._connection(timeout=PING_TIMEOUT) as conn:

@@ -220,20 +220,27 @@ class TableSQL:
         self.key_positions = [cols.index(k) for k in schema.key_fields]
         self.all_keys = not others
         self._parts = (t, names(cols), arrays, keys, others)
-        self._guarded: dict[str, str] = {}
+        self._guarded: dict[tuple[str, str | None], str] = {}
 
-    def guarded(self, sequence: str) -> str:
-        """The upsert for rows ordered by ``sequence``: a stored row with a higher sequence is
-        left as it is. It returns the key of every row it wrote, and whether it was new."""
-        sql = self._guarded.get(sequence)
+    def guarded(self, sequence: str, version: str | None) -> str:
+        """The upsert for rows ordered by ``sequence`` (and table ``version``): a stored row
+        stays unless the new one replaces it (``schema.replaces``, decided here by the
+        database, row by row, under the row's lock). It returns the key of every row it
+        wrote, and whether it was new."""
+        sql = self._guarded.get((sequence, version))
         if sql is None:
             t, cols, arrays, keys, others = self._parts
             s = quote(sequence)
+            newer = f"stored.{s} IS NULL OR EXCLUDED.{s} IS NULL OR stored.{s} <= EXCLUDED.{s}"
+            if version is not None:
+                v = quote(version)
+                newer += (
+                    f" OR (EXCLUDED.{v} IS NOT NULL AND (stored.{v} IS NULL OR stored.{v} < EXCLUDED.{v}))"
+                )
             sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
-            sql = self._guarded[sequence] = (
+            sql = self._guarded[(sequence, version)] = (
                 f"INSERT INTO {t} AS stored ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT ({keys})"
-                f" DO UPDATE SET {sets} WHERE stored.{s} IS NULL OR stored.{s} <= EXCLUDED.{s}"
-                f" RETURNING {keys}, xmax = 0"
+                f" DO UPDATE SET {sets} WHERE {newer} RETURNING {keys}, xmax = 0"
             )
         return sql
 

@@ -347,16 +347,21 @@ class ClientWriter:
     def _drop_older(
         self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, rows: Rows
     ) -> tuple[Rows, int]:
-        """Leave out the rows whose stored row has a higher sequence. (This writer holds the
-        file's write lock: nothing changes between this read and the write.)"""
+        """Leave out the rows the stored ones win over (``schema.replaces``). This writer
+        holds the file's write lock: nothing changes between this read and the write."""
         if rows.sequence is None or schema is None or plan.create or not rows.rows:
             return rows, 0
-        column = rows.columns[rows.sequence]
-        if column not in schema.columns:
+        sequence = rows.columns[rows.sequence]
+        version = rows.columns[rows.version] if rows.version is not None else sequence
+        if sequence not in schema.columns or version not in schema.columns:
             return rows, 0
-        found = conn.execute(self._statements(schema).existing(column), (encode_rows(rows.keys),)).fetchall()
+        probe = self._statements(schema).existing(sequence, version)
+        found = conn.execute(probe, (encode_rows(rows.keys),)).fetchall()
         width = len(schema.key_fields)
-        return drop_older(rows, {(r[0] if width == 1 else tuple(r[:width])): r[width] for r in found})
+        stored = {(r[0] if width == 1 else tuple(r[:width])): (r[width], r[width + 1]) for r in found}
+        if rows.version is None:
+            stored = {k: (s, None) for k, (s, _) in stored.items()}
+        return drop_older(rows, stored)
 
     def _upsert(
         self, conn: sqlite3.Connection, sql: TableSQL, schema: TableSchema | None, plan: Plan, rows: Rows
