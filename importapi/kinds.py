@@ -87,9 +87,10 @@ def join(a: Kind, b: Kind) -> Kind:
 def timestamp_text(value: dt.datetime) -> str:
     """An instant as the warehouse writes it: UTC, to the microsecond, so text order is time
     order. A time without a zone is taken as UTC."""
-    if value.tzinfo is not None:
+    zone = value.tzinfo
+    if zone is not None and zone is not dt.UTC:
         value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.isoformat(timespec="microseconds")[:26] + "Z"  # the zone's "+00:00" left out
 
 
 def _decimal_text(value: Decimal) -> str:

@@ -42,6 +42,9 @@ class Batch:
     """A field set to the time the push is applied (``_sdc_batched_at``)."""
     system: frozenset[str] = frozenset()
     """Fields the system adds: they do not count against the column limit."""
+    ready: frozenset[str] = frozenset()
+    """Fields whose values are already as a column of their kind stores them (timestamps as
+    the warehouse's ISO text, decimals as text): nothing to convert unless the column widens."""
 
 
 @dataclass

@@ -181,40 +181,67 @@ def prepare_rows(plan: Plan, batch: Batch, now: str | None = None) -> Rows:
     """The batch's rows for the planned column kinds; ``now`` fills its stamp field."""
     columns = list(plan.kinds)
     # A column needs converting only where its values are not already what it stores:
-    # the driver binds str, int, float and bool as they are.
+    # the driver binds str, int, float and bool as they are, and ``batch.ready`` says
+    # which others already are.
     convert = [
         (j, kind)
         for j, (name, kind) in enumerate(plan.kinds.items())
         if name in batch.kinds
-        and (kind not in _AS_BOUND or name in batch.mixed or batch.kinds[name] is not kind)
+        and (
+            name in batch.mixed
+            or batch.kinds[name] is not kind
+            or (kind not in _AS_BOUND and name not in batch.ready)
+        )
     ]
     key_of = itemgetter(*[columns.index(k) for k in plan.key_fields])
-    points: list[Any] = batch.points
-    if batch.columns is not None:
-        if not convert and batch.columns == tuple(columns):
-            # rows already in column order and of the column kinds: no Python per row
-            point_keys = list(map(key_of, points))
-            by_key = dict(zip(point_keys, points))
-            return Rows(columns, list(by_key.values()), list(by_key), point_keys)
-        points = [dict(zip(batch.columns, p)) for p in points]
     stamp = columns.index(batch.stamp) if batch.stamp in plan.kinds and now is not None else None
-    rows: list[Sequence[Any]] = []
-    for point in points:
-        if convert or stamp is not None:
-            values = list(map(point.get, columns))
-            if stamp is not None:
-                values[stamp] = now
-            for j, kind in convert:
-                if values[j] is not None:
-                    values[j] = to_storage(values[j], kind)
-            rows.append(values)
-        else:
-            rows.append(tuple(map(point.get, columns)))
-    if batch.sequence is None and batch.version is None:
+    ordered = batch.sequence is not None or batch.version is not None
+    rows: list[Sequence[Any]]
+    if batch.columns is not None:
+        if not convert and stamp is None and batch.columns == tuple(columns) and not ordered:
+            # rows already in column order and of the column kinds: no Python per row
+            point_keys = list(map(key_of, batch.points))
+            by_key = dict(zip(point_keys, batch.points))
+            return Rows(columns, list(by_key.values()), list(by_key), point_keys)
+        rows = _reordered(batch, columns, now)
+        stamp = None
+    else:
+        rows = [tuple(map(p.get, columns)) for p in batch.points]
+    if convert or stamp is not None:
+        rows = [_converted(row, convert, stamp, now) for row in rows]
+    if not ordered:
         point_keys = list(map(key_of, rows))
         by_key = dict(zip(point_keys, rows))
         return Rows(columns, list(by_key.values()), list(by_key), point_keys)
     return _settle(rows, columns, key_of, batch, plan.version)
+
+
+def _reordered(batch: Batch, columns: list[str], now: str | None) -> list[Sequence[Any]]:
+    """Tuples of the batch's fields in the table's column order, in C: a column the batch
+    lacks reads a null, and the stamp field ``now``."""
+    assert batch.columns is not None
+    at = {name: i for i, name in enumerate(batch.columns)}
+    width = len(batch.columns)
+    if batch.stamp is not None:
+        at[batch.stamp] = width + 1
+    indexes = [at.get(c, width) for c in columns]
+    tail = (None, now)
+    if len(indexes) == 1:
+        return [(p[indexes[0]],) for p in batch.points]
+    pick = itemgetter(*indexes)
+    return [pick(p + tail) for p in batch.points]
+
+
+def _converted(
+    row: Sequence[Any], convert: list[tuple[int, Kind]], stamp: int | None, now: str | None
+) -> list[Any]:
+    values = list(row)
+    if stamp is not None:
+        values[stamp] = now
+    for j, kind in convert:
+        if values[j] is not None:
+            values[j] = to_storage(values[j], kind)
+    return values
 
 
 def _settle(

@@ -25,7 +25,7 @@ from importapi.http import Answer, Services, allow
 from importapi.observe import RequestRecord
 from importapi.push import Push, PushResult
 from importapi.settings import Limits
-from importapi.stitch import transit
+from importapi.stitch import transit, typed
 from importapi.stitch.batch import read_batch
 from importapi.stitch.push import read_records
 from importapi.stitch.records import MAX_BODY_BYTES
@@ -80,7 +80,11 @@ class StitchRoutes:
         received = dt.datetime.now(dt.UTC)
         sandbox = req.sandbox or route == "validate"
         if route == "batch":
-            push = read_batch(raw, stored.client_id, sandbox=sandbox, received=received, limits=self.limits)
+            push = typed.read(raw, stored.client_id, sandbox=sandbox, received=received, limits=self.limits)
+            if push is None:  # not of its schema's fast shape: read the general way
+                push = read_batch(
+                    raw, stored.client_id, sandbox=sandbox, received=received, limits=self.limits
+                )
         else:
             body = transit.decode(raw) if media == _TRANSIT else decode_json(raw, points=False)
             push = read_records(

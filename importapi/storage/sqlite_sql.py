@@ -186,6 +186,12 @@ class TableSQL:
             action = "DO NOTHING"
         self.columns = cols
         self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
+        self._values = (
+            f"INSERT INTO {t} ({col_list}) VALUES ",
+            f"({marks})",
+            f" ON CONFLICT ({conflict}) {action}",
+        )
+        self._by_count: dict[int, str] = {}
         # The same upsert taking all rows as one JSON array of arrays: one statement, one
         # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
         # needs it between a SELECT and ON CONFLICT.
@@ -210,6 +216,16 @@ class TableSQL:
         lower = {c.lower() for c in cols}
         rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
         self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
+
+    def upsert_values(self, count: int) -> str:
+        """The upsert of ``count`` rows bound as values in one statement."""
+        sql = self._by_count.get(count)
+        if sql is None:
+            head, row, tail = self._values
+            sql = self._by_count[count] = head + ", ".join([row] * count) + tail
+            if len(self._by_count) > 4:  # a full chunk's and a few remainders'
+                self._by_count.pop(next(iter(self._by_count)))
+        return sql
 
     def existing(self, *also: str) -> str:
         """The keys of a JSON array of keys the table holds, each with the columns ``also``."""

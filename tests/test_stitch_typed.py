@@ -1,0 +1,165 @@
+"""The batch route's fast way in (``importapi.stitch.typed``) decides how fast a batch is
+read, never what is stored: for any batch it takes, the rows are those the general way
+(``importapi.stitch.batch``) gives; what it does not take, the general way takes or refuses
+with its reasons. No HTTP, no database: the two pushes are compared as the warehouse gets them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from importapi.errors import BadRequest
+from importapi.push import Push
+from importapi.schema import make_plan, prepare_rows
+from importapi.settings import Limits
+from importapi.stitch import typed
+from importapi.stitch.batch import read_batch
+from importapi.stitch.records import PRIMARY_KEY
+
+LIMITS = Limits(max_points=20_000, max_body_bytes=20 * 1024 * 1024)
+NOW = dt.datetime(2026, 12, 1, 7, 46, 49, 376708, tzinfo=dt.UTC)
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "name": {"type": ["null", "string"]},
+        "amount": {"type": ["null", "number"], "multipleOf": 0.01},
+        "ratio": {"type": ["null", "number"]},
+        "at": {"type": ["null", "string"], "format": "date-time"},
+        "day": {"type": ["null", "string"], "format": "date"},
+        "ok": {"type": ["null", "boolean"]},
+        "doc": {"type": ["null", "object"]},
+    },
+}
+
+times = st.sampled_from(
+    [
+        "2026-11-30T10:11:12.000000Z",
+        "2026-11-30T10:11:12Z",
+        "2026-11-30T12:11:12+02:00",
+        "2026-11-30 10:11:12",
+        "2026-11-30T10:11:12.5+0000",
+        "not a time",
+        "2026-13-01T00:00:00Z",
+    ]
+)
+values = {
+    "name": st.one_of(st.none(), st.text(max_size=5)),
+    "amount": st.one_of(
+        st.none(), st.integers(-(10**6), 10**6).map(lambda c: f"{c / 100:.2f}"), st.just("12.345")
+    ),
+    "ratio": st.one_of(
+        st.none(), st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(-5, 5)
+    ),
+    "at": st.one_of(st.none(), times),
+    "day": st.one_of(st.none(), st.sampled_from(["2026-11-30", "1980-02-29", "2026-02-30", "x"])),
+    "ok": st.one_of(st.none(), st.booleans(), st.just("yes")),
+    "doc": st.one_of(st.none(), st.dictionaries(st.text("ab", max_size=2), st.integers(0, 3), max_size=2)),
+}
+records = st.fixed_dictionaries({"id": st.integers(0, 20)}, optional=values)
+
+
+def raw_body(
+    recs: list[dict[str, Any]], *, keys: list[str] | None, version: int | None, activate: bool
+) -> bytes:
+    messages: list[str] = []
+    for i, rec in enumerate(recs):
+        data = ", ".join(
+            f'"{k}": {v if k == "amount" and v is not None else json.dumps(v)}' for k, v in rec.items()
+        )
+        messages.append(
+            f'{{"action": "upsert", "sequence": {1796113870373400000 + i}, "data": {{{data}}},'
+            f' "time_extracted": "2026-12-01T07:46:49.376708Z"}}'
+        )
+    if activate:
+        messages.append('{"action": "activate_version", "sequence": 1}')
+    head = {"table_name": "orders", "schema": SCHEMA, "key_names": keys}
+    if version is not None:
+        head["table_version"] = version
+    return (json.dumps(head)[:-1] + ', "messages": [' + ", ".join(messages) + "]}").encode()
+
+
+def stored(push: Push) -> tuple[dict[str, str], list[dict[str, Any]], int | None]:
+    """What the warehouse would store for the push's batch (a new table): the column kinds,
+    the rows, the version it activates."""
+    (batch,) = push.batches
+    plan = make_plan(None, batch, LIMITS)
+    rows = prepare_rows(plan, batch, "2026-12-01T07:46:50.000000Z")
+    table = [{c: v for c, v in zip(rows.columns, r) if c != PRIMARY_KEY} for r in rows.rows]
+    return {c: k.label for c, k in plan.kinds.items()}, sorted(table, key=repr), plan.activate
+
+
+def both(raw: bytes) -> tuple[Push | None, Push | BadRequest]:
+    fast = typed.read(raw, 1, sandbox=False, received=NOW, limits=LIMITS)
+    try:
+        general: Push | BadRequest = read_batch(raw, 1, sandbox=False, received=NOW, limits=LIMITS)
+    except BadRequest as exc:
+        general = exc
+    return fast, general
+
+
+@given(
+    st.lists(records, min_size=1, max_size=6),
+    st.sampled_from([["id"], [], None]),
+    st.sampled_from([None, 7]),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_fast_way_stores_what_the_general_way_stores(
+    recs: list[dict[str, Any]], keys: list[str] | None, version: int | None, activate: bool
+) -> None:
+    fast, general = both(raw_body(recs, keys=keys, version=version, activate=activate))
+    if fast is None:
+        return  # read the general way, whatever it answers
+    assert isinstance(general, Push), f"the fast way took a batch the general way refuses: {general}"
+    assert stored(fast) == stored(general)
+
+
+def test_batches_of_target_stitchs_shape_take_the_fast_way() -> None:
+    recs = [
+        {
+            "id": i,
+            "name": "x",
+            "amount": "12.50",
+            "ratio": 0.5,
+            "at": "2026-11-30T10:11:12.000000Z",
+            "day": "2026-11-30",
+            "ok": True,
+            "doc": {"a": 1},
+        }
+        for i in range(50)
+    ]
+    fast, general = both(raw_body(recs, keys=["id"], version=3, activate=True))
+    assert fast is not None and isinstance(general, Push)
+    kinds, rows, activate = stored(fast)
+    assert activate == 3 and kinds["amount"] == "decimal" and kinds["at"] == "timestamp"
+    assert rows[0]["amount"] == "12.50" and rows[0]["at"] == "2026-11-30T10:11:12.000000Z"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda b: b.replace(b'"name": "x"', b'"name": "x", "name": "y"', 1),  # a name given twice
+        lambda b: b.replace(b'"ok": true', b'"ok": "yes"', 1),  # a value of another type
+        lambda b: b.replace(b'"ok": true', b'"extra": 1', 1),  # a field the schema does not name
+        lambda b: b.replace(b'"name": "x"', b'"name": "\\u0000"', 1),  # a NUL
+    ],
+)
+def test_what_the_fast_way_does_not_take_goes_the_general_way(change: Any) -> None:
+    recs = [{"id": 1, "name": "x", "ok": True}, {"id": 2, "name": "x", "ok": True}]
+    fast, general = both(change(raw_body(recs, keys=["id"], version=None, activate=False)))
+    assert fast is None
+    assert isinstance(general, (BadRequest, Push))
+
+
+def test_decimals_stay_exact() -> None:
+    raw = raw_body([{"id": 1, "amount": "99999999.99"}], keys=["id"], version=None, activate=False)
+    fast, _ = both(raw)
+    assert fast is not None and stored(fast)[1][0]["amount"] == "99999999.99"
+    assert Decimal(stored(fast)[1][0]["amount"]) == Decimal("99999999.99")
