@@ -82,7 +82,8 @@ class _Reader:
             raise TransitError("a map has a key without a value")
         out: dict[str, Any] = {}
         for i in range(0, len(flat), 2):
-            out[_key(self.value(flat[i], as_key=True))] = self.value(flat[i + 1])
+            key = _key(self.value(flat[i], as_key=True))  # first: the cache fills in document order
+            out[key] = self.value(flat[i + 1])
         return out
 
     def _object(self, obj: dict[str, Any]) -> Any:
@@ -93,7 +94,11 @@ class _Reader:
             if raw.startswith("~#"):
                 return self._tagged(raw[2:], inner)
             return {_key(_scalar(raw)): self.value(inner)}
-        return {_key(self.value(k, as_key=True)): self.value(v) for k, v in obj.items()}
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            key = _key(self.value(k, as_key=True))
+            out[key] = self.value(v)
+        return out
 
     def _tagged(self, tag: str, inner: Any) -> Any:
         if tag in ("set", "list", "'"):
