@@ -160,7 +160,10 @@ def from_storage(value: Any, kind: Kind) -> Any:
         try:
             return int(text)
         except ValueError:
-            return float(text)
+            exact = Decimal(text)
+        near = float(exact)
+        # a double when it holds the value exactly (what a double widened here was), else every digit
+        return near if Decimal(repr(near)) == exact else exact
     if kind is Kind.TIMESTAMP and type(value) is dt.datetime:
         return timestamp_text(value)  # PostgreSQL gives a datetime; SQLite has the text already
     if kind is Kind.DATE and type(value) is dt.date:

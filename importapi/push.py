@@ -42,6 +42,18 @@ class Batch:
     """A field set to the time the push is applied (``_sdc_batched_at``)."""
     system: frozenset[str] = frozenset()
     """Fields the system adds: they do not count against the column limit."""
+    parent: str | None = None
+    """A subtable's batch (the rows of an array field): the table of the records it comes
+    from, whose batch comes first in the same push."""
+    parent_keys: tuple[str, ...] = ()
+    """A subtable's fields holding its parent record's key, in the parent's key order. Its
+    rows replace, in the same transaction, the subtable's rows of every parent row the push
+    writes; the rows of parents that lost (an older sequence or version) are left out."""
+    nested: bool = False
+    """A batch whose records may have subtables: writing a row deletes the rows of every
+    subtable of the table tied to it, even of subtables this push has no rows for."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """The field path of each field whose name was shortened to fit a column name."""
     ready: frozenset[str] = frozenset()
     """Fields whose values are already as a column of their kind stores them (timestamps as
     the warehouse's ISO text, decimals as text): nothing to convert unless the column widens."""

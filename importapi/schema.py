@@ -26,6 +26,8 @@ class Column:
     name: str
     kind: Kind
     widened_at: str | None = None
+    path: str | None = None
+    """The field path the column holds, when its name had to be shortened to fit."""
 
 
 @dataclass
@@ -36,6 +38,10 @@ class TableSchema:
     created_at: str = ""
     version: int | None = None
     """The table's own table version (made so by an activation), if it has one."""
+    parent: str | None = None
+    """For a subtable (the rows of an array field): the table whose rows it belongs to."""
+    parent_keys: tuple[str, ...] = ()
+    """For a subtable: its columns holding the parent row's key, in the parent's key order."""
 
     def lower_names(self) -> dict[str, str]:
         return {name.lower(): name for name in self.columns}
@@ -49,6 +55,8 @@ class Plan:
     kinds: dict[str, Kind]
     add: list[Column] = field(default_factory=list)
     widen: list[tuple[str, Kind, Kind]] = field(default_factory=list)
+    parent: str | None = None
+    parent_keys: tuple[str, ...] = ()
     version: int | None = None
     """The table version points must not be older than: the table's own, or the one the
     batch activates if newer."""
@@ -62,6 +70,7 @@ class Plan:
     def describe(self) -> dict[str, Any]:
         return {
             "create_table": self.create,
+            **({"parent": self.parent} if self.parent else {}),
             "key_fields": list(self.key_fields),
             "add_columns": [{"name": c.name, "type": c.kind.label} for c in self.add],
             "widen_columns": [{"name": n, "from": old.label, "to": new.label} for n, old, new in self.widen],
@@ -94,7 +103,16 @@ def make_plan(
     if schema is None:
         order = [*batch.key_fields, *(n for n in batch.kinds if n not in batch.key_fields)]
         kinds = {name: _exact(batch.kinds[name], name, batch) for name in order}
-        plan = Plan(batch.table, True, batch.key_fields, kinds, add=[Column(n, k) for n, k in kinds.items()])
+        add = [Column(n, k, path=batch.paths.get(n)) for n, k in kinds.items()]
+        plan = Plan(
+            batch.table,
+            True,
+            batch.key_fields,
+            kinds,
+            add,
+            parent=batch.parent,
+            parent_keys=batch.parent_keys,
+        )
         plan.version = plan.activate = batch.activate
         _check_width(plan, limits, batch.system)
         return plan
@@ -130,7 +148,7 @@ def make_plan(
                 )
                 continue
             kinds[name] = kind = _exact(kind, name, batch)
-            plan.add.append(Column(name, kind))
+            plan.add.append(Column(name, kind, path=batch.paths.get(name)))
             continue
         wider = _exact(join(current, kind), name, batch)
         if wider is Kind.DOUBLE and current is Kind.INTEGER and stored_inexact and stored_inexact(name):

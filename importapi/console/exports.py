@@ -21,7 +21,7 @@ from importapi.console.web import page, storage_of
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8"}
 CHUNK_ROWS = 500
-_encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder(decimal_format="number").encode
 
 
 def csv_text(value: Any) -> str:

@@ -196,9 +196,22 @@ def _number(ft: FieldType, value: Any) -> Any:
             return value  # a double would round it: it stays whole (a decimal column)
         return float(value)
     exact = value if type(value) is Decimal else Decimal(repr(value) if type(value) is float else value)
-    if exact % ft.step:
+    if not multiple_of(exact, ft.step):
         raise Mismatch(f"{exact} is not a multiple of {ft.step}")
     return exact
+
+
+def multiple_of(value: Decimal | int, step: Decimal) -> bool:
+    """Is the value a whole number of ``step``, a power of ten below 1? Read off its digits,
+    so any number of them works (decimal arithmetic would stop at 28)."""
+    if not isinstance(value, Decimal):
+        return True  # an integer
+    _sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return False  # infinity or NaN
+    places = -step.as_tuple().exponent  # type: ignore[operator]
+    extra = -exponent - places
+    return extra <= 0 or not any(digits[-extra:])
 
 
 def _step(schema: Mapping[str, Any]) -> Decimal | None:

@@ -34,6 +34,7 @@ from importapi.names import field_name_problem
 from importapi.push import Batch, Push
 from importapi.settings import Limits
 from importapi.stitch import jsonschema
+from importapi.stitch.jsonschema import multiple_of
 from importapi.stitch.records import (
     BATCHED,
     EXTRACTED,
@@ -202,7 +203,8 @@ def _fix_column(rows: list[tuple[Any, ...]], j: int, what: str, step: Decimal | 
         return all(len(v) == 10 for v in present)
     if what == "decimal":
         if not all(
-            v is None or (type(v) in (Decimal, int) and not (step and Decimal(v) % step)) for v in column
+            v is None or (type(v) in (Decimal, int) and (step is None or multiple_of(v, step)))
+            for v in column
         ):
             return False
         texts = [None if v is None else format(v, "f") for v in column]  # as a decimal column stores it

@@ -76,15 +76,23 @@ class TableInfo:
     last_push_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        s = self.schema
+        columns = [
+            {"name": c.name, "type": c.kind.label, "widened_at": c.widened_at} for c in s.columns.values()
+        ]
+        for out, c in zip(columns, s.columns.values()):
+            if c.path:
+                out["path"] = c.path
+        extra: dict[str, Any] = {"parent": s.parent} if s.parent else {}
+        if s.version is not None:
+            extra["table_version"] = s.version
         return {
-            "table": self.schema.name,
-            "key_fields": list(self.schema.key_fields),
-            "columns": [
-                {"name": c.name, "type": c.kind.label, "widened_at": c.widened_at}
-                for c in self.schema.columns.values()
-            ],
+            "table": s.name,
+            "key_fields": list(s.key_fields),
+            "columns": columns,
             "row_count": self.row_count,
-            "created_at": self.schema.created_at,
+            "created_at": s.created_at,
+            **extra,
         }
 
 

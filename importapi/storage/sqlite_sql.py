@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS _importapi_tables (
     key_fields TEXT NOT NULL,
     created_at TEXT NOT NULL,
     last_push_at TEXT,
-    table_version INTEGER
+    table_version INTEGER,
+    parent TEXT,
+    parent_keys TEXT
 );
 CREATE TABLE IF NOT EXISTS _importapi_columns (
     table_name TEXT NOT NULL,
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS _importapi_columns (
     position INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     widened_at TEXT,
+    path TEXT,
     PRIMARY KEY (table_name, name)
 );
 """
@@ -147,24 +150,41 @@ def execute_script(conn: sqlite3.Connection, script: str) -> None:
         raise
 
 
+# What client files of earlier releases lack: (table, column, declaration).
+_ADDED = (
+    ("_importapi_tables", "table_version", "INTEGER"),
+    ("_importapi_tables", "parent", "TEXT"),
+    ("_importapi_tables", "parent_keys", "TEXT"),
+    ("_importapi_columns", "path", "TEXT"),
+)
+
+
 def upgrade(conn: sqlite3.Connection) -> None:
-    """Bring a client file made by an earlier release to this layout (it lacks
-    ``_importapi_tables.table_version``); nothing when it has it already."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(_importapi_tables)")}
-    if columns and "table_version" not in columns:
-        conn.execute("ALTER TABLE _importapi_tables ADD COLUMN table_version INTEGER")
+    """Bring a client file made by an earlier release to this layout; nothing when it has it."""
+    for table, column, declared in _ADDED:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if columns and column not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
 
 
 def load_schemas(conn: sqlite3.Connection) -> dict[str, TableSchema]:
     schemas: dict[str, TableSchema] = {}
-    for name, key_fields, created_at, version in conn.execute(
-        "SELECT name, key_fields, created_at, table_version FROM _importapi_tables"
+    for name, key_fields, created_at, version, parent, parent_keys in conn.execute(
+        "SELECT name, key_fields, created_at, table_version, parent, parent_keys FROM _importapi_tables"
     ):
-        schemas[name] = TableSchema(name, tuple(json.loads(key_fields)), {}, created_at, version)
-    for table, name, kind, widened_at in conn.execute(
-        "SELECT table_name, name, kind, widened_at FROM _importapi_columns ORDER BY table_name, position"
+        schemas[name] = TableSchema(
+            name,
+            tuple(json.loads(key_fields)),
+            {},
+            created_at,
+            version,
+            parent,
+            tuple(json.loads(parent_keys)) if parent_keys else (),
+        )
+    for table, name, kind, widened_at, path in conn.execute(
+        "SELECT table_name, name, kind, widened_at, path FROM _importapi_columns ORDER BY table_name, position"
     ):
-        schemas[table].columns[name] = Column(name, Kind.from_label(kind), widened_at)
+        schemas[table].columns[name] = Column(name, Kind.from_label(kind), widened_at, path)
     return schemas
 
 

@@ -429,11 +429,14 @@ class ClientWriter:
         t = quote(plan.table)
         if schema is None:
             create_table(conn, plan.table, [(c.name, c.kind) for c in plan.add], plan.key_fields)
+            parent_keys = json.dumps(list(plan.parent_keys)) if plan.parent else None
             conn.execute(
-                "INSERT INTO _importapi_tables (name, key_fields, created_at) VALUES (?, ?, ?)",
-                (plan.table, json.dumps(list(plan.key_fields)), now),
+                "INSERT INTO _importapi_tables (name, key_fields, created_at, parent, parent_keys) VALUES (?, ?, ?, ?, ?)",
+                (plan.table, json.dumps(list(plan.key_fields)), now, plan.parent, parent_keys),
             )
-            schema = TableSchema(plan.table, plan.key_fields, {}, now)
+            schema = TableSchema(
+                plan.table, plan.key_fields, {}, now, parent=plan.parent, parent_keys=plan.parent_keys
+            )
         else:
             schema = replace(schema, columns=dict(schema.columns))
             for c in plan.add:
@@ -441,15 +444,15 @@ class ClientWriter:
         position = len(schema.columns)
         for c in plan.add:
             conn.execute(
-                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (plan.table, c.name, c.kind.label, position, now),
+                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, path)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (plan.table, c.name, c.kind.label, position, now, c.path),
             )
-            schema.columns[c.name] = Column(c.name, c.kind)
+            schema.columns[c.name] = Column(c.name, c.kind, path=c.path)
             position += 1
         if plan.widen:
             for name, _old, new in plan.widen:
-                schema.columns[name] = Column(name, new, now)
+                schema.columns[name] = Column(name, new, now, schema.columns[name].path)
                 conn.execute(
                     "UPDATE _importapi_columns SET kind = ?, widened_at = ? WHERE table_name = ? AND name = ?",
                     (new.label, now, plan.table, name),
