@@ -125,7 +125,22 @@ def _not_utf8(body: bytes) -> BadRequest | None:
         return BadRequest(
             f"the body is not valid UTF-8 (byte {exc.start}); JSON is sent as UTF-8", code=Code.BODY_NOT_UTF8
         )
+    half = _HALF_SURROGATE.search(body)
+    if half is not None:  # an escape the decoder refuses: text no database can store as given
+        return BadRequest(
+            f"the body escapes half a surrogate pair ({half.group(1).decode()!r}), which is not text",
+            code=Code.BODY_NOT_UTF8,
+        )
     return None
+
+
+# An escape (after an even run of backslashes, so not an escaped backslash) of \uD800-\uDBFF
+# not followed by one of \uDC00-\uDFFF, or of \uDC00-\uDFFF not after one of \uD800-\uDBFF.
+_HALF_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*"
+    rb"(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 
 
 def holds_nul(value: Any) -> bool:

@@ -87,6 +87,7 @@ class Code(enum.StrEnum):
     FIELD_NAME_INVALID = "field_name_invalid"
     FIELD_NAME_RESERVED = "field_name_reserved"
     FIELD_NAME_CASE = "field_name_case"
+    FIELD_NAME_COLLISION = "field_name_collision"
     MORE_PROBLEMS = "more_problems"
     # the table's schema
     TOO_MANY_COLUMNS = "too_many_columns"

@@ -96,7 +96,7 @@ def _text(_name: str, raw: str) -> str:
 def _write(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
-    return format(value, "g") if isinstance(value, float) else str(value)
+    return repr(value) if isinstance(value, float) else str(value)  # every digit: what a worker reads back
 
 
 # field of Settings (dotted for Limits) -> its variable and how to read it

@@ -12,8 +12,7 @@ from importapi.activity import ActivityRecorder
 from importapi.app import create_app
 from importapi.settings import Settings
 from importapi.storage import Storage, open_storage
-from tests.conftest import EXAMPLE_2, InProcessClient
-from tests.helpers import wait_until
+from tests.helpers import EXAMPLE_2, InProcessClient, wait_until
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from importapi.app import create_app
 from importapi.rjmetrics.validate import validate
 from importapi.settings import Settings
 from importapi.storage import open_storage
-from tests.conftest import EXAMPLE_2, InProcessClient
-from tests.helpers import apply, cli_json, run_cli, sqlite_url, wait_until
+from tests.helpers import EXAMPLE_2, InProcessClient, apply, cli_json, run_cli, sqlite_url, wait_until
 
 URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 

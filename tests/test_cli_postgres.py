@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from tests.backends import fresh_postgres, warehouse
-from tests.conftest import EXAMPLE_2, start_server, stop_server
-from tests.helpers import cli_json, run_cli
+from tests.helpers import EXAMPLE_2, cli_json, run_cli, start_server, stop_server
 
 
 @pytest.fixture

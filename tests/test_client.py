@@ -23,10 +23,13 @@ from importapi.client._batching import Batcher, batches
 from importapi.client._core import Reply, Send, Wait, bases, exchange
 from importapi.client._retry import parse_retry_after
 from importapi.settings import Limits
-from tests.conftest import EXAMPLE_2, Api, Server, make_api, start_server, stop_server
 from tests.faults import FaultProxy, Faults, LoopTransport, faulty
+from tests.helpers import EXAMPLE_2, Api, Server, make_api, start_server, stop_server
 
 FAST = Retry(attempts=3, backoff=0.001, max_backoff=0.01)
+# The client's own work (cutting requests, gzip, retries, naming the records of a refusal the
+# server's validation made) does not depend on the warehouse: those tests run on SQLite. What
+# concurrent requests leave stored runs on every backend.
 
 
 def rows(n: int, start: int = 0, **extra: Any) -> Iterator[dict[str, Any]]:
@@ -158,6 +161,7 @@ def test_one_dict_a_list_and_a_generator(api: Api) -> None:
     assert count(api) == 252
 
 
+@pytest.mark.backends("sqlite")
 def test_a_string_or_a_number_is_not_data(api: Api) -> None:
     with client_for(api) as client:
         for wrong in ("not records", b"bytes", 42):
@@ -165,6 +169,7 @@ def test_a_string_or_a_number_is_not_data(api: Api) -> None:
                 client.push_data("orders", wrong)
 
 
+@pytest.mark.backends("sqlite")
 def test_empty_data_sends_nothing(api: Api) -> None:
     faults = Faults()
     with client_for(api, faults) as client:
@@ -172,6 +177,7 @@ def test_empty_data_sends_nothing(api: Api) -> None:
     assert not summary and list(summary) == [] and faults.seen == []
 
 
+@pytest.mark.backends("sqlite")
 def test_requests_hold_at_most_max_points(api: Api) -> None:
     faults = Faults()
     with client_for(api, faults, max_points=7) as client:
@@ -193,6 +199,7 @@ def test_requests_stay_under_the_byte_limit(data_dir: Path) -> None:
         assert len(sizes) > 200 * 200 // limit  # cut by bytes, long before 100 data points
 
 
+@pytest.mark.backends("sqlite")
 def test_big_records_fill_requests_up_to_the_default_5_mib(api: Api) -> None:
     faults = Faults()
     big = ({"keys": ["id"], "id": i, "blob": "b" * (1024 * 1024)} for i in range(11))
@@ -227,6 +234,7 @@ def test_batcher_cuts_by_count_in_input_order() -> None:
     assert [(b.first, b.count) for b in one] == [(0, 1), (1, 1), (2, 1)]
 
 
+@pytest.mark.backends("sqlite")
 def test_gzip_compressed_requests(api: Api) -> None:
     faults = Faults()
     with client_for(api, faults, gzip=True) as client:
@@ -268,6 +276,7 @@ def test_sandbox_checks_and_stores_nothing(api: Api) -> None:
 # --- refusals ----------------------------------------------------------------------------
 
 
+@pytest.mark.backends("sqlite")
 def test_a_refused_request_names_the_input_records_it_held(api: Api) -> None:
     data = list(rows(250))
     data[153] = {"keys": ["id"], "name": "no id"}
@@ -284,6 +293,7 @@ def test_a_refused_request_names_the_input_records_it_held(api: Api) -> None:
     assert len(faults.data_requests()) == 2  # no retry, and nothing after it
 
 
+@pytest.mark.backends("sqlite")
 def test_a_refusal_with_requests_in_flight_still_reports_the_earliest(api: Api) -> None:
     data = list(rows(1000))
     data[437] = {"keys": ["id"], "id": None}
@@ -294,6 +304,7 @@ def test_a_refusal_with_requests_in_flight_still_reports_the_earliest(api: Api) 
     assert caught.value.summary.acknowledged == 400
 
 
+@pytest.mark.backends("sqlite")
 def test_503_and_429_are_retried_and_400_is_not(api: Api) -> None:
     data = list(rows(300))
     data[250] = {"keys": ["id"], "id": {"not": "a key value"}}
@@ -307,6 +318,7 @@ def test_503_and_429_are_retried_and_400_is_not(api: Api) -> None:
     assert count(api) == 200
 
 
+@pytest.mark.backends("sqlite")
 def test_retries_run_out(api: Api) -> None:
     faults = Faults("pass", *["503"] * 10)
     with client_for(api, faults, concurrency=1) as client, pytest.raises(PushFailed) as caught:
@@ -317,7 +329,7 @@ def test_retries_run_out(api: Api) -> None:
 
 
 def test_no_server_at_all_is_a_push_failed(tmp_path: Path) -> None:
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     with (
         Client(1, "k", url=f"http://127.0.0.1:{free_port()}", retry=FAST) as client,
@@ -385,6 +397,7 @@ def test_async_client_pushes_lists_generators_and_async_generators(api: Api) -> 
     assert count(api) == 250
 
 
+@pytest.mark.backends("sqlite")
 def test_async_client_retries_and_refuses_the_same_way(api: Api) -> None:
     faults = Faults("429", "503")
     data = list(rows(300))

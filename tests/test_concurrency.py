@@ -35,8 +35,7 @@ import pytest
 
 from importapi.storage import open_storage
 from tests.backends import warehouse
-from tests.conftest import free_port
-from tests.helpers import cli_json, wait_until
+from tests.helpers import cli_json, free_port, wait_until
 
 WRITERS = 16
 REQUESTS = 12

@@ -22,7 +22,7 @@ from importapi.app import ImportApi, create_app
 from importapi.console.owner import PASSWORD_SETTING, hash_password, set_password
 from importapi.settings import Settings
 from importapi.storage import Storage
-from tests.conftest import EXAMPLE_2, InProcessClient
+from tests.helpers import EXAMPLE_2, InProcessClient
 
 PASSWORD = "a good password"
 

@@ -30,8 +30,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.conftest import EXAMPLE_2, Server, start_server, stop_server
-from tests.helpers import sqlite_url, wait_until
+from tests.helpers import EXAMPLE_2, Server, sqlite_url, start_server, stop_server, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

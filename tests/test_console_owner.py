@@ -20,8 +20,7 @@ from importapi.console.owner import (
     validate_password,
 )
 from importapi.storage import Storage, open_storage
-from tests.conftest import start_server, stop_server
-from tests.helpers import sqlite_url
+from tests.helpers import sqlite_url, start_server, stop_server
 
 
 def test_a_password_hash_checks_the_password_and_nothing_else() -> None:

@@ -18,8 +18,10 @@ import pytest
 
 from tests.backends import DECLARED, STORED, backend_of, value_types
 from tests.backends import declared_types as backend_declared_types
-from tests.conftest import EXAMPLE_1, EXAMPLE_2, Api
-from tests.test_contract import (
+from tests.helpers import (
+    EXAMPLE_1,
+    EXAMPLE_2,
+    Api,
     envelope,
     error_reasons,
     key_fields,
@@ -29,6 +31,10 @@ from tests.test_contract import (
     snapshot,
     user_tables,
 )
+
+# A test marked backends("sqlite") is refused by validation (or by reading the body), which
+# happens before the warehouse is touched: one backend proves it. What depends on a stored
+# table (its schema, widening, counts, all-or-nothing on it) runs on every backend.
 
 
 def point(id_: Any = 1, **fields: Any) -> dict[str, Any]:
@@ -70,24 +76,29 @@ def test_array_body_is_one_data_point_each(api: Api) -> None:
     assert [(r["id"], r["v"]) for r in api.rows(order="id")] == [(n, f"v{n}") for n in range(1, 6)]
 
 
-@pytest.mark.parametrize(("count", "status"), [(1, 201), (100, 201), (101, 400), (1000, 400)])
-def test_array_holds_1_to_100_data_points(api: Api, count: int, status: int) -> None:
-    """An array of 1 to 100 data points is taken; 101 or more is a 400 that stores nothing."""
-    data = [point(n) for n in range(count)]
-    if status == 201:
-        assert pushed(api.push(data))["inserted"] == count
-        assert len(api.rows()) == count
-    else:
-        refused(api, data)
-        assert user_tables(api) == []
+@pytest.mark.parametrize("count", [1, 100])
+def test_array_holds_1_to_100_data_points(api: Api, count: int) -> None:
+    """An array of 1 to 100 data points is taken, each stored."""
+    assert pushed(api.push([point(n) for n in range(count)]))["inserted"] == count
+    assert len(api.rows()) == count
 
 
+@pytest.mark.backends("sqlite")
+@pytest.mark.parametrize("count", [101, 1000])
+def test_more_than_100_data_points_are_refused(api: Api, count: int) -> None:
+    """101 data points or more is a 400 that stores nothing."""
+    refused(api, [point(n) for n in range(count)])
+    assert user_tables(api) == []
+
+
+@pytest.mark.backends("sqlite")
 def test_empty_array_is_refused(api: Api) -> None:
     """An empty array is a 400: a request carries 1 to 100 data points."""
     refused(api, [])
     assert user_tables(api) == []
 
 
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize(
     "data",
     [5, "text", None, True, [5], [None], [[point()]], [point(), "x"]],
@@ -99,6 +110,7 @@ def test_data_points_must_be_objects(api: Api, data: Any) -> None:
     assert user_tables(api) == []
 
 
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize(
     "raw",
     [
@@ -152,6 +164,7 @@ BAD_KEYS = {
 }
 
 
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize("bad", list(BAD_KEYS))
 def test_keys_must_name_present_scalar_fields(api: Api, bad: str) -> None:
     """`keys` must be a non-empty array of at most 8 distinct field names, each present with
@@ -192,6 +205,7 @@ def test_keys_is_not_stored_as_a_column(api: Api) -> None:
     assert key_fields(api) == ["id"]
 
 
+@pytest.mark.backends("sqlite")
 def test_one_reason_per_problem_naming_the_data_point(api: Api) -> None:
     """All data points are checked: one reason per problem, each naming its data point's
     index counted from 0; the good data points are not stored either."""
@@ -211,6 +225,7 @@ def test_one_reason_per_problem_naming_the_data_point(api: Api) -> None:
     assert user_tables(api) == []
 
 
+@pytest.mark.backends("sqlite")
 def test_all_or_nothing_on_a_new_table(api: Api) -> None:
     """A bad data point at index 2 of 3: nothing is stored, no table and no column created."""
     reasons = refused(api, [point(1, a="x"), point(2, b=1.5), {"keys": ["id"], "id": None, "c": 1}])
@@ -292,6 +307,7 @@ def test_key_fields_are_fixed_by_the_first_push(api: Api) -> None:
     assert key_fields(api) == ["order_id"]
 
 
+@pytest.mark.backends("sqlite")
 def test_key_fields_differing_within_a_request_are_refused(api: Api) -> None:
     """All data points of a request name the same key fields, or it is a 400 naming the odd one."""
     reasons = refused(api, [point(1, email="a"), {"keys": ["email"], "id": 2, "email": "b"}])
@@ -344,6 +360,7 @@ def test_good_table_names_are_taken(api: Api, name: str) -> None:
     assert user_tables(api) == [name.lower()]
 
 
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize(
     "name",
     [
@@ -534,6 +551,7 @@ def test_no_value_is_dropped_or_truncated(api: Api) -> None:
     assert api.rows(order="id")[0]["prec"] == repr(0.1 + 0.2)
 
 
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize("value", ["a\x00b", {"k": "\x00"}, ["x", ["\x00"]], {"a\x00": 1}])
 def test_text_with_a_nul_character_is_refused_not_cut(api: Api, value: Any) -> None:
     """PostgreSQL cannot store U+0000 in text or JSON, so no backend takes it: a 400 naming
@@ -600,6 +618,7 @@ def test_field_names_that_look_like_sql_are_columns_exactly(api: Api) -> None:
     assert api.rows("t") == [{key: 1, "x) values (1": "k", "v": 2}]
 
 
+@pytest.mark.backends("sqlite")
 def test_names_differing_only_in_case_are_refused_within_a_request(api: Api) -> None:
     """Two field names equal ignoring case cannot both be columns: 400, in one data point or
     across data points, naming the data point."""
@@ -620,34 +639,24 @@ def test_names_differing_only_in_case_from_a_column_are_refused(api: Api) -> Non
 
 
 @pytest.mark.parametrize(
-    ("name", "ok"),
-    [
-        ("x" * 63, True),
-        ("x" * 64, False),
-        ("é" * 31 + "a", True),
-        ("é" * 32, False),
-        ("🙂" * 15 + "abc", True),
-        ("🙂" * 16, False),
-        ("a\x00b", False),
-    ],
-    ids=[
-        "63-ascii",
-        "64-ascii",
-        "63-bytes-utf8",
-        "64-bytes-32-chars",
-        "63-bytes-emoji",
-        "64-bytes-emoji",
-        "nul",
-    ],
+    "name", ["x" * 63, "é" * 31 + "a", "🙂" * 15 + "abc"], ids=["63-ascii", "63-bytes-utf8", "63-bytes-emoji"]
 )
-def test_field_names_the_storage_cannot_hold_are_refused(api: Api, name: str, ok: bool) -> None:
-    """A field name longer than 63 bytes (UTF-8), or with a NUL, is a 400; up to 63 is kept."""
-    if ok:
-        pushed(api.push(point(1, **{name: 1})))
-        assert name in kinds(api)
-    else:
-        refused(api, point(1, **{name: 1}))
-        assert user_tables(api) == []
+def test_field_names_of_up_to_63_bytes_are_kept(api: Api, name: str) -> None:
+    """A field name of up to 63 bytes (UTF-8) is a column of exactly that name."""
+    pushed(api.push(point(1, **{name: 1})))
+    assert name in kinds(api) and name in declared_types(api)
+
+
+@pytest.mark.backends("sqlite")
+@pytest.mark.parametrize(
+    "name",
+    ["x" * 64, "é" * 32, "🙂" * 16, "a\x00b"],
+    ids=["64-ascii", "64-bytes-32-chars", "64-bytes-emoji", "nul"],
+)
+def test_field_names_the_storage_cannot_hold_are_refused(api: Api, name: str) -> None:
+    """A field name longer than 63 bytes (UTF-8), or with a NUL, is a 400 storing nothing."""
+    refused(api, point(1, **{name: 1}))
+    assert user_tables(api) == []
 
 
 def test_column_limit_counts_key_columns(tmp_path: Path) -> None:
@@ -700,6 +709,7 @@ def test_body_size_limit_without_content_length(tmp_path: Path) -> None:
         assert user_tables(api) == []
 
 
+@pytest.mark.backends("sqlite")
 def test_default_body_limit_is_5_mib(api: Api) -> None:
     """The default limit is 5 MiB after decompression."""
     limit = 5 * 1024 * 1024
@@ -729,6 +739,7 @@ def test_gzip_body_limit_applies_after_decompression(tmp_path: Path, size: int, 
             assert user_tables(api) == []
 
 
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize("encoding", ["gzip", "GZIP", "x-gzip"])
 def test_gzip_bodies_are_accepted(api: Api, encoding: str) -> None:
     """Content-Encoding: gzip is accepted; the inflated body is the JSON."""
@@ -738,6 +749,7 @@ def test_gzip_bodies_are_accepted(api: Api, encoding: str) -> None:
     assert [r["status"] for r in api.rows(order="id")] == ["complete", "pending"]
 
 
+@pytest.mark.backends("sqlite")
 def test_bad_gzip_is_400(api: Api) -> None:
     """A body that says gzip but is not (or is cut short) is a 400 and stores nothing."""
     raw = gzip.compress(json.dumps(EXAMPLE_1).encode())
@@ -746,6 +758,7 @@ def test_bad_gzip_is_400(api: Api) -> None:
     assert user_tables(api) == []
 
 
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "zstd", "gzip, br"])
 def test_other_encodings_are_415(api: Api, encoding: str) -> None:
     """Any Content-Encoding but gzip is a 415 that stores nothing."""
@@ -771,6 +784,7 @@ def test_nesting_depth_32_is_the_limit(api: Api, container: str) -> None:
     assert len(reasons) == 1 and re.search(r"\b1\b", reasons[0])
 
 
+@pytest.mark.backends("sqlite")
 def test_nesting_far_beyond_the_limit_is_400(api: Api) -> None:
     """A body nested far too deep to read is still a plain 400, not a server error."""
     for depth in (1_000, 200_000):

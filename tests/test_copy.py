@@ -17,8 +17,7 @@ import pytest
 
 from importapi.storage import Storage, open_storage
 from tests.backends import fresh_postgres
-from tests.conftest import Api, make_api
-from tests.helpers import cli_json, run_cli, sqlite_url
+from tests.helpers import Api, cli_json, make_api, run_cli, sqlite_url
 
 
 def _fill(api: Api) -> None:

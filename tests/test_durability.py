@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak import Harness, ProcessTarget, rss_kib
-from tests.conftest import Server, start_server
-from tests.helpers import wait_until
+from tests.helpers import Server, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,18 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLE_1, EXAMPLE_2, Server, start_server, stop_server
-from tests.helpers import cli_json, integrity_ok, query_rows, run_cli, wait_until
+from tests.helpers import (
+    EXAMPLE_1,
+    EXAMPLE_2,
+    Server,
+    cli_json,
+    integrity_ok,
+    query_rows,
+    run_cli,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api
+from tests.helpers import Api
 
 ROUTES = [
     "/{v}/client/{cid}/authenticate",

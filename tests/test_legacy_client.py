@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLE_2, Server
-from tests.helpers import cli_json, query_rows, run_cli
+from tests.helpers import EXAMPLE_2, Server, cli_json, query_rows, run_cli
 
 pytestmark = pytest.mark.legacy
 

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from importapi.loader import InputError, Load, format_of, infer, parse_keys, run
-from tests.conftest import Api, Server, start_server, stop_server
 from tests.faults import FaultProxy, Faults, LoopTransport, faulty
-from tests.helpers import run_cli, wait_until
+from tests.helpers import Api, Server, run_cli, start_server, stop_server, wait_until
+
+# Refusals, resuming and progress are the loader's and validation's, decided before the
+# warehouse: those tests run on SQLite. Reading each format into stored values runs on both.
 
 
 def jsonl(path: Path, records: list[Any]) -> Path:
@@ -157,6 +159,7 @@ def test_csv_as_strings_or_with_inferred_types(api: Api, tmp_path: Path) -> None
     ]
 
 
+@pytest.mark.backends("sqlite")
 def test_csv_needs_keys_and_a_well_formed_table(api: Api, tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
     path.write_text("id,name\n1,a\n2,b,extra\n")
@@ -239,6 +242,7 @@ def test_a_refused_record_in_the_middle_of_a_file_stops_the_load_and_says_how_to
     assert "600 records pushed to middle in 6 requests, after skipping 400: 600 inserted" in again.stdout
 
 
+@pytest.mark.backends("sqlite")
 def test_a_refusal_with_requests_in_flight_resumes_from_the_last_acknowledged(
     api: Api, tmp_path: Path
 ) -> None:
@@ -252,6 +256,7 @@ def test_a_refusal_with_requests_in_flight_resumes_from_the_last_acknowledged(
     assert len(stored(api)) >= 1200
 
 
+@pytest.mark.backends("sqlite")
 def test_resume_with_skip_counts_records_across_files(api: Api, tmp_path: Path) -> None:
     a = jsonl(tmp_path / "a.jsonl", people(30))
     b = jsonl(tmp_path / "b.jsonl", people(30, start=30))
@@ -260,6 +265,7 @@ def test_resume_with_skip_counts_records_across_files(api: Api, tmp_path: Path) 
     assert [r["id"] for r in stored(api)] == list(range(45, 60))
 
 
+@pytest.mark.backends("sqlite")
 def test_unreadable_input_stops_after_what_was_read(api: Api, tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in people(150)) + '{"id": 150,\n')
@@ -298,6 +304,7 @@ def test_a_wrong_key_fails_before_reading_anything(real_server: Server, tmp_path
     assert missing.returncode == 2 and "--api-key" in missing.stderr
 
 
+@pytest.mark.backends("sqlite")
 def test_sandbox_and_gzip(api: Api, tmp_path: Path) -> None:
     path = jsonl(tmp_path / "p.jsonl", people(120))
     faults = Faults()
@@ -310,6 +317,7 @@ def test_sandbox_and_gzip(api: Api, tmp_path: Path) -> None:
 # --- progress --------------------------------------------------------------------------------
 
 
+@pytest.mark.backends("sqlite")
 def test_plain_progress_lines_when_not_on_a_terminal(api: Api, tmp_path: Path) -> None:
     path = jsonl(tmp_path / "p.jsonl", people(300))
     code, _, err = push(api, path, keys=["id"], progress_interval=0.0)

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 from importapi.push import PushResult
 from importapi.rjmetrics.validate import validate
 from importapi.storage import Storage, open_storage
-from tests.conftest import make_api
-from tests.helpers import apply
+from tests.helpers import apply, make_api
 
 TABLE = "things"
 INT64 = st.integers(-(2**63), 2**63 - 1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
+from tests.helpers import Server, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 PATIENCE = 60.0  # seconds before the test gives up on an answer; the deadlines are 1.5 s

@@ -16,7 +16,7 @@ from importapi.errors import Overloaded, TooManyRequests
 from importapi.ratelimit import ConcurrencyLimit, RateLimiter
 from importapi.settings import Settings
 from importapi.storage import Storage
-from tests.conftest import InProcessClient, in_process
+from tests.helpers import InProcessClient, in_process
 
 POINT = {"keys": ["id"], "id": 1, "v": "x"}
 
@@ -76,25 +76,6 @@ def test_full_buckets_are_forgotten_when_there_are_too_many(monkeypatch: pytest.
     assert len(limiter._buckets) == 1
 
 
-def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMPORTAPI_RATE_LIMIT", "2.5")
-    monkeypatch.setenv("IMPORTAPI_RATE_BURST", "7")
-    monkeypatch.setenv("IMPORTAPI_MAX_CONCURRENT", "9")
-    monkeypatch.setenv("IMPORTAPI_BODY_TIMEOUT", "4")
-    s = Settings.from_env()
-    assert (s.rate_limit, s.rate_burst, s.max_concurrent, s.body_timeout) == (2.5, 7, 9, 4)
-    for name, bad in (
-        ("IMPORTAPI_RATE_LIMIT", "-1"),
-        ("IMPORTAPI_RATE_LIMIT", "nan"),
-        ("IMPORTAPI_RATE_LIMIT", "fast"),
-        ("IMPORTAPI_MAX_CONCURRENT", "0"),
-    ):
-        monkeypatch.setenv(name, bad)
-        with pytest.raises(ValueError, match=name):
-            Settings.from_env()
-        monkeypatch.delenv(name)
-
-
 def test_the_concurrency_bound_refuses_the_one_over_and_frees_its_slots() -> None:
     bound = ConcurrencyLimit(2)
     bound.enter()
@@ -107,7 +88,9 @@ def test_the_concurrency_bound_refuses_the_one_over_and_frees_its_slots() -> Non
     assert bound.active == 2
 
 
-# -- through the application, on every backend ------------------------------------------
+# -- through the application ---------------------------------------------------------------
+# Rate limits and the concurrency bound refuse before the body is read and the warehouse is
+# asked anything, so one backend (SQLite) proves them.
 
 
 @pytest.fixture
@@ -125,6 +108,7 @@ def rows(storage: Storage, client_id: int) -> list[Any]:
     return storage.warehouse.query(client_id, 'SELECT id FROM "orders" ORDER BY id')[1]
 
 
+@pytest.mark.backends("sqlite")
 def test_a_key_over_its_rate_gets_429_with_retry_after_and_nothing_is_stored(
     limited: tuple[InProcessClient, int, str, str], storage: Storage
 ) -> None:
@@ -144,6 +128,7 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_and_nothing_is_stored(
     assert rows(storage, cid) == [(1,), (3,)]
 
 
+@pytest.mark.backends("sqlite")
 def test_without_a_rate_limit_a_burst_is_served(storage: Storage) -> None:
     client = storage.create_client("free")
     _, key = storage.catalog.create_key(client.client_id)
@@ -152,6 +137,7 @@ def test_without_a_rate_limit_a_burst_is_served(storage: Storage) -> None:
         assert {http.post(url, json={**POINT, "id": i}).status_code for i in range(60)} == {201}
 
 
+@pytest.mark.backends("sqlite")
 def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(storage: Storage) -> None:
     """Two pushes are held mid-body (the app is driven as a server drives it: through ASGI
     receive and send); a third request is refused at once, the status route still answers,
@@ -218,7 +204,7 @@ def test_requests_over_the_concurrency_bound_get_503_and_the_held_ones_complete(
 def test_the_real_server_answers_503_with_retry_after_when_at_its_bound(tmp_path: Any) -> None:
     import socket
 
-    from tests.conftest import start_server, stop_server
+    from tests.helpers import start_server, stop_server
 
     server = start_server(tmp_path / "warehouse", tmp_path / "server.log", {"IMPORTAPI_MAX_CONCURRENT": "2"})
     host, port = server.base.removeprefix("http://").split(":")

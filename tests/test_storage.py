@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from importapi.errors import BadRequest
-from importapi.kinds import Kind, to_storage, widen_stored
+from importapi.kinds import Kind, widen_stored
 from importapi.push import PushResult
 from importapi.rjmetrics.validate import validate
 from importapi.storage import Storage, open_storage
 from tests.backends import backend_of, fresh_postgres, refusing_connections
-from tests.helpers import apply
+from tests.helpers import apply, wait_until
 
 
 def push(
@@ -103,13 +103,6 @@ def test_widening_stored_doubles_writes_them_as_python_does(storage: Storage, la
             assert value == expected, (d, value, expected)
 
 
-def test_a_double_in_a_decimal_column_has_no_exponent() -> None:
-    assert to_storage(1e300, Kind.DECIMAL) == "1" + "0" * 300
-    assert to_storage(1.5e-7, Kind.DECIMAL) == "0.00000015"
-    assert to_storage(-0.0, Kind.DECIMAL) == "0" and to_storage(3.0, Kind.DECIMAL) == "3"
-    assert to_storage(2.5, Kind.DECIMAL) == "2.5" and to_storage(1e16, Kind.DECIMAL) == "1" + "0" * 16
-
-
 def test_an_integral_double_is_the_same_decimal_key_as_the_integer(storage: Storage) -> None:
     """In a decimal key column, 3 and 3.0 are one key (PostgreSQL's numeric says so)."""
     storage.create_client("c")
@@ -175,7 +168,9 @@ def test_catalog_version_follows_other_processes(storage: Storage, database: str
     before = storage.catalog.version()
     with open_storage(database) as other:
         other.catalog.revoke_key(info.key_id)
-    assert storage.catalog.version() != before
+    # SQLite sees it on the next read of its change counter; PostgreSQL's notification
+    # reaches this process's listener within milliseconds of the commit
+    wait_until(lambda: storage.catalog.version() != before, timeout=5, what="the catalog's change")
     stored = storage.catalog.find_key(info.key_id)
     assert stored is not None and stored.revoked
 
