@@ -233,12 +233,21 @@ def tables(client_id: int, as_json: bool, database: str | None) -> None:
         return
     if not infos:
         click.echo(f"Client {client_id} has no tables yet.")
+    children: dict[str, list[str]] = {}
+    for t in infos:
+        if t.schema.parent:
+            children.setdefault(t.schema.parent, []).append(t.schema.name)
     for t in infos:
         s = t.schema
         click.echo(f"{s.name}  ({t.row_count} rows, keys: {', '.join(s.key_fields)})")
+        if s.parent:
+            click.echo(f"    subtable of {s.parent}, by {', '.join(s.parent_keys)}")
+        if s.name in children:
+            click.echo(f"    subtables: {', '.join(children[s.name])}")
         for c in s.columns.values():
             widened = f"  (widened {c.widened_at})" if c.widened_at else ""
-            click.echo(f"    {c.name:30} {c.kind.label}{widened}")
+            path = f"  (the field {c.path.replace('__', '.')})" if c.path else ""
+            click.echo(f"    {c.name:30} {c.kind.label}{widened}{path}")
 
 
 @main.command()

@@ -336,6 +336,22 @@ def drop_older(rows: Rows, stored: dict[Any, tuple[Any, Any]]) -> tuple[Rows, in
     ), left
 
 
+def keep_children(rows: Rows, parent_keys: tuple[str, ...], written: set[Any]) -> Rows:
+    """A subtable's rows of the parent keys written (the others' parents lost to newer rows)."""
+    at = [rows.columns.index(k) for k in parent_keys]
+    key_of = itemgetter(*at)
+    kept = [(k, r) for k, r in zip(rows.keys, rows.rows) if key_of(r) in written]
+    if len(kept) == len(rows.rows):
+        return rows
+    keys = {k for k, _ in kept}
+    return dataclasses.replace(
+        rows,
+        rows=[r for _, r in kept],
+        keys=[k for k, _ in kept],
+        point_keys=[k for k in rows.point_keys if k in keys],
+    )
+
+
 def count_changes(point_keys: list[Any], existing: set[Any]) -> tuple[int, int]:
     """(inserted, replaced), counted per data point in request order."""
     seen = set(existing)

@@ -313,6 +313,29 @@ def test_activity_shows_each_api_the_stale_records_and_the_refusal_codes(owner: 
 # -- Tables ------------------------------------------------------------------------------------
 
 
+def test_tables_show_a_tables_subtables_and_a_subtables_parent(owner: Console) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "line_items": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"sku": {"type": "string"}}},
+            },
+            "a" * 40: {"type": "object", "properties": {"b" * 40: {"type": "integer"}}},
+        },
+    }
+    data = {"id": 1, "line_items": [{"sku": "A"}], "a" * 40: {"b" * 40: 1}}
+    body = batch("orders", {"action": "upsert", "sequence": SEQ, "data": data}) | {"schema": schema}
+    answer = owner.http.post("/v2/import/batch", json=body, headers=bearer(owner.key))
+    assert answer.status_code == 201, answer.text
+    page = owner.http.get("/console/data/tables").text
+    orders, items = article(page, "orders"), article(page, "orders__line_items")
+    assert re.search(r'subtables:\s*<a href="#table-1-orders__line_items">orders__line_items</a>', orders)
+    assert 'subtable of <a href="#table-1-orders">orders</a>, tied by _sdc_source_key_id' in items
+    assert f'title="the field {"a" * 40}.{"b" * 40}"' in orders  # the shortened column's field
+
+
 def test_tables_show_timestamps_dates_system_columns_and_the_table_version(owner: Console) -> None:
     version = 1_796_111_209_374
     full = batch(

@@ -49,7 +49,7 @@ from importapi.storage import open_storage
 from tests import stitch_streams as singer
 from tests.backends import ADMIN_URL, declared_types, require_postgres, value_types
 from tests.failing_proxy import FailingProxy, failing_proxy
-from tests.helpers import Server, start_server, stop_server, wait_until
+from tests.helpers import Server, run_cli, start_server, stop_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -288,8 +288,9 @@ def flag(value: Any) -> bool | None:
 
 
 NESTED = ("address", "tags")
-"""Nested fields: stored as JSON columns for now, to be flattened; tests only check that
-their values are there."""
+"""Nested fields of the order streams: ``address`` lands as ``address__city`` ..., ``tags``
+as a subtable; these tests check only that their values are there (the nested-stream tests
+below check their shape)."""
 
 
 def holds(row: dict[str, Any], field: str, text: str) -> bool:
@@ -587,6 +588,98 @@ def test_a_record_that_does_not_fit_its_schema_stops_target_stitch_at_once(
     assert ids(stitch) == [1, 2]  # record 4, in the refused request, is not stored either
     assert "Error persisting data to Stitch: 400" in run.stderr
     assert "Record 0 did not conform to schema: #/amount" in run.stderr  # the user sees why
+
+
+# -- nested streams: objects as columns, arrays as subtables ---------------------------------
+
+LONG_OBJECT, LONG_FIELD = "a" * 40, "b" * 40
+NESTED_ORDERS = {
+    "id": singer.INTEGER,
+    "customer": {"type": ["null", "object"], "properties": {"name": singer.TEXT, "address": singer.OBJECT}},
+    "line_items": {
+        "type": ["null", "array"],
+        "items": {
+            "type": ["null", "object"],
+            "properties": {"sku": singer.TEXT, "price": singer.CENTS, "tags": singer.ARRAY},
+        },
+    },
+    LONG_OBJECT: {"type": ["null", "object"], "properties": {LONG_FIELD: singer.INTEGER}},
+}
+
+
+def nested_orders(items: int, tags: list[str]) -> list[singer.Message]:
+    return [
+        singer.schema("orders", NESTED_ORDERS, ["id"]),
+        *(
+            singer.record(
+                "orders",
+                {
+                    "id": i,
+                    "customer": {"name": f"customer {i}", "address": {"city": "Köln", "zip": "50667"}},
+                    "line_items": [
+                        {"sku": f"SKU-{i}-{k}", "price": Decimal(f"{k}.50"), "tags": tags}
+                        for k in range(items)
+                    ],
+                    LONG_OBJECT: {LONG_FIELD: i},
+                },
+            )
+            for i in (1, 2)
+        ),
+        singer.state({"bookmarks": {"orders": {"id": 2}}}),
+    ]
+
+
+def test_a_nested_stream_lands_in_subtables_and_a_rerun_replaces_them(
+    stitch: Stitch, target: Callable[..., Target]
+) -> None:
+    sync(target, nested_orders(3, ["gift", "rush"]))
+    tables = stitch.tables()
+    assert tables["orders__line_items"]["parent"] == "orders"
+    assert tables["orders__line_items__tags"]["parent"] == "orders"
+    assert tables["orders__line_items"]["key_fields"] == ["_sdc_source_key_id", "_sdc_level_0_id"]
+    (long,) = [c for c in tables["orders"]["columns"] if c["name"].startswith("aaa")]
+    assert len(long["name"].encode()) <= 63 and long["path"] == f"{LONG_OBJECT}__{LONG_FIELD}"
+    orders = stitch.rows("orders")
+    assert [(r["customer__name"], r["customer__address__city"], r[long["name"]]) for r in orders] == [
+        ("customer 1", "Köln", 1),
+        ("customer 2", "Köln", 2),
+    ]
+    items = stitch.rows("orders__line_items", '"_sdc_source_key_id", "_sdc_level_0_id"')
+    assert [(r["_sdc_source_key_id"], r["_sdc_level_0_id"], r["sku"], exact(r["price"])) for r in items] == [
+        (i, k, f"SKU-{i}-{k}", Decimal(f"{k}.50")) for i in (1, 2) for k in range(3)
+    ]
+    assert stitch.count("orders__line_items__tags") == 2 * 3 * 2
+    tags = stitch.rows(
+        "orders__line_items__tags", '"_sdc_source_key_id", "_sdc_level_0_id", "_sdc_level_1_id"'
+    )
+    assert [r["value"] for r in tags[:2]] == ["gift", "rush"]
+    listed = run_cli("tables", "1", database=stitch.database).stdout
+    assert "subtables: orders__line_items, orders__line_items__tags" in listed
+    assert "subtable of orders, by _sdc_source_key_id" in listed
+    assert f"(the field {LONG_OBJECT}.{LONG_FIELD})" in listed
+    sync(target, nested_orders(1, []))  # the orders again, each with one item and no tags
+    items = stitch.rows("orders__line_items", '"_sdc_source_key_id", "_sdc_level_0_id"')
+    assert [(r["_sdc_source_key_id"], r["sku"]) for r in items] == [(1, "SKU-1-0"), (2, "SKU-2-0")]
+    assert stitch.count("orders__line_items__tags") == 0
+
+
+def test_a_nested_stream_whose_paths_would_share_a_column_stops_target_stitch(
+    stitch: Stitch, target: Callable[..., Target]
+) -> None:
+    properties = {
+        "id": singer.INTEGER,
+        "a__b": singer.NUMBER,
+        "a": {"type": "object", "properties": {"b": singer.NUMBER}},
+    }
+    run = target(
+        [
+            singer.schema("clash", properties, ["id"]),
+            singer.record("clash", {"id": 1, "a__b": 1, "a": {"b": 2}}),
+        ]
+    )
+    assert run.wait() == 1
+    assert "field_name_collision" in run.stderr or "would both be column" in run.stderr, run.stderr
+    assert "clash" not in stitch.tables()
 
 
 EVENTS = {"event": {"type": "string"}, "at": singer.DATE_TIME, "n": singer.INTEGER}

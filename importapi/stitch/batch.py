@@ -15,8 +15,7 @@ in order would leave.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
-from decimal import Decimal
+from collections.abc import Mapping
 from typing import Any
 
 from importapi.body import decode_json, holds_nul
@@ -87,22 +86,22 @@ def read_batch(raw: bytes, client_id: int, *, sandbox: bool, received: dt.dateti
         fields = jsonschema.properties(schema)
     except jsonschema.Unreadable as exc:
         raise BadRequest(f"Request failed validation:#/schema: {exc}", code=Code.SCHEMA_UNREADABLE) from None
-    convert = _converters(fields)
     problems: list[Detail] = []
-    builder = Builder(table, keys, limits.max_depth, received, problems)
+    builder = Builder(table, keys, limits.max_depth, received, problems, exact=False)
     activate = False
     for i, message in enumerate(messages):
         action, sequence, data, extracted = _message(i, message, problems)
         if action == "activate_version":
             activate = True
         elif action == "upsert" and data is not None and sequence is not None:
-            builder.add(i, data, sequence, version, extracted, convert)
+            builder.add(i, data, sequence, version, extracted, fields)
     if activate and version is None:
         problems.append(Detail(Code.BATCH_INVALID, "#: activate_version needs the batch's table_version"))
+    declared = {name: kind for name, ft in fields.items() if (kind := ft.kind) is not None}
+    batches = builder.batches(version if activate else None, declared)  # checks array elements
     if problems:
         raise BadRequest(details=problems)
-    declared = {name: kind for name, ft in fields.items() if (kind := ft.kind) is not None}
-    return Push(client_id, [builder.batch(version if activate else None, declared)], sandbox)
+    return Push(client_id, batches, sandbox)
 
 
 def _message(i: int, message: Any, problems: list[Detail]) -> tuple[str, int | None, Any, dt.datetime | None]:
@@ -141,17 +140,3 @@ def _message(i: int, message: Any, problems: list[Detail]) -> tuple[str, int | N
         return action, sequence, data, jsonschema.parse_datetime(extracted)
     except ValueError as exc:
         return bad(f"time_extracted: {exc}")
-
-
-def _converters(fields: Mapping[str, jsonschema.FieldType]) -> Callable[[str, Any], Any]:
-    """``convert(name, value)``: a field's value typed by its schema; a field the schema
-    does not name is taken as it is (typed by its value, as on the other routes)."""
-    by_name = {name: ft.converter() for name, ft in fields.items()}
-
-    def convert(name: str, value: Any) -> Any:
-        fn = by_name.get(name)
-        if fn is not None:
-            return fn(value)
-        return float(value) if type(value) is Decimal else value  # exact only where a schema asks
-
-    return convert

@@ -20,9 +20,10 @@ or date parses, and an exact decimal is a multiple of its step.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -98,6 +99,15 @@ class FieldType:
     format: str | None = None
     step: Decimal | None = None
     """The step of an exact decimal (``multipleOf`` a power of ten below 1)."""
+    properties: Mapping[str, FieldType] | None = field(default=None, compare=False)
+    """An object's fields (flattened into ``field__child`` columns)."""
+    items: FieldType | None = field(default=None, compare=False)
+    """An array's elements (the rows of a subtable)."""
+
+    @functools.cached_property
+    def convert(self) -> Callable[[Any], Any]:
+        """From a decoded value to its typed value, raising Mismatch (made once)."""
+        return _converter(self)
 
     @property
     def nullable(self) -> bool:
@@ -247,17 +257,43 @@ def _resolve(schema: Any, root: Mapping[str, Any], depth: int = 0) -> Mapping[st
     return schema
 
 
-def field_type(schema: Any, root: Mapping[str, Any]) -> FieldType:
-    """A property's schema, read."""
+MAX_DEPTH = 32
+MAX_SCHEMAS = 50_000
+"""Property schemas read in one record schema, once its ``$ref`` are followed: a few kilobytes
+of references to references can stand for billions of them."""
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.left = MAX_SCHEMAS
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise Unreadable(
+                f"the schema describes more than {MAX_SCHEMAS} properties once its $refs are followed"
+            )
+
+
+def field_type(
+    schema: Any, root: Mapping[str, Any], depth: int = 0, budget: _Budget | None = None
+) -> FieldType:
+    """A property's schema, read (an object's and an array's own ones too, to a depth)."""
+    budget = budget or _Budget()
+    budget.take()
+    if depth > MAX_DEPTH:
+        return FieldType(frozenset())  # deeper than any record may be: whatever it holds
     schema = _resolve(schema, root)
     alternatives = schema.get("anyOf") or schema.get("oneOf")
     if isinstance(alternatives, list) and alternatives:
-        parts = [field_type(a, root) for a in alternatives]
+        parts = [field_type(a, root, depth, budget) for a in alternatives]
         if any(not p.types for p in parts):
             return FieldType(frozenset())
         fmt = next((p.format for p in parts if p.format), None)
         step = next((p.step for p in parts if p.step is not None), None)
-        return FieldType(frozenset().union(*(p.types for p in parts)), fmt, step)
+        props = next((p.properties for p in parts if p.properties is not None), None)
+        items = next((p.items for p in parts if p.items is not None), None)
+        return FieldType(frozenset().union(*(p.types for p in parts)), fmt, step, props, items)
     raw = schema.get("type")
     if raw is None:
         return FieldType(frozenset())
@@ -268,7 +304,17 @@ def field_type(schema: Any, root: Mapping[str, Any]) -> FieldType:
     if unknown:
         raise Unreadable(f"{unknown[0]!r} is not a JSON Schema type")
     fmt = schema.get("format") if isinstance(schema.get("format"), str) else None
-    return FieldType(frozenset(names), fmt if fmt in ("date-time", "date") else None, _step(schema))
+    props = schema.get("properties") if "object" in names else None
+    sub_fields = (
+        {n: field_type(sub, root, depth + 1, budget) for n, sub in props.items()}
+        if isinstance(props, Mapping)
+        else None
+    )
+    items = schema.get("items") if "array" in names else None
+    item_type = field_type(items, root, depth + 1, budget) if isinstance(items, Mapping) else None
+    return FieldType(
+        frozenset(names), fmt if fmt in ("date-time", "date") else None, _step(schema), sub_fields, item_type
+    )
 
 
 def properties(schema: Any) -> dict[str, FieldType]:
@@ -278,4 +324,5 @@ def properties(schema: Any) -> dict[str, FieldType]:
     props = _resolve(schema, schema).get("properties", {})
     if not isinstance(props, Mapping):
         raise Unreadable("schema.properties must be an object")
-    return {name: field_type(sub, schema) for name, sub in props.items()}
+    budget = _Budget()
+    return {name: field_type(sub, schema, 0, budget) for name, sub in props.items()}

@@ -25,10 +25,6 @@ from importapi.stitch.records import MAX_RECORDS, Builder, table_name
 _ACTIONS = ("upsert", "switch_view")
 
 
-def _as_is(_name: str, value: Any) -> Any:
-    return value
-
-
 def read_records(body: Any, client_id: int, *, sandbox: bool, received: dt.datetime, limits: Limits) -> Push:
     """The push an array of records asks for."""
     if type(body) is not list:
@@ -68,10 +64,11 @@ def read_records(body: Any, client_id: int, *, sandbox: bool, received: dt.datet
             else:
                 activate[table] = max(version, activate.get(table, version))
             continue
-        builder.add(i, data, sequence, version, None, _as_is)
-    if problems:
+        builder.add(i, data, sequence, version, None, None)
+    batches = [batch for t, b in builders.items() for batch in b.batches(activate.get(t), {})]
+    if problems:  # the batches are made first: making them checks the arrays' elements
         raise Unprocessable(details=problems)
-    return Push(client_id, [b.batch(activate.get(t), {}) for t, b in builders.items()], sandbox)
+    return Push(client_id, batches, sandbox)
 
 
 def _declared(builder: Builder) -> tuple[str, ...]:

@@ -16,11 +16,14 @@ is taken or what is stored: both ways store the same rows.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from decimal import Decimal
-from itertools import repeat
-from operator import is_
+from itertools import compress, repeat
+from operator import is_, is_not, itemgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -30,19 +33,18 @@ from msgspec.structs import astuple
 from importapi.body import names_once
 from importapi.errors import BadRequest
 from importapi.kinds import DOUBLE_EXACT, Kind, timestamp_text
-from importapi.names import field_name_problem
 from importapi.push import Batch, Push
 from importapi.settings import Limits
-from importapi.stitch import jsonschema
-from importapi.stitch.jsonschema import multiple_of
+from importapi.stitch import jsonschema, tree
 from importapi.stitch.records import (
     BATCHED,
+    CHILD_SYSTEM,
     EXTRACTED,
-    MAX_FIELDS,
     MAX_RECORDS,
     PRIMARY_KEY,
     RECEIVED,
     SEQUENCE,
+    SOURCE_KEY,
     SYSTEM,
     SYSTEM_KINDS,
     VERSION,
@@ -68,57 +70,31 @@ class _Head(msgspec.Struct, forbid_unknown_fields=True):
 _decode_head = msgspec.json.Decoder(_Head).decode
 
 
-def _field_type(ft: jsonschema.FieldType) -> tuple[Any, str] | None:
-    """The msgspec type of a field and what its values need afterwards, or None when it
-    has no single type (then the batch is read the general way)."""
-    named = ft.types - {"null"}
-    if len(named) != 1:
-        return None
-    (t,) = named
-    base: Any
-    if t == "integer":
-        base, post = _INT, ""
-    elif t == "number":
-        base, post = (Any, "decimal") if ft.step is not None else (float, "")
-    elif t == "boolean":
-        base, post = bool, ""
-    elif t == "string":
-        base, post = str, {"date-time": "timestamp", "date": "date"}.get(ft.format or "", "")
-    else:
-        base, post = Any, "json"
-    return (base | None if "null" in ft.types else base) | UnsetType, post
-
-
 class Decoder:
     """The messages of batches of one schema, decoded into rows."""
 
     def __init__(self, fields: dict[str, jsonschema.FieldType]) -> None:
-        self.names = tuple(fields)
-        self.steps = [fields[n].step for n in self.names]
-        self.kinds = {n: fields[n].kind for n in self.names}
-        attrs, self.post = [], []
-        for i, name in enumerate(self.names):
-            typed = _field_type(fields[name])
-            if typed is None or field_name_problem(name) is not None or name in SYSTEM:
-                raise ValueError(f"field {name!r} is read the general way")
-            attrs.append((f"f{i}", typed[0], UNSET))
-            self.post.append(typed[1])
-        if len({n.lower() for n in self.names}) != len(self.names) or len(self.names) > MAX_FIELDS:
-            raise ValueError("names that differ only in case, or too many fields")
-        rename = {f"f{i}": n for i, n in enumerate(self.names)}
-        data = msgspec.defstruct("Data", attrs, rename=rename, forbid_unknown_fields=True, gc=False)
+        self.root = tree.compile_record(fields)
+        columns = self.root.columns
+        self.names = tuple(c.name for c in columns)
+        self.kinds = {c.name: c.kind for c in columns}
+        self.post = [c.post for c in columns]
+        self.steps = [c.step for c in columns]
+        self.paths = {c.name: c.path for c in columns if c.name != c.path}
+        self.fixes = [(j, c.post, c.step) for j, c in enumerate(columns) if c.post]
         message = msgspec.defstruct(
             "Message",
             [
                 ("action", Literal["upsert", "activate_version"]),
                 ("sequence", _SEQUENCE),
-                ("data", data | UnsetType, UNSET),
+                ("data", self.root.struct | UnsetType, UNSET),
                 ("time_extracted", str | None | UnsetType, UNSET),
             ],
             forbid_unknown_fields=True,
             gc=False,
         )
-        hook = Decimal if any(p == "decimal" for p in self.post) else None
+        every = [*columns, *(c for sub in tree.every(self.root.subtables) for c in sub.columns)]
+        hook = Decimal if any(c.post == "decimal" for c in every) else None
         self.decode = msgspec.json.Decoder(list[message], float_hook=hook).decode  # type: ignore[valid-type]
 
     def rows(
@@ -129,10 +105,11 @@ class Decoder:
         version: int | None,
         received: str,
         max_depth: int,
-    ) -> tuple[list[tuple[Any, ...]], bool, int] | None:
-        """(rows, whether the batch activates its version, the name-value pairs decoded)."""
+    ) -> tuple[list[tuple[Any, ...]], tree.Rows, bool, int] | None:
+        """(rows, the subtables' rows, whether the batch activates its version, the
+        name-value pairs decoded)."""
         at_keys = [self.names.index(k) for k in keys if k in self.names]
-        if len(at_keys) != len(keys):
+        if len(at_keys) != len(keys) or self.root.depth >= max_depth:
             return None
         activate = False
         pairs = 0
@@ -147,13 +124,20 @@ class Decoder:
                 return None
             else:
                 upserts.append(m)
-        values = list(map(astuple, (m.data for m in upserts)))
-        pairs += len(upserts) * (1 + len(self.names))
-        for i, v in enumerate(values):
-            absent = sum(map(is_, v, repeat(UNSET)))  # by identity: no value's __eq__ runs
-            if absent:
-                pairs -= absent
-                values[i] = tuple(None if x is UNSET else x for x in v)
+        pairs += len(upserts)  # each "data"
+        arrays: tree.Arrays = []
+        if self.root.plain:
+            values = list(map(astuple, (m.data for m in upserts)))
+            pairs += len(upserts) * len(self.names)
+            for i, v in enumerate(values):
+                absent = sum(map(is_, v, repeat(UNSET)))  # by identity: no value's __eq__ runs
+                if absent:
+                    pairs -= absent
+                    values[i] = tuple(None if x is UNSET else x for x in v)
+        else:
+            columns, arrays, n = self.root.table([m.data for m in upserts])
+            values = list(zip(*columns))
+            pairs += n
         for j in at_keys:  # a missing key is refused, with its reason, the general way
             if any(v[j] is None for v in values):
                 return None
@@ -163,13 +147,55 @@ class Decoder:
         rows = [(*v, m.sequence, version, received, e, None) for v, m, e in zip(values, upserts, extracted)]
         if not keys:
             rows = [(*r, primary_key(table, version, m.sequence, m.data)) for r, m in zip(rows, upserts)]
-        for j, what in enumerate(self.post):
-            if what and not _fix_column(rows, j, what, self.steps[j], max_depth):
+        rows = _fixed(rows, self.fixes)  # type: ignore[assignment]
+        if rows is None:
+            return None
+        children = tree.Rows()
+        if arrays:
+            at = [len(rows[0]) - 1] if not keys else at_keys  # append-only: by __sdc_primary_key
+            more = _children(rows, [m.sequence for m in upserts], arrays, at, children)
+            if more is None:
                 return None
-        return rows, activate, pairs
+            pairs += more
+        return rows, children, activate, pairs
 
 
-def _times(column: list[Any]) -> list[Any] | None:
+def _children(
+    rows: list[tuple[Any, ...]], sequences: list[int], arrays: tree.Arrays, at_keys: list[int], out: tree.Rows
+) -> int | None:
+    """The subtables' rows of the records that win within the batch (the highest sequence
+    per key, the later one on a tie) into ``out``; the name-value pairs of every record's
+    (None: an element of a record that lost does not fit its field)."""
+    keys: list[Sequence[Any]] = [list(map(itemgetter(j), rows)) for j in at_keys]
+    whole: Sequence[Any] = list(zip(*keys)) if len(keys) > 1 else keys[0]
+    if len(set(whole)) == len(whole):  # every key once: every record wins
+        return sum(sub.emit(keys, values, sequences, out) for sub, values in arrays)
+    winners: dict[Any, int] = {}
+    for i, (key, sequence) in enumerate(zip(whole, sequences)):
+        held = winners.get(key)
+        if held is None or sequence >= sequences[held]:
+            winners[key] = i
+    won = [False] * len(rows)
+    for i in winners.values():
+        won[i] = True
+    lost = [not w for w in won]
+    losers = tree.Rows()  # their rows are only checked, and their pairs counted
+    pairs = 0
+    for mask, into in ((won, out), (lost, losers)):
+
+        def pick(column: Sequence[Any], mask: list[bool] = mask) -> list[Any]:
+            return list(compress(column, mask))
+
+        for sub, values in arrays:
+            pairs += sub.emit(list(map(pick, keys)), pick(values), pick(sequences), into)
+    for sub, columns in losers.tables.items():
+        for j, column in enumerate(sub.columns, len(columns) - len(sub.columns) - 1):
+            if column.post and _fixed_column(columns[j], column.post, column.step) is None:
+                return None
+    return pairs
+
+
+def _times(column: Sequence[Any]) -> Sequence[Any] | None:
     """A column of date-time texts as the warehouse writes them (UTC, to the microsecond);
     None if one is not a date-time."""
     present = [v for v in column if v is not None]
@@ -183,42 +209,67 @@ def _times(column: list[Any]) -> list[Any] | None:
     return [None if v is None else timestamp_text(next(it)) for v in column]
 
 
-def _fix_column(rows: list[tuple[Any, ...]], j: int, what: str, step: Decimal | None, max_depth: int) -> bool:
-    """Check column ``j`` of the rows, and write it as the warehouse stores it; False if a
-    value does not fit."""
-    column = [r[j] for r in rows]
-    if what == "timestamp":
-        fixed = _times(column)
+def _fixed(rows: list[tuple[Any, ...]], fixes: list[tuple[int, str, Decimal | None]]) -> list[Any] | None:
+    """The rows with each column ``j`` of ``fixes`` checked and written as the warehouse
+    stores it; None if a value does not fit. Columns are taken apart and put back in C."""
+    if not fixes or not rows:
+        return rows
+    columns: list[Any] = list(zip(*rows))
+    changed = False
+    for j, what, step in fixes:
+        fixed = _fixed_column(columns[j], what, step)
         if fixed is None:
-            return False
-        if fixed is not column:
-            rows[:] = [(*r[:j], v, *r[j + 1 :]) for r, v in zip(rows, fixed)]
-        return True
+            return None
+        if fixed is not columns[j]:
+            columns[j] = fixed
+            changed = True
+    return list(zip(*columns)) if changed else rows
+
+
+def _fixed_column(column: Sequence[Any], what: str, step: Decimal | None) -> Sequence[Any] | None:
+    """A column of ``timestamp``, ``date`` or ``decimal`` values (with its step) as the
+    warehouse stores them (the column itself if it already is); None if one does not fit."""
+    if what == "timestamp":
+        return _times(column)
     if what == "date":
-        present = [v for v in column if v is not None]
-        try:
-            msgspec.convert(present, list[dt.date])
-        except msgspec.ValidationError:
-            return False
-        return all(len(v) == 10 for v in present)
-    if what == "decimal":
-        if not all(
-            v is None or (type(v) in (Decimal, int) and (step is None or multiple_of(v, step)))
-            for v in column
-        ):
-            return False
-        texts = [None if v is None else format(v, "f") for v in column]  # as a decimal column stores it
-        rows[:] = [(*r[:j], v, *r[j + 1 :]) for r, v in zip(rows, texts)]
-        return True
-    return all(v is None or _depth(v) < max_depth for v in column)
+        return column if _dates(column) else None
+    texts = _decimal_texts(column)
+    return None if texts is None or (step is not None and not _multiples(texts, step)) else texts
 
 
-def _depth(value: Any) -> int:
-    if type(value) is dict:
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if type(value) is list:
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _dates(column: Sequence[Any]) -> bool:
+    present = [v for v in column if v is not None]
+    try:
+        msgspec.convert(present, list[dt.date])
+    except msgspec.ValidationError:
+        return False
+    return all(len(v) == 10 for v in present)
+
+
+_DECIMAL_TYPES = frozenset((Decimal, int, type(None)))
+
+
+def _decimal_texts(column: Sequence[Any]) -> list[Any] | None:
+    """A column of exact numbers as a decimal column stores them; None if one is not a number."""
+    types = set(map(type, column))
+    if not types <= _DECIMAL_TYPES:
+        return None
+    if types == {Decimal}:
+        return list(map(format, column, repeat("f")))
+    return [None if v is None else format(v, "f") if type(v) is Decimal else str(v) for v in column]
+
+
+@functools.cache
+def _excess(places: int) -> re.Pattern[str]:
+    """A fraction with a nonzero digit after the first ``places``."""
+    return re.compile(rf"\.[0-9]{{{places}}}[0-9]*[1-9]")
+
+
+def _multiples(texts: list[Any], step: Decimal) -> bool:
+    """Are all these decimal texts (no exponent) whole numbers of ``step`` (a power of ten
+    below 1)? One search over them all."""
+    places = -step.adjusted()
+    return _excess(places).search("\n".join(t for t in texts if t is not None)) is None
 
 
 def _pairs(value: Any) -> int:
@@ -275,15 +326,11 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
     made = decoder.rows(messages, keys, table, version, timestamp_text(received), limits.max_depth)
     if made is None:
         return None
-    rows, activate, pairs = made
+    rows, children, activate, pairs = made
     if activate and version is None:
         return None
     present = sum(1 for f in _Head.__struct_fields__ if getattr(head, f) is not UNSET)
-    pairs += (
-        present
-        + _pairs(head.schema)
-        + sum(_pairs(r[j]) for r in rows for j, p in enumerate(decoder.post) if p == "json")
-    )
+    pairs += present + _pairs(head.schema)
     if not names_once(raw, pairs):
         return None
     columns = (*decoder.names, SEQUENCE, VERSION, RECEIVED, EXTRACTED, BATCHED) + (
@@ -309,6 +356,47 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
         activate=version if activate else None,
         stamp=BATCHED,
         system=SYSTEM,
+        nested=True,
+        paths=decoder.paths,
         ready=ready | {RECEIVED, EXTRACTED, BATCHED},
     )
-    return Push(client_id, [batch], sandbox)
+    subtables = _subtables(batch, children, version, timestamp_text(received))
+    return None if subtables is None else Push(client_id, [batch, *subtables], sandbox)
+
+
+def _subtables(parent: Batch, children: tree.Rows, version: int | None, received: str) -> list[Batch] | None:
+    """The batches of a batch's subtables; None if a value does not fit its field."""
+    sources = tuple(SOURCE_KEY + k for k in parent.key_fields)
+    kinds = {s: parent.kinds[k] for s, k in zip(sources, parent.key_fields)}
+    keys_ready = {s for s, k in zip(sources, parent.key_fields) if k in parent.ready}
+    out = []
+    for sub, columns in children.tables.items():
+        head = (*sources, *sub.levels)
+        own = kinds | dict.fromkeys(sub.levels, Kind.INTEGER)
+        own |= {c: SYSTEM_KINDS[c] for c in CHILD_SYSTEM}
+        for j, column in enumerate(sub.columns, len(head)):
+            if column.post:
+                fixed = _fixed_column(columns[j], column.post, column.step)
+                if fixed is None:
+                    return None
+                columns[j] = fixed
+            if column.kind is not None and any(map(is_not, columns[j], repeat(None))):
+                own[column.name] = column.kind
+        *values, sequences = columns
+        rows = list(zip(*values, sequences, repeat(version), repeat(received), repeat(None)))
+        out.append(
+            Batch(
+                table_name(f"{parent.table}__{'__'.join(sub.parts)}"),
+                head,
+                rows,
+                own,
+                columns=(*head, *(c.name for c in sub.columns), *CHILD_SYSTEM),
+                stamp=BATCHED,
+                system=frozenset((*head, *CHILD_SYSTEM)),
+                parent=parent.table,
+                parent_keys=sources,
+                paths={c.name: c.path for c in sub.columns if c.name != c.path},
+                ready=frozenset(c.name for c in sub.columns if c.post) | keys_ready | {RECEIVED, BATCHED},
+            )
+        )
+    return out

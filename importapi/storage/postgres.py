@@ -35,6 +35,7 @@ from importapi.schema import (
     TableSchema,
     count_changes,
     drop_older,
+    keep_children,
     make_plan,
     prepare_rows,
 )
@@ -141,7 +142,7 @@ class PostgresWarehouse(PostgresReads, Warehouse):
                         f"SELECT {lock}(hashtextextended(%s, 0))", (_lock_key(client_id, batch.table),)
                     )
                 planned = []
-                for batch in batches:
+                for batch in push.batches:  # in the push's order: a subtable after its parent
                     sql = self._table_sql(conn, client_id, batch.table)
                     plan = make_plan(
                         sql.schema if sql else None,
@@ -153,7 +154,10 @@ class PostgresWarehouse(PostgresReads, Warehouse):
                 wanted = frozenset(b.table for b, _sql, plan in planned if plan.changes_schema)
                 if not wanted <= exclusive:
                     raise _Retry(wanted)
-                results = {b.table: self._write(conn, client_id, b, sql, plan) for b, sql, plan in planned}
+                written: dict[str, set[Any]] = {}
+                results = {
+                    b.table: self._write(conn, client_id, b, sql, plan, written) for b, sql, plan in planned
+                }
         except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
             log.info("push of client %s retried: %s", client_id, exc)
             raise _Retry(exclusive) from exc
@@ -168,22 +172,37 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         return [results[b.table] for b in push.batches]
 
     def _write(
-        self, conn: psycopg.Connection[Any], client_id: int, batch: Batch, sql: q.TableSQL | None, plan: Plan
+        self,
+        conn: psycopg.Connection[Any],
+        client_id: int,
+        batch: Batch,
+        sql: q.TableSQL | None,
+        plan: Plan,
+        written: dict[str, set[Any]],
     ) -> PushResult:
+        """Write one batch; ``written`` collects the keys each nested batch wrote, so that a
+        subtable's batch after it keeps only the rows of those parents."""
         if plan.changes_schema:
             sql = self._change_schema(conn, client_id, sql.schema if sql else None, plan)
         assert sql is not None
         rows = prepare_rows(plan, batch, timestamp_text(dt.datetime.now(dt.UTC)) if batch.stamp else None)
+        if batch.parent is not None:
+            rows = keep_children(rows, batch.parent_keys, written.get(batch.parent, set()))
         stale = rows.stale
+        keys: set[Any] = set(rows.keys)
         if not rows.rows:
             inserted = 0
         elif rows.sequence is not None and rows.columns[rows.sequence] in sql.schema.columns:
-            inserted, written = self._upsert_ordered(conn, sql, rows)
-            applied = [k for k in rows.point_keys if k in written]  # the others lost to a stored row
+            inserted, keys = self._upsert_ordered(conn, sql, rows)
+            applied = [k for k in rows.point_keys if k in keys]  # the others lost to a stored row
             stale += len(rows.point_keys) - len(applied)
             rows = dataclasses.replace(rows, point_keys=applied)
         else:
             inserted = self._upsert(conn, sql, rows)
+        if batch.nested:  # the rows just written lose the subtable rows they had
+            written[batch.table] = keys
+            if keys:
+                self._drop_children(conn, client_id, sql.schema, keys)
         deleted = self._activate(conn, client_id, batch, sql, plan) if plan.activate is not None else 0
         self._touch_table(conn, client_id, batch.table)
         replaced = len(rows.point_keys) - inserted
@@ -267,9 +286,16 @@ class PostgresWarehouse(PostgresReads, Warehouse):
             created = TableSchema(plan.table, plan.key_fields, {c.name: c for c in plan.add})
             conn.execute(q.create_table(client_id, created))
             conn.execute(
-                f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version)"
-                " VALUES (%s, %s, %s, %s, 1)",
-                (plan.table, list(plan.key_fields), now, now),
+                f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version, parent,"
+                " parent_keys) VALUES (%s, %s, %s, %s, 1, %s, %s)",
+                (
+                    plan.table,
+                    list(plan.key_fields),
+                    now,
+                    now,
+                    plan.parent,
+                    list(plan.parent_keys) if plan.parent else None,
+                ),
             )
             position = 0
         elif not plan.add and not plan.widen:
@@ -300,9 +326,12 @@ class PostgresWarehouse(PostgresReads, Warehouse):
             position = len(schema.columns)
         with conn.cursor() as cur:
             cur.executemany(
-                f"INSERT INTO {s}._importapi_columns (table_name, name, kind, position, created_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                [(plan.table, c.name, c.kind.label, position + i, now) for i, c in enumerate(plan.add)],
+                f"INSERT INTO {s}._importapi_columns (table_name, name, kind, position, created_at, path)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (plan.table, c.name, c.kind.label, position + i, now, c.path)
+                    for i, c in enumerate(plan.add)
+                ],
             )
         sql = self._table_sql(conn, client_id, plan.table)
         assert sql is not None
@@ -339,7 +368,34 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         self._tables.pop((client_id, plan.table), None)  # other processes reload it: its version moved
         if batch.version is None or batch.version not in sql.schema.columns:
             return 0
-        return conn.execute(q.deleting_older(client_id, plan.table, batch.version), (plan.activate,)).rowcount
+        deleted = conn.execute(
+            q.deleting_older(client_id, plan.table, batch.version), (plan.activate,)
+        ).rowcount
+        if deleted:  # their subtables' rows go with them
+            schema = sql.schema
+            for name, parent_keys in self._subtables(conn, client_id, plan.table):
+                conn.execute(q.deleting_orphans(client_id, name, parent_keys, schema.name, schema.key_fields))
+        return deleted
+
+    def _subtables(
+        self, conn: psycopg.Connection[Any], client_id: int, table: str
+    ) -> list[tuple[str, tuple[str, ...]]]:
+        rows = conn.execute(
+            f"SELECT name, parent_keys FROM {q.client_schema(client_id)}._importapi_tables WHERE parent = %s",
+            (table,),
+        ).fetchall()
+        return [(r[0], tuple(r[1])) for r in rows]
+
+    def _drop_children(
+        self, conn: psycopg.Connection[Any], client_id: int, parent: TableSchema, keys: set[Any]
+    ) -> None:
+        """Delete the rows tied to these parent keys from every subtable of the parent."""
+        kinds = [parent.columns[k].kind for k in parent.key_fields]
+        single = len(kinds) == 1
+        columns = [list(keys)] if single else [list(c) for c in zip(*keys)]
+        arrays = [_bind(kind, column) for kind, column in zip(kinds, columns)]
+        for name, parent_keys in self._subtables(conn, client_id, parent.name):
+            conn.execute(q.deleting_children(client_id, name, parent_keys, kinds), arrays)
 
     def _touch_table(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> None:
         """Record the table's last push, at most once a second per process (a hot row)."""

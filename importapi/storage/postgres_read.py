@@ -59,13 +59,14 @@ class PostgresReads:
         with self._connection() as conn:
             row = conn.execute(
                 "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM information_schema.columns"
-                " WHERE table_schema = %s AND table_name = '_importapi_tables' AND column_name = 'table_version')",
+                " WHERE table_schema = %s AND table_name = '_importapi_columns' AND column_name = 'path')",
                 (f"{q.client_schema(client_id)}._importapi_tables", f"client_{client_id}"),
             ).fetchone()
             if row is None or not row[0]:
                 return  # no such client (yet): whoever asked learns it from what it does next
             if not row[1]:
-                conn.execute(q.upgrade(client_id))
+                for statement in q.upgrade(client_id):
+                    conn.execute(statement)
         self._upgraded.add(client_id)
 
     def _load_schemas(
@@ -74,19 +75,22 @@ class PostgresReads:
         s = q.client_schema(client_id)
         where, params = ("WHERE name = %s", (table,)) if table else ("", ())
         schemas = {
-            name: TableSchema(name, tuple(keys), {}, iso(created) or "", version)
-            for name, keys, created, version in conn.execute(
-                f"SELECT name, key_fields, created_at, table_version FROM {s}._importapi_tables {where}",
+            name: TableSchema(
+                name, tuple(keys), {}, iso(created) or "", version, parent, tuple(parent_keys or ())
+            )
+            for name, keys, created, version, parent, parent_keys in conn.execute(
+                f"SELECT name, key_fields, created_at, table_version, parent, parent_keys"
+                f" FROM {s}._importapi_tables {where}",
                 params,
             )
         }
         where = "WHERE table_name = %s" if table else ""
-        for table_name, name, kind, widened in conn.execute(
-            f"SELECT table_name, name, kind, widened_at FROM {s}._importapi_columns {where}"
+        for table_name, name, kind, widened, path in conn.execute(
+            f"SELECT table_name, name, kind, widened_at, path FROM {s}._importapi_columns {where}"
             " ORDER BY table_name, position",
             params,
         ):
-            schemas[table_name].columns[name] = Column(name, Kind.from_label(kind), iso(widened))
+            schemas[table_name].columns[name] = Column(name, Kind.from_label(kind), iso(widened), path)
         return schemas
 
     def tables(self, client_id: int) -> list[TableInfo]:
@@ -194,21 +198,31 @@ class PostgresReads:
             conn.execute(q.create_table(client_id, schema))
             conn.execute(
                 f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version,"
-                " table_version) VALUES (%s, %s, %s, %s, 1, %s)",
+                " table_version, parent, parent_keys) VALUES (%s, %s, %s, %s, 1, %s, %s, %s)",
                 (
                     schema.name,
                     list(schema.key_fields),
                     stamp(schema.created_at),
                     stamp(last_push_at),
                     schema.version,
+                    schema.parent,
+                    list(schema.parent_keys) if schema.parent else None,
                 ),
             )
             with conn.cursor() as cur:
                 cur.executemany(
                     f"INSERT INTO {s}._importapi_columns (table_name, name, kind, position, created_at,"
-                    " widened_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                    " widened_at, path) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     [
-                        (schema.name, c.name, c.kind.label, i, stamp(schema.created_at), stamp(c.widened_at))
+                        (
+                            schema.name,
+                            c.name,
+                            c.kind.label,
+                            i,
+                            stamp(schema.created_at),
+                            stamp(c.widened_at),
+                            c.path,
+                        )
                         for i, c in enumerate(schema.columns.values())
                     ],
                 )

@@ -132,7 +132,9 @@ def client_ddl(client_id: int) -> list[str]:
             created_at timestamptz NOT NULL,
             last_push_at timestamptz,
             version bigint NOT NULL,
-            table_version bigint
+            table_version bigint,
+            parent text,
+            parent_keys text[]
         )""",
         f"""CREATE TABLE IF NOT EXISTS {s}._importapi_columns (
             table_name text NOT NULL REFERENCES {s}._importapi_tables (name),
@@ -141,6 +143,7 @@ def client_ddl(client_id: int) -> list[str]:
             position integer NOT NULL,
             created_at timestamptz NOT NULL,
             widened_at timestamptz,
+            path text,
             PRIMARY KEY (table_name, name)
         )""",
     ]
@@ -245,9 +248,34 @@ class TableSQL:
         return sql
 
 
-def upgrade(client_id: int) -> str:
+def upgrade(client_id: int) -> list[str]:
     """The columns a client schema made by an earlier release lacks (none again is harmless)."""
-    return f"ALTER TABLE {client_schema(client_id)}._importapi_tables ADD COLUMN IF NOT EXISTS table_version bigint"
+    s = client_schema(client_id)
+    return [
+        f"ALTER TABLE {s}._importapi_tables ADD COLUMN IF NOT EXISTS table_version bigint,"
+        " ADD COLUMN IF NOT EXISTS parent text, ADD COLUMN IF NOT EXISTS parent_keys text[]",
+        f"ALTER TABLE {s}._importapi_columns ADD COLUMN IF NOT EXISTS path text",
+    ]
+
+
+def deleting_children(client_id: int, table: str, parent_keys: tuple[str, ...], kinds: list[Kind]) -> str:
+    """Delete a subtable's rows of the parent keys bound (one array per key field)."""
+    arrays = ", ".join(f"%s::{SQL_TYPES[k]}[]" for k in kinds)
+    return (
+        f"DELETE FROM {table_ref(client_id, table)} WHERE ({names(parent_keys)}) IN"
+        f" (SELECT * FROM unnest({arrays}))"
+    )
+
+
+def deleting_orphans(
+    client_id: int, table: str, parent_keys: tuple[str, ...], parent: str, key_fields: tuple[str, ...]
+) -> str:
+    """Delete a subtable's rows whose parent row is gone."""
+    match = " AND ".join(f"p.{quote(k)} = c.{quote(c)}" for k, c in zip(key_fields, parent_keys))
+    return (
+        f"DELETE FROM {table_ref(client_id, table)} AS c WHERE NOT EXISTS"
+        f" (SELECT 1 FROM {table_ref(client_id, parent)} AS p WHERE {match})"
+    )
 
 
 def deleting_older(client_id: int, table: str, version: str) -> str:

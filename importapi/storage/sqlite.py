@@ -334,22 +334,25 @@ class SQLiteWarehouse(Warehouse):
         try:
             conn.execute("BEGIN IMMEDIATE")
             create_table(conn, schema.name, [(c.name, c.kind) for c in columns], schema.key_fields)
+            parent_keys = json.dumps(list(schema.parent_keys)) if schema.parent else None
             conn.execute(
-                "INSERT INTO _importapi_tables (name, key_fields, created_at, last_push_at, table_version)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO _importapi_tables (name, key_fields, created_at, last_push_at, table_version, parent,"
+                " parent_keys) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     schema.name,
                     json.dumps(list(schema.key_fields)),
                     schema.created_at,
                     last_push_at,
                     schema.version,
+                    schema.parent,
+                    parent_keys,
                 ),
             )
             conn.executemany(
-                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, widened_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, widened_at, path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (schema.name, c.name, c.kind.label, i, schema.created_at, c.widened_at)
+                    (schema.name, c.name, c.kind.label, i, schema.created_at, c.widened_at, c.path)
                     for i, c in enumerate(columns)
                 ],
             )

@@ -252,6 +252,19 @@ class TableSQL:
         t, key_cols, where = self._probe
         return f"SELECT {', '.join([key_cols, *map(quote, also)])} FROM {t} WHERE {where}"
 
+    def deleting_children(self, parent_keys: tuple[str, ...]) -> str:
+        """Delete the rows of a subtable tied to a JSON array of parent keys."""
+        t = self._probe[0]
+        if len(parent_keys) == 1:
+            return f"DELETE FROM {t} WHERE {quote(parent_keys[0])} IN (SELECT value FROM json_each(?))"
+        parts = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(parent_keys)))
+        return f"DELETE FROM {t} WHERE ({names(parent_keys)}) IN (SELECT {parts} FROM json_each(?))"
+
+    def deleting_orphans(self, parent_keys: tuple[str, ...], parent: str, key_fields: tuple[str, ...]) -> str:
+        """Delete the rows of a subtable whose parent row is gone."""
+        match = " AND ".join(f"p.{quote(k)} = c.{quote(c)}" for k, c in zip(key_fields, parent_keys))
+        return f"DELETE FROM {self._probe[0]} AS c WHERE NOT EXISTS (SELECT 1 FROM {quote(parent)} AS p WHERE {match})"
+
     def deleting_older(self, version: str) -> str:
         """Delete the rows of table versions older than the one bound (or of none)."""
         c = quote(version)

@@ -32,6 +32,7 @@ from importapi.schema import (
     TableSchema,
     count_changes,
     drop_older,
+    keep_children,
     make_plan,
     prepare_rows,
 )
@@ -50,6 +51,7 @@ from importapi.storage.sqlite_sql import (
     storage_error,
     widen_function,
 )
+from importapi.storage.sqlite_wal import Checkpointer
 
 log = logging.getLogger("importapi.storage")
 
@@ -59,10 +61,6 @@ MAX_GROUP = 64
 JSON_ROWS_MAX_VALUES = 4000
 # Past this rowid SQLite may pick new rowids at random instead of one above the largest.
 _ROWIDS_IN_ORDER = 2**62
-# Once the WAL holds this many frames (32 MiB of 4 KiB pages), the writer finishes the next
-# background checkpoint so that the WAL starts over (see _Checkpointer); below it, the WAL
-# is left to grow and the writer spends nothing on checkpoints.
-RESTART_WAL_FRAMES = 8192
 # The writer's page cache (SQLite's default is 2 MiB): the key index of a table taking keys
 # in random order outgrows 2 MiB at about 150,000 rows, and then every upsert reads its pages
 # back. 16 MiB per client file being written to; +6% records/s with random keys (A/B).
@@ -113,51 +111,6 @@ def _answer(jobs: list[tuple[_Job, Outcome]]) -> None:
             pass
 
 
-class _Checkpointer:
-    """Copies the WAL back into the database file in the background.
-
-    The writer turns SQLite's automatic checkpoint off, so a commit never pays for copying
-    pages; this thread runs a PASSIVE checkpoint (which never blocks the writer) at most
-    every ``interval`` seconds while commits keep coming. The WAL starts again from its first
-    frame only once every frame in it has been copied back: a writer that never pauses commits
-    more frames while each checkpoint runs, so once the WAL holds ``RESTART_WAL_FRAMES``,
-    ``caught_up`` asks the writer to copy that short tail itself
-    (``ClientWriter._finish_checkpoint``); without it the WAL only grows.
-    """
-
-    def __init__(self, path: Path, synchronous: str, interval: float = 0.5) -> None:
-        self.path, self.synchronous, self.interval = path, synchronous, interval
-        self.dirty = threading.Event()
-        self.stopping = threading.Event()
-        self.caught_up = threading.Event()  # the WAL has grown long: the writer finishes a checkpoint
-        self.thread = threading.Thread(target=self._run, name=f"checkpoint-{path.stem}", daemon=True)
-        self.thread.start()
-
-    def poke(self) -> None:
-        self.dirty.set()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.dirty.set()
-        self.thread.join(timeout=30)
-
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        while not self.stopping.is_set():
-            self.dirty.wait()
-            self.dirty.clear()
-            try:
-                conn = conn or connect(self.path, self.synchronous)
-                _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if frames >= RESTART_WAL_FRAMES:
-                    self.caught_up.set()
-            except sqlite3.Error:
-                log.warning("checkpoint of %s failed; the next one will retry", self.path.name, exc_info=True)
-            self.stopping.wait(self.interval)
-        if conn is not None:
-            conn.close()
-
-
 class ClientWriter:
     """The single writer of one client's file; applies queued pushes by group commit."""
 
@@ -170,11 +123,12 @@ class ClientWriter:
         self.sql: dict[str, TableSQL] = {}
         self.schema_version = -1
         self.pushed: set[str] = set()  # tables written by the group in progress
+        self.written: dict[str, set[Any]] = {}  # the keys each table's batch wrote, in the push in progress
         self.last_rowid: dict[str, int] = {}  # each table's largest rowid, within the group in progress
         self.stamped: dict[str, str] = {}  # the last push time written (committed) for each table
         self.json_rows = False  # rows go to SQLite as one JSON text (json_rows_work)
         self.max_values = 999  # bound values per statement (SQLite's own limit, read when connecting)
-        self.checkpointer = _Checkpointer(path, synchronous)
+        self.checkpointer = Checkpointer(path, synchronous)
         self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
         self.thread.start()
 
@@ -283,6 +237,7 @@ class ClientWriter:
 
     def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> Outcome:
         push = job.push
+        self.written = {}
         try:
             planned = [self._plan(conn, batch) for batch in push.batches]
             if push.sandbox:
@@ -335,7 +290,18 @@ class ClientWriter:
         schema = self.schemas[batch.table]
         sql = self._statements(schema)
         rows, stale = self._drop_older(conn, schema, plan, rows)
+        if batch.parent is not None:  # a subtable: only the rows of parents written
+            rows = keep_children(rows, batch.parent_keys, self.written.get(batch.parent, set()))
         inserted = self._upsert(conn, sql, schema, plan, rows) if rows.rows else 0
+        if batch.nested:  # the rows just written lose the subtable rows they had
+            self.written[batch.table] = set(rows.keys)
+            self._for_subtables(
+                conn,
+                batch.table,
+                lambda s, sub: (
+                    (s.deleting_children(sub.parent_keys), (encode_rows(rows.keys),)) if rows.keys else None
+                ),
+            )
         deleted = 0
         if plan.activate is not None and batch.version is not None:
             conn.execute(
@@ -344,11 +310,26 @@ class ClientWriter:
             schema.version = plan.activate
             if batch.version in schema.columns:
                 deleted = conn.execute(sql.deleting_older(batch.version), (plan.activate,)).rowcount
+            if deleted:  # their subtables' rows go with them
+                self._for_subtables(
+                    conn,
+                    batch.table,
+                    lambda s, sub: (s.deleting_orphans(sub.parent_keys, schema.name, schema.key_fields), ()),
+                )
         self.pushed.add(batch.table)
         replaced = len(rows.point_keys) - inserted
         return PushResult(
             batch.table, inserted, replaced, plan.describe(), plan.kinds, rows.stale + stale, deleted
         )
+
+    def _for_subtables(self, conn: sqlite3.Connection, table: str, statement: Any) -> None:
+        """Run, on each subtable of ``table``, the statement ``statement(its SQL, its schema)``
+        gives (as ``(sql, params)``, or None for nothing)."""
+        for sub in list(self.schemas.values()):
+            if sub.parent == table:
+                made = statement(self._statements(sub), sub)
+                if made is not None:
+                    conn.execute(*made)
 
     def _drop_older(
         self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, rows: Rows
