@@ -80,7 +80,9 @@ SOAK_ARGS ?= --minutes 12 --calm-minutes 4
 soak: $(BIN)/.installed
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
-# The benchmark: importapi against Datasette and the in-process SQLite limit (bench/RESULTS.md).
+# The benchmark: importapi's routes (RJMetrics; Stitch batches, flat and nested) against Datasette,
+# the in-process SQLite limit and the engines' best cases (bench/RESULTS.md). BENCH_ARGS=--quick: a
+# smoke run of a couple of minutes.
 bench: $(BIN)/.installed
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

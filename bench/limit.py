@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.records import COLUMNS, ids_for, record
+from importapi.push import Push
 from importapi.rjmetrics.validate import validate
-from importapi.storage.sqlite import SQLiteStorage
-from importapi.storage.sqlite_writer import WRITER_CACHE_KIB, TableSQL, load_schemas
-from importapi.storage.sqlite_writer import connect as server_connect
+from importapi.storage import open_storage
+from importapi.storage.sqlite_sql import TableSQL, load_schemas
+from importapi.storage.sqlite_sql import connect as server_connect
+from importapi.storage.sqlite_writer import WRITER_CACHE_KIB
 
 REQUESTS = 1500
 
@@ -31,10 +33,9 @@ def _row(i: int) -> tuple[Any, ...]:
 
 def _warehouse() -> tuple[Path, Path]:
     folder = Path(tempfile.mkdtemp(prefix="bench-limit-"))
-    storage = SQLiteStorage(folder)
-    storage.create_client("bench")
-    storage.warehouse.submit(1, validate([{"keys": ["id"], **record(-1)}], "bench")).result()
-    storage.close()
+    with open_storage(str(folder)) as storage:
+        storage.create_client("bench")
+        storage.warehouse.submit(Push(1, [validate([{"keys": ["id"], **record(-1)}], "bench")])).result()
     return folder, folder / "client_1.sqlite3"
 
 
@@ -43,7 +44,7 @@ def connect(path: Path) -> tuple[sqlite3.Connection, str]:
     conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")  # and the writer's page cache
     schema = load_schemas(conn)["bench"]
     assert tuple(schema.columns) == COLUMNS, schema.columns
-    return conn, TableSQL(schema, 100).upsert
+    return conn, TableSQL(schema).upsert
 
 
 def _bulk(conn: sqlite3.Connection, sql: str, ids: range) -> None:
