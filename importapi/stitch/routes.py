@@ -180,7 +180,14 @@ def _stitch_text(exc: ImportApiError) -> str:
 
 
 def _read(
-    route: str, media: str, raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, limits: Limits
+    route: str,
+    media: str,
+    raw: bytes,
+    client_id: int,
+    *,
+    sandbox: bool,
+    received: dt.datetime,
+    limits: Limits,
 ) -> Push:
     """The push a body asks for, or the refusal of it."""
     if route == "batch":
