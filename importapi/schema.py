@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from operator import add, itemgetter
 from typing import Any
 
 from importapi.errors import BadRequest, Code, Detail
@@ -247,7 +248,7 @@ def _reordered(batch: Batch, columns: list[str], now: str | None) -> list[Sequen
     if len(indexes) == 1:
         return [(p[indexes[0]],) for p in batch.points]
     pick = itemgetter(*indexes)
-    return [pick(p + tail) for p in batch.points]
+    return list(map(pick, map(add, batch.points, repeat(tail))))
 
 
 def _converted(
@@ -269,6 +270,13 @@ def _settle(
     (``version``) is stale, and so is one whose key has a point of a higher sequence."""
     at_seq = columns.index(batch.sequence) if batch.sequence in columns else None
     at_version = columns.index(batch.version) if batch.version in columns else None
+    keyed = list(map(key_of, rows))
+    if len(set(keyed)) == len(keyed) and (
+        at_version is None
+        or version is None
+        or all(v is None or v >= version for v in set(map(itemgetter(at_version), rows)))
+    ):  # every key once, no version older than the table's: nothing is stale (no Python per row)
+        return Rows(columns, list(rows), keyed, list(keyed), 0, at_seq, at_version)
     best: dict[Any, Sequence[Any]] = {}
     keys: dict[Any, list[Any]] = {}  # each key's winning points (all of its highest sequence)
     stale = 0
@@ -340,6 +348,8 @@ def keep_children(rows: Rows, parent_keys: tuple[str, ...], written: set[Any]) -
     """A subtable's rows of the parent keys written (the others' parents lost to newer rows)."""
     at = [rows.columns.index(k) for k in parent_keys]
     key_of = itemgetter(*at)
+    if set(map(key_of, rows.rows)) <= written:  # every parent written (the usual case): in C
+        return rows
     kept = [(k, r) for k, r in zip(rows.keys, rows.rows) if key_of(r) in written]
     if len(kept) == len(rows.rows):
         return rows

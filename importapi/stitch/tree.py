@@ -19,12 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import chain, repeat
-from operator import is_
+from operator import attrgetter, is_
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
-from msgspec.structs import astuple
 
 from importapi.kinds import DOUBLE_EXACT, Kind
 from importapi.names import field_name_problem
@@ -153,6 +152,7 @@ class Node:
         self.plain = not self._objects and not self._arrays
         self._scalars = scalars
         self._width = len(attrs)
+        self._getters = [attrgetter(name) for name, _, _ in attrs]  # a field's values, in C
         self._empty: Any = None
         rename = {f"f{i}": n for i, n in enumerate(fields)}
         self.struct = msgspec.defstruct("Object", attrs, rename=rename, forbid_unknown_fields=True, gc=False)
@@ -172,7 +172,7 @@ class Node:
         if any(map(is_, objects, repeat(None))) or any(map(is_, objects, repeat(UNSET))):
             empty = self._empty  # no fields: what a null object's columns hold, and no pairs
             objects = [empty if o is None or o is UNSET else o for o in objects]
-        fields: list[Sequence[Any]] = list(zip(*map(astuple, objects))) or [()] * self._width
+        fields: list[Sequence[Any]] = [list(map(get, objects)) for get in self._getters]
         pairs = len(objects) * self._width
         for i, column in enumerate(fields):
             absent = sum(map(is_, column, repeat(UNSET)))  # by identity: no value's __eq__ runs

@@ -28,7 +28,6 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
-from msgspec.structs import astuple
 
 from importapi.body import names_once
 from importapi.errors import BadRequest
@@ -105,9 +104,9 @@ class Decoder:
         version: int | None,
         received: str,
         max_depth: int,
-    ) -> tuple[list[tuple[Any, ...]], tree.Rows, bool, int] | None:
-        """(rows, the subtables' rows, whether the batch activates its version, the
-        name-value pairs decoded)."""
+    ) -> tuple[list[tuple[Any, ...]], list[bool], tree.Rows, bool, int] | None:
+        """(rows, whether each of the record's columns holds a value, the subtables' rows,
+        whether the batch activates its version, the name-value pairs decoded)."""
         at_keys = [self.names.index(k) for k in keys if k in self.names]
         if len(at_keys) != len(keys) or self.root.depth >= max_depth:
             return None
@@ -125,39 +124,33 @@ class Decoder:
             else:
                 upserts.append(m)
         pairs += len(upserts)  # each "data"
-        arrays: tree.Arrays = []
-        if self.root.plain:
-            values = list(map(astuple, (m.data for m in upserts)))
-            pairs += len(upserts) * len(self.names)
-            for i, v in enumerate(values):
-                absent = sum(map(is_, v, repeat(UNSET)))  # by identity: no value's __eq__ runs
-                if absent:
-                    pairs -= absent
-                    values[i] = tuple(None if x is UNSET else x for x in v)
-        else:
-            columns, arrays, n = self.root.table([m.data for m in upserts])
-            values = list(zip(*columns))
-            pairs += n
+        columns, arrays, n = self.root.table([m.data for m in upserts])
+        pairs += n
         for j in at_keys:  # a missing key is refused, with its reason, the general way
-            if any(v[j] is None for v in values):
+            if any(map(is_, columns[j], repeat(None))):
                 return None
+        for j, what, step in self.fixes:  # each column as the warehouse stores it, in C mostly
+            fixed = _fixed_column(columns[j], what, step)
+            if fixed is None:
+                return None
+            columns[j] = fixed
         extracted = _times([None if m.time_extracted is UNSET else m.time_extracted for m in upserts])
         if extracted is None:
             return None
-        rows = [(*v, m.sequence, version, received, e, None) for v, m, e in zip(values, upserts, extracted)]
+        sequences = [m.sequence for m in upserts]
+        tail = [sequences, repeat(version), repeat(received), extracted, repeat(None)]
         if not keys:
-            rows = [(*r, primary_key(table, version, m.sequence, m.data)) for r, m in zip(rows, upserts)]
-        rows = _fixed(rows, self.fixes)  # type: ignore[assignment]
-        if rows is None:
-            return None
+            tail.append([primary_key(table, version, m.sequence, m.data) for m in upserts])
+        rows = list(zip(*columns, *tail))
+        valued = [any(map(is_not, c, repeat(None))) for c in columns]  # which columns hold a value
         children = tree.Rows()
         if arrays:
             at = [len(rows[0]) - 1] if not keys else at_keys  # append-only: by __sdc_primary_key
-            more = _children(rows, [m.sequence for m in upserts], arrays, at, children)
+            more = _children(rows, sequences, arrays, at, children)
             if more is None:
                 return None
             pairs += more
-        return rows, children, activate, pairs
+        return rows, valued, children, activate, pairs
 
 
 def _children(
@@ -207,23 +200,6 @@ def _times(column: Sequence[Any]) -> Sequence[Any] | None:
         return column  # already so (target-stitch's time_extracted, most taps' date-times)
     it = iter(parsed)
     return [None if v is None else timestamp_text(next(it)) for v in column]
-
-
-def _fixed(rows: list[tuple[Any, ...]], fixes: list[tuple[int, str, Decimal | None]]) -> list[Any] | None:
-    """The rows with each column ``j`` of ``fixes`` checked and written as the warehouse
-    stores it; None if a value does not fit. Columns are taken apart and put back in C."""
-    if not fixes or not rows:
-        return rows
-    columns: list[Any] = list(zip(*rows))
-    changed = False
-    for j, what, step in fixes:
-        fixed = _fixed_column(columns[j], what, step)
-        if fixed is None:
-            return None
-        if fixed is not columns[j]:
-            columns[j] = fixed
-            changed = True
-    return list(zip(*columns)) if changed else rows
 
 
 def _fixed_column(column: Sequence[Any], what: str, step: Decimal | None) -> Sequence[Any] | None:
@@ -326,7 +302,7 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
     made = decoder.rows(messages, keys, table, version, timestamp_text(received), limits.max_depth)
     if made is None:
         return None
-    rows, children, activate, pairs = made
+    rows, valued, children, activate, pairs = made
     if activate and version is None:
         return None
     present = sum(1 for f in _Head.__struct_fields__ if getattr(head, f) is not UNSET)
@@ -339,10 +315,9 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
     kinds: dict[str, Kind] = dict(SYSTEM_KINDS)
     if not keys:
         kinds[PRIMARY_KEY] = Kind.TEXT
-    by_column = list(zip(*rows)) if rows else []
-    for j, name in enumerate(decoder.names):
+    for name, held in zip(decoder.names, valued):
         kind = decoder.kinds[name]
-        if kind is not None and (name in keys or (by_column and by_column[j].count(None) < len(rows))):
+        if kind is not None and (name in keys or held):  # a null never decides a type
             kinds[name] = kind
     ready = frozenset(n for n, p in zip(decoder.names, decoder.post) if p in ("timestamp", "date", "decimal"))
     batch = Batch(
