@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 
@@ -34,7 +34,8 @@ from importapi.observe import Observer, RequestRecord
 from importapi.openapi import build as build_openapi
 from importapi.ratelimit import BodyBudget, ConcurrencyLimit, RateLimiter
 from importapi.rjmetrics.routes import RJMetricsRoutes
-from importapi.settings import Settings
+from importapi.settings import Limits, Settings
+from importapi.stitch import openapi as stitch_openapi
 from importapi.stitch.routes import PREFIX as STITCH_PREFIX
 from importapi.stitch.routes import StitchRoutes
 from importapi.storage import Storage, open_storage
@@ -46,6 +47,11 @@ _encode = msgspec.json.Encoder().encode
 # Service routes answer however busy the server is: they are cheap, and probes need them.
 _SERVICE_PATHS = frozenset(("/ready", "/metrics", "/openapi.json"))
 _UNBOUNDED = frozenset(("/", *_SERVICE_PATHS))
+
+
+def openapi_document(limits: Limits) -> dict[str, Any]:
+    """``/openapi.json``: every protocol's routes."""
+    return build_openapi(limits, (stitch_openapi,))
 
 
 class Routes(Protocol):
@@ -83,7 +89,7 @@ class ImportApi:
         self.in_progress = ConcurrencyLimit(settings.max_concurrent)
         self.rjmetrics = RJMetricsRoutes(self.services)
         self.stitch = StitchRoutes(self.services)
-        self._openapi = _encode(build_openapi(settings.limits))
+        self._openapi = _encode(openapi_document(settings.limits))
         self.console: ASGIApp | None = None  # the web console, answering under /console
         self.on_shutdown: list[Callable[[], None]] = []  # run before the storage closes
 

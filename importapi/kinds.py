@@ -174,3 +174,23 @@ def from_storage(value: Any, kind: Kind) -> Any:
 def widen_stored(value: Any, old: Kind, new: Kind) -> Any:
     """Convert a value stored under ``old`` to what a column of ``new`` stores."""
     return to_storage(from_storage(value, old), new)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a value: a scalar is 0, an object or array one more than its deepest."""
+    if type(value) is dict:
+        return 1 + max((json_depth(v) for v in value.values()), default=0)
+    if type(value) is list:
+        return 1 + max((json_depth(v) for v in value), default=0)
+    return 0
+
+
+def tally(kinds: dict[str, Kind], mixed: set[str], name: str, kind: Kind) -> None:
+    """Note that field ``name`` has a value of ``kind``: its kind so far widens to hold it,
+    and a field seen with more than one kind is ``mixed``."""
+    known = kinds.get(name)
+    if known is None:
+        kinds[name] = kind
+    elif known is not kind:
+        kinds[name] = join(known, kind)
+        mixed.add(name)

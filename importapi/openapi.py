@@ -7,12 +7,12 @@ listed, and every body matches its schema (the suite runs schemathesis against i
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from importapi import __version__
 from importapi.errors import Code
 from importapi.settings import Limits
-from importapi.stitch import openapi as stitch_openapi
 
 JSON = "application/json"
 SECURITY: list[dict[str, list[str]]] = [{"apikeyQuery": []}, {"bearer": []}]
@@ -30,12 +30,12 @@ ERROR_STATUSES = {
 }
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _answer(description: str, schema: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+    return {"description": description, "content": {JSON: {"schema": ref(schema)}}}
 
 
 def _errors(*statuses: str) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
             "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
         },
         "Error": {
-            "allOf": [_ref("Envelope")],
+            "allOf": [ref("Envelope")],
             "required": ["reasons"],
             "properties": {
                 "code": {"type": "integer", "minimum": 400, "maximum": 599},
@@ -59,7 +59,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                 "details": {
                     "type": "array",
                     "minItems": 1,
-                    "items": _ref("Detail"),
+                    "items": ref("Detail"),
                     "description": "The reasons as data, one to one and in the same order.",
                 },
                 "request_id": {"type": "string"},
@@ -80,7 +80,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
             },
         },
         "Status": {
-            "allOf": [_ref("Envelope")],
+            "allOf": [ref("Envelope")],
             "properties": {
                 "service": {"type": "string"},
                 "version": {"type": "string"},
@@ -88,12 +88,12 @@ def _schemas(limits: Limits) -> dict[str, Any]:
             },
         },
         "Authenticated": {
-            "allOf": [_ref("Envelope")],
+            "allOf": [ref("Envelope")],
             "required": ["client_id"],
             "properties": {"client_id": {"type": "integer"}, "sandbox": {"type": "boolean"}},
         },
         "Created": {
-            "allOf": [_ref("Envelope")],
+            "allOf": [ref("Envelope")],
             "required": ["table", "inserted", "replaced"],
             "properties": {
                 "code": {"const": 201},
@@ -170,8 +170,8 @@ def _auth_path(tag: str) -> dict[str, Any]:
 def _data_path(tag: str, point: str, limits: Limits) -> dict[str, Any]:
     body = {
         "oneOf": [
-            _ref(point),
-            {"type": "array", "minItems": 1, "maxItems": limits.max_points, "items": _ref(point)},
+            ref(point),
+            {"type": "array", "minItems": 1, "maxItems": limits.max_points, "items": ref(point)},
         ]
     }
 
@@ -227,7 +227,16 @@ def _service_paths() -> dict[str, Any]:
     }
 
 
-def build(limits: Limits | None = None) -> dict[str, Any]:
+class Part(Protocol):
+    """Another protocol's part of the document (``importapi.stitch.openapi``)."""
+
+    def paths(self) -> dict[str, Any]: ...
+
+    def schemas(self) -> dict[str, Any]: ...
+
+
+def build(limits: Limits | None = None, parts: Sequence[Part] = ()) -> dict[str, Any]:
+    """The document: the service routes, the RJMetrics routes, and each of ``parts``."""
     limits = limits or Limits()
     paths = _service_paths()
     for prefix, tag in (("", "production"), ("/sandbox", "sandbox")):
@@ -236,7 +245,8 @@ def build(limits: Limits | None = None) -> dict[str, Any]:
             label = f"{tag} {version}" + (" (deprecated)" if version == "v1" else "")
             paths[f"{base}/authenticate"] = _auth_path(label)
             paths[f"{base}/table/{{table}}/data"] = _data_path(label, point, limits)
-    paths.update(stitch_openapi.paths())
+    for part in parts:
+        paths.update(part.paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -249,7 +259,7 @@ def build(limits: Limits | None = None) -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": {**_schemas(limits), **stitch_openapi.schemas()},
+            "schemas": {**_schemas(limits), **{k: v for part in parts for k, v in part.schemas().items()}},
             "securitySchemes": {
                 "apikeyQuery": {"type": "apiKey", "in": "query", "name": "apikey"},
                 "bearer": {"type": "http", "scheme": "bearer"},

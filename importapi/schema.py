@@ -24,11 +24,13 @@ from importapi.settings import Limits
 
 @dataclass
 class Column:
+    """A column of a table: its kind, when it last widened, and the field path it holds when
+    its name had to be shortened to fit (``a__b`` for the field ``b`` of the object ``a``)."""
+
     name: str
     kind: Kind
     widened_at: str | None = None
     path: str | None = None
-    """The field path the column holds, when its name had to be shortened to fit."""
 
 
 @dataclass

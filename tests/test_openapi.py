@@ -22,11 +22,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from importapi.openapi import build
+from importapi.app import openapi_document
 from importapi.settings import Limits
 from tests.helpers import Api, make_api
 
-SPEC = build()
+SPEC = openapi_document(Limits())
 schema = schemathesis.openapi.from_dict(SPEC)
 # Not negative_data_rejection: ``send`` gives generated cases a live key and client id, which
 # can turn a case generated as invalid into a valid one; and unknown query parameters are
@@ -99,7 +99,7 @@ def test_the_served_description_is_the_built_one_with_the_configured_limits(tmp_
     for api in make_api(tmp_path / "warehouse", limits):
         served = api.http.get("/openapi.json")
         assert served.status_code == 200 and served.headers["content-type"] == "application/json"
-        assert served.json() == build(limits)
+        assert served.json() == openapi_document(limits)
         body = served.json()["paths"]["/v2/client/{cid}/table/{table}/data"]["post"]["requestBody"]
         assert body["content"]["application/json"]["schema"]["oneOf"][1]["maxItems"] == 7
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from importapi.errors import BadRequest, Code, Detail
-from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, join, kind_of
+from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, json_depth, kind_of, tally
 from importapi.names import field_name_problem
 from importapi.push import Batch
 from importapi.settings import Limits
@@ -31,15 +31,6 @@ def _name_problem(name: str, lower_names: dict[str, str]) -> tuple[Code, str] | 
             f"field names {other!r} and {name!r} differ only in case; columns are matched ignoring case",
         )
     return None
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of a value: a scalar is 0, an object or array one more than its deepest."""
-    if type(value) is dict:
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if type(value) is list:
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
 
 
 def _type_name(value: Any) -> str:
@@ -239,15 +230,10 @@ class _Validator:
             self._kind(name, Kind.DECIMAL)
 
     def _kind(self, name: str, kind: Kind) -> None:
-        known = self.kinds.get(name)
-        if known is None:
-            self.kinds[name] = kind
-        elif known is not kind:
-            self.kinds[name] = join(known, kind)
-            self.mixed.add(name)
+        tally(self.kinds, self.mixed, name, kind)
 
     def _depth_ok(self, i: int, name: str, value: Any) -> bool:
-        if 1 + _depth(value) > self.limits.max_depth:
+        if 1 + json_depth(value) > self.limits.max_depth:
             self.out.add(
                 i,
                 Code.NESTED_TOO_DEEP,

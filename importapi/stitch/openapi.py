@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from importapi.openapi import JSON, ref
 from importapi.stitch.records import MAX_RECORDS
 
-JSON = "application/json"
 TRANSIT = "application/transit+json"
 _STATUS = {
     "400": "The body is malformed, or a record does not fit its schema; nothing was changed.",
@@ -23,13 +23,9 @@ _STATUS = {
 }
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _errors(*statuses: str) -> dict[str, Any]:
     return {
-        s: {"description": _STATUS[s], "content": {JSON: {"schema": _ref("StitchError")}}} for s in statuses
+        s: {"description": _STATUS[s], "content": {JSON: {"schema": ref("StitchError")}}} for s in statuses
     }
 
 
@@ -64,7 +60,7 @@ def schemas() -> dict[str, Any]:
                 "status": {"const": "ERROR"},
                 "message": {"type": "string"},
                 "errors": {},
-                "details": {"type": "array", "minItems": 1, "items": _ref("Detail")},
+                "details": {"type": "array", "minItems": 1, "items": ref("Detail")},
                 "request_id": {"type": "string"},
             },
         },
@@ -121,7 +117,7 @@ def _post(summary: str, body: dict[str, Any], answer: str, media: tuple[str, ...
             "responses": {
                 answer: {
                     "description": "Committed." if answer == "201" else "Valid: nothing was stored.",
-                    "content": {JSON: {"schema": _ref("StitchAccepted")}},
+                    "content": {JSON: {"schema": ref("StitchAccepted")}},
                 },
                 **_errors("400", "401", "403", "404", "405", "408", "413", "415", "422", "500", "503"),
             },
@@ -130,7 +126,7 @@ def _post(summary: str, body: dict[str, Any], answer: str, media: tuple[str, ...
 
 
 def paths() -> dict[str, Any]:
-    records = {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS, "items": _ref("StitchRecord")}
+    records = {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS, "items": ref("StitchRecord")}
     out: dict[str, Any] = {}
     for prefix in ("", "/sandbox"):
         base = f"{prefix}/v2/import"
@@ -145,7 +141,7 @@ def paths() -> dict[str, Any]:
             }
         }
         out[f"{base}/batch"] = _post(
-            "One table's records, with their JSON Schema", _ref("StitchBatch"), "201", (JSON,)
+            "One table's records, with their JSON Schema", ref("StitchBatch"), "201", (JSON,)
         )
         out[f"{base}/push"] = _post("Records of one or more tables", records, "201", (JSON, TRANSIT))
         out[f"{base}/validate"] = _post(

@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 
 from importapi.errors import BadRequest, Code, Detail
-from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, join, kind_of
+from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, json_depth, kind_of, tally
 from importapi.names import MAX_NAME_BYTES, RESERVED_TABLE_PREFIXES, field_name_problem
 from importapi.push import Batch
 from importapi.rjmetrics.validate import MAX_REASONS
@@ -270,7 +270,7 @@ class Builder:
         kind = kind_of(value)
         if kind is None:
             return True
-        if kind is Kind.JSON and _depth(value) >= self.max_depth:
+        if kind is Kind.JSON and json_depth(value) >= self.max_depth:
             self.problem(
                 index,
                 Code.NESTED_TOO_DEEP,
@@ -282,12 +282,7 @@ class Builder:
             self.inexact.add(name)
             if not INT64_MIN <= value <= INT64_MAX:
                 kind = Kind.DECIMAL
-        known = self.kinds.get(name)
-        if known is None:
-            self.kinds[name] = kind
-        elif known is not kind:
-            self.kinds[name] = join(known, kind)
-            self.mixed.add(name)
+        tally(self.kinds, self.mixed, name, kind)
         return True
 
     def batches(self, activate: int | None, declared: Mapping[str, Kind]) -> list[Batch]:
@@ -414,11 +409,3 @@ class _Children:
                 )
             )
         return out
-
-
-def _depth(value: Any) -> int:
-    if type(value) is dict:
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if type(value) is list:
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0

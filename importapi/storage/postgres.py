@@ -26,19 +26,11 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
+from importapi import schema as planning
 from importapi.errors import BadRequest, Code, NotFound, StorageUnavailable
 from importapi.kinds import DOUBLE_EXACT, Kind, timestamp_text
 from importapi.push import Batch, Push, PushResult
-from importapi.schema import (
-    Plan,
-    Rows,
-    TableSchema,
-    count_changes,
-    drop_older,
-    keep_children,
-    make_plan,
-    prepare_rows,
-)
+from importapi.schema import Plan, Rows, TableSchema
 from importapi.settings import Limits
 from importapi.storage import postgres_sql as q
 from importapi.storage.base import Warehouse
@@ -144,7 +136,7 @@ class PostgresWarehouse(PostgresReads, Warehouse):
                 planned = []
                 for batch in push.batches:  # in the push's order: a subtable after its parent
                     sql = self._table_sql(conn, client_id, batch.table)
-                    plan = make_plan(
+                    plan = planning.make_plan(
                         sql.schema if sql else None,
                         batch,
                         self.limits,
@@ -185,9 +177,11 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         if plan.changes_schema:
             sql = self._change_schema(conn, client_id, sql.schema if sql else None, plan)
         assert sql is not None
-        rows = prepare_rows(plan, batch, timestamp_text(dt.datetime.now(dt.UTC)) if batch.stamp else None)
+        rows = planning.prepare_rows(
+            plan, batch, timestamp_text(dt.datetime.now(dt.UTC)) if batch.stamp else None
+        )
         if batch.parent is not None:
-            rows = keep_children(rows, batch.parent_keys, written.get(batch.parent, set()))
+            rows = planning.keep_children(rows, batch.parent_keys, written.get(batch.parent, set()))
         stale = rows.stale
         keys: set[Any] = set(rows.keys)
         if not rows.rows:
@@ -217,11 +211,13 @@ class PostgresWarehouse(PostgresReads, Warehouse):
             for batch in push.batches:
                 sql = self._table_sql(conn, push.client_id, batch.table)
                 schema = sql.schema if sql else None
-                plan = make_plan(schema, batch, self.limits, self._inexact(conn, push.client_id, batch.table))
-                rows = prepare_rows(plan, batch)
-                rows, lost = drop_older(rows, self._sequences(conn, push.client_id, schema, rows))
+                plan = planning.make_plan(
+                    schema, batch, self.limits, self._inexact(conn, push.client_id, batch.table)
+                )
+                rows = planning.prepare_rows(plan, batch)
+                rows, lost = planning.drop_older(rows, self._sequences(conn, push.client_id, schema, rows))
                 existing = self._existing(conn, push.client_id, schema, plan, rows.keys) if schema else set()
-                inserted, replaced = count_changes(rows.point_keys, existing)
+                inserted, replaced = planning.count_changes(rows.point_keys, existing)
                 results.append(
                     PushResult(batch.table, inserted, replaced, plan.describe(), stale=rows.stale + lost)
                 )
