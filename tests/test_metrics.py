@@ -69,6 +69,45 @@ def test_metrics_count_requests_points_rejections_and_latency(api: Api) -> None:
     assert metric(text, "importapi_storage_errors_total") == 0
 
 
+def test_metrics_cover_the_stitch_routes(api: Api) -> None:
+    auth = {"Authorization": f"Bearer {api.key}"}
+    schema = {
+        "type": "object",
+        "properties": {"id": {"type": "integer"}, "ok": {"type": ["null", "boolean"]}},
+    }
+
+    def batch(*records: dict[str, object]) -> dict[str, object]:
+        messages = [{"action": "upsert", "sequence": n, "data": r} for n, r in enumerate(records, 1)]
+        return {"table_name": "orders", "schema": schema, "key_names": ["id"], "messages": messages}
+
+    assert (
+        api.http.post("/v2/import/batch", json=batch({"id": 1}, {"id": 2}), headers=auth).status_code == 201
+    )
+    assert (
+        api.http.post("/v2/import/batch", json=batch({"id": 1, "ok": "yes"}), headers=auth).status_code == 400
+    )
+    pushed = [
+        {
+            "client_id": api.client_id,
+            "action": "upsert",
+            "table_name": "t",
+            "sequence": 1,
+            "key_names": ["id"],
+            "data": {"id": 1},
+        }
+    ]
+    assert api.http.post("/v2/import/push", json=pushed, headers=auth).status_code == 201
+    assert api.http.get("/v2/import/status").status_code == 200
+    text = api.http.get("/metrics").text
+    assert metric(text, "importapi_requests_total", route="batch", status="201") == 1
+    assert metric(text, "importapi_requests_total", route="batch", status="400") == 1
+    assert metric(text, "importapi_requests_total", route="push", status="201") == 1
+    assert metric(text, "importapi_requests_total", route="import_status", status="200") == 1
+    assert metric(text, "importapi_rejections_total", reason="record_not_conforming") == 1
+    assert metric(text, "importapi_data_points_total", outcome="inserted") == 3
+    assert metric(text, "importapi_request_duration_seconds_count", route="batch") == 2
+
+
 @pytest.mark.backends("sqlite")
 @pytest.mark.parametrize(
     "body",
@@ -197,6 +236,14 @@ def logged_server(tmp_path: Path) -> Iterator[Server]:
     stop_server(server)
 
 
+STITCH_BATCH = {
+    "table_name": "events",
+    "schema": {"type": "object", "properties": {"id": {"type": "integer"}}},
+    "key_names": ["id"],
+    "messages": [{"action": "upsert", "sequence": n, "data": {"id": n}} for n in (1, 2)],
+}
+
+
 def raw(server: Server, data: bytes) -> bytes:
     host, port = server.base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as s:
@@ -250,6 +297,10 @@ def test_a_full_run_logs_one_json_line_per_request_and_never_a_key(logged_server
             http.get(
                 f"{base}/v2/client/1/authenticate?apikey={key}", headers={"authorization": f"Bearer {key}"}
             ),
+            http.post(f"{base}/v2/import/batch", json=STITCH_BATCH, headers=bearer),
+            http.post(
+                f"{base}/v2/import/batch", json=STITCH_BATCH, headers={"authorization": f"Bearer {revoked}"}
+            ),
         ]
         ids = [r.headers["x-request-id"] for r in calls]
     # requests no HTTP client would send, each with a key in it
@@ -297,4 +348,19 @@ def test_a_full_run_logs_one_json_line_per_request_and_never_a_key(logged_server
     ) == (1, "orders", 3, 201, 2, 1)
     assert first_push["key_id"] == key.split("_")[1] and first_push["duration_ms"] > 0
     assert by_id[ids[12]]["status"] == 401 and by_id[ids[12]]["client_id"] is None
+    stitch, refused = by_id[ids[-2]], by_id[ids[-1]]
+    assert (
+        stitch["route"],
+        stitch["table"],
+        stitch["data_points"],
+        stitch["status"],
+        stitch["inserted"],
+    ) == (
+        "batch",
+        "events",
+        2,
+        201,
+        2,
+    )
+    assert (refused["route"], refused["status"]) == ("batch", 401)
     assert not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
