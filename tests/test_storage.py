@@ -377,3 +377,41 @@ def test_pushes_go_on_after_the_database_dropped_every_connection(storage: Stora
     result = push(storage, "t", [{"keys": ["id"], "id": 100}])
     assert result.inserted == 1
     assert len(rows(storage, "t")) == 17
+
+
+# -- warehouses made by an earlier release ---------------------------------------------------
+
+
+def _as_an_earlier_release_left_it(database: str) -> None:
+    """Drop the catalog columns this release added to a client's schema tables."""
+    import sqlite3
+
+    import psycopg
+
+    from importapi.storage.base import parse_database_url
+
+    kind, target = parse_database_url(database)
+    drops = [("_importapi_tables", c) for c in ("table_version", "parent", "parent_keys")]
+    drops.append(("_importapi_columns", "path"))
+    if kind == "sqlite":
+        conn = sqlite3.connect(f"{target}/client_1.sqlite3")
+        for table, column in drops:
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(target, autocommit=True) as pg:
+            for table, column in drops:
+                pg.execute(f"ALTER TABLE client_1.{table} DROP COLUMN {column}")
+
+
+def test_a_warehouse_of_an_earlier_release_keeps_working(database: str) -> None:
+    with open_storage(database) as storage:
+        storage.create_client("acme", 1)
+        push(storage, "orders", [{"keys": ["id"], "id": 1, "status": "new"}])
+    _as_an_earlier_release_left_it(database)
+    with open_storage(database) as storage:  # a new process: it upgrades what it opens
+        push(storage, "orders", [{"keys": ["id"], "id": 1, "status": "paid"}, {"keys": ["id"], "id": 2}])
+        assert {k: r["status"] for k, r in rows(storage, "orders").items()} == {1: "paid", 2: None}
+        (info,) = storage.warehouse.tables(1)
+        assert info.schema.name == "orders" and info.schema.parent is None and info.schema.version is None
