@@ -193,6 +193,10 @@ class Rows:
     """The position of the ordering column in each row."""
     version: int | None = None
     """The position of the table version column in each row."""
+    stamp: tuple[str, str] | None = None
+    """(column, value): a column of the same value in every row, which the writer binds
+    once; the rows hold a null in its place, if they have one. ``columns`` then names the
+    rows' own order, which need not be the table's (a writer picks each column by name)."""
 
 
 _AS_BOUND = (Kind.BOOLEAN, Kind.INTEGER, Kind.DOUBLE, Kind.TEXT)
@@ -224,6 +228,14 @@ def prepare_rows(plan: Plan, batch: Batch, now: str | None = None) -> Rows:
             point_keys = list(map(key_of, batch.points))
             by_key = dict(zip(point_keys, batch.points))
             return Rows(columns, list(by_key.values()), list(by_key), point_keys)
+        if not convert and ordered and all(k in batch.columns for k in plan.key_fields):
+            # of the column kinds already: kept in their own order, the stamp bound once
+            layout = list(batch.columns)
+            key_of = itemgetter(*[layout.index(k) for k in plan.key_fields])
+            filled = (columns[stamp], now) if stamp is not None and now is not None else None
+            return dataclasses.replace(
+                _settle(batch.points, layout, key_of, batch, plan.version), stamp=filled
+            )
         rows = _reordered(batch, columns, now)
         stamp = None
     else:

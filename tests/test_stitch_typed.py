@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from importapi.errors import BadRequest
 from importapi.push import Push
-from importapi.schema import make_plan, prepare_rows
+from importapi.schema import Plan, Rows, make_plan, prepare_rows
 from importapi.settings import Limits
 from importapi.stitch import typed
 from importapi.stitch.batch import read_batch
@@ -89,13 +89,24 @@ def raw_body(
     return (json.dumps(head)[:-1] + ', "messages": [' + ", ".join(messages) + "]}").encode()
 
 
+def as_written(plan: Plan, rows: Rows) -> list[dict[str, Any]]:
+    """The rows as a writer binds them into the table's columns: each by its name (a null
+    where the rows lack it), the stamp's value once for every row."""
+    stamp, value = rows.stamp or (None, None)
+    out = []
+    for r in rows.rows:
+        held = dict(zip(rows.columns, r))
+        out.append({c: value if c == stamp else held.get(c) for c in plan.kinds})
+    return out
+
+
 def stored(push: Push) -> tuple[dict[str, str], list[dict[str, Any]], int | None]:
     """What the warehouse would store for the push's batch (a new table): the column kinds,
     the rows, the version it activates."""
     (batch,) = push.batches
     plan = make_plan(None, batch, LIMITS)
     rows = prepare_rows(plan, batch, "2026-12-01T07:46:50.000000Z")
-    table = [{c: v for c, v in zip(rows.columns, r) if c != PRIMARY_KEY} for r in rows.rows]
+    table = [{c: v for c, v in r.items() if c != PRIMARY_KEY} for r in as_written(plan, rows)]
     return {c: k.label for c, k in plan.kinds.items()}, sorted(table, key=repr), plan.activate
 
 
@@ -245,7 +256,7 @@ def stored_tables(push: Push) -> dict[str, Any]:
     for batch in push.batches:
         plan = make_plan(None, batch, LIMITS)
         rows = prepare_rows(plan, batch, "2026-12-01T07:46:50.000000Z")
-        table = [dict(zip(rows.columns, r)) for r in rows.rows]
+        table = as_written(plan, rows)
         kinds = {c: k.label for c, k in plan.kinds.items()}
         out[batch.table] = (kinds, sorted(table, key=repr), batch.parent, batch.parent_keys, batch.paths)
     return out

@@ -71,10 +71,15 @@ def _arrays(sql: q.TableSQL, prepared: Rows) -> list[list[Any]]:
     except TypeError:
         order = sorted(range(len(rows)), key=lambda i: repr(keys[i]))
     where = {name: j for j, name in enumerate(columns)}
+    stamp, value = prepared.stamp or (None, None)
     arrays = []
     for name, kind in zip(sql.columns, sql.kinds):
         j = where.get(name)
-        arrays.append(_bind(kind, [None] * len(rows) if j is None else [rows[i][j] for i in order]))
+        if name == stamp:
+            column = [value] * len(rows)
+        else:
+            column = [None] * len(rows) if j is None else [rows[i][j] for i in order]
+        arrays.append(_bind(kind, column))
     return arrays
 
 

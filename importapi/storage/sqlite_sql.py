@@ -206,12 +206,15 @@ class TableSQL:
             action = "DO NOTHING"
         self.columns = cols
         self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
+        self._into = f"INSERT INTO {t} ({col_list})"
         self._values = (
-            f"INSERT INTO {t} ({col_list}) VALUES ",
+            f"{self._into} VALUES ",
             f"({marks})",
             f" ON CONFLICT ({conflict}) {action}",
         )
         self._by_count: dict[int, str] = {}
+        self._conflict = f" ON CONFLICT ({conflict}) {action}"
+        self._mapped: dict[tuple[tuple[str, ...], str | None, int], str] = {}
         # The same upsert taking all rows as one JSON array of arrays: one statement, one
         # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
         # needs it between a SELECT and ON CONFLICT.
@@ -246,6 +249,36 @@ class TableSQL:
             if len(self._by_count) > 4:  # a full chunk's and a few remainders'
                 self._by_count.pop(next(iter(self._by_count)))
         return sql
+
+    def upsert_mapped(self, layout: tuple[str, ...], stamp: str | None, count: int) -> str:
+        """The upsert of ``count`` rows bound as values in the column order ``layout``, not
+        the table's: each column of the table is picked from its place in the row, a null
+        where the rows lack it, or (``stamp``) the statement's first value, bound once. The
+        rows are bound as they come, with no Python per row to put them in order."""
+        key = (layout, stamp, count)
+        sql = self._mapped.get(key)
+        if sql is None:
+            at = {name: i for i, name in enumerate(layout, 1)}
+            picks = ", ".join(
+                "?1" if c == stamp else f"column{at[c]}" if c in at else "NULL" for c in self.columns
+            )
+            row = f"({', '.join('?' * len(layout))})"
+            sql = self._mapped[key] = (
+                f"{self._into} SELECT {picks} FROM (VALUES "
+                f"{', '.join([row] * count)}) WHERE true{self._conflict}"
+            )
+            if len(self._mapped) > 4:  # a full chunk's and a few remainders'
+                self._mapped.pop(next(iter(self._mapped)))
+        return sql
+
+    def upsert_rows_mapped(self, layout: tuple[str, ...], stamp: str | None) -> str:
+        """``upsert_rows`` for rows in the column order ``layout``, the stamp (if any) bound
+        as the second value."""
+        at = {name: i for i, name in enumerate(layout)}
+        picks = ", ".join(
+            "?2" if c == stamp else f"value ->> {at[c]}" if c in at else "NULL" for c in self.columns
+        )
+        return f"{self._into} SELECT {picks} FROM json_each(?1) WHERE true{self._conflict}"
 
     def existing(self, *also: str) -> str:
         """The keys of a JSON array of keys the table holds, each with the columns ``also``."""

@@ -373,14 +373,27 @@ class ClientWriter:
         """One statement for a push's rows when they are few (as one JSON text), else a
         statement for each few thousand values (SQLite 3.40 parses a JSON row again for
         each of its columns, so wide rows by the thousand go faster bound as values)."""
-        width = len(sql.columns)
-        if self.json_rows and len(rows.rows) * width <= JSON_ROWS_MAX_VALUES:
-            conn.execute(sql.upsert_rows, (encode_rows(rows.rows),))
+        layout = tuple(rows.columns)
+        width = len(layout)
+        stamp = rows.stamp
+        if stamp is None and layout == tuple(sql.columns):
+            if self.json_rows and len(rows.rows) * width <= JSON_ROWS_MAX_VALUES:
+                conn.execute(sql.upsert_rows, (encode_rows(rows.rows),))
+                return
+            per = max(1, self.max_values // width)
+            for start in range(0, len(rows.rows), per):
+                chunk = rows.rows[start : start + per]
+                conn.execute(sql.upsert_values(len(chunk)), list(chain.from_iterable(chunk)))
             return
-        per = max(1, self.max_values // width)
+        # rows in an order of their own: the statement picks the table's columns from them
+        name, once = (stamp[0], [stamp[1]]) if stamp is not None else (None, [])
+        if self.json_rows and len(rows.rows) * width <= JSON_ROWS_MAX_VALUES:
+            conn.execute(sql.upsert_rows_mapped(layout, name), (encode_rows(rows.rows), *once))
+            return
+        per = max(1, (self.max_values - len(once)) // width)
         for start in range(0, len(rows.rows), per):
             chunk = rows.rows[start : start + per]
-            conn.execute(sql.upsert_values(len(chunk)), list(chain.from_iterable(chunk)))
+            conn.execute(sql.upsert_mapped(layout, name, len(chunk)), [*once, *chain.from_iterable(chunk)])
 
     def _statements(self, schema: TableSchema) -> TableSQL:
         sql = self.sql.get(schema.name)
