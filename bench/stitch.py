@@ -1,12 +1,15 @@
 """The Stitch Import API's batch route under load: bodies as target-stitch writes them, posted
 by a small closed-loop client over a few connections.
 
-    python -m bench.stitch [--shape flat|nested] [--seconds 8] [--connections 4]
+    python -m bench.stitch [--shape same|flat|nested] [--seconds 8] [--connections 4]
 
 Bodies (``POST /v2/import/batch``) are laid out and spelled as target-stitch 4.0.3 writes them
 (simplejson: ``", "`` and ``": "`` separators, non-ASCII escaped, two-decimal amounts written
 exactly as ``12.50``, sequences about 1.8e18 and increasing, ``table_version`` at the end):
 
+- ``same``: 20,000 records of the RJMetrics route's benchmark (``bench/records.py``: six
+  fields, an integer key, text, a double, a boolean), so the two routes meet on the same
+  records, about 5.5 MB;
 - ``flat``: 20,000 records of ten typed fields (an integer key, strings, a ``number`` with
   ``multipleOf: 0.01``, two date-times, a nullable integer, a boolean), about 7.6 MB;
 - ``nested``: 7,500 orders, each with a ``customer`` object (three columns once flattened)
@@ -36,11 +39,13 @@ import threading
 import time
 from typing import Any, BinaryIO, Self
 
+from bench.records import record
+
 TABLE_VERSION = 1796111209374
 SEQUENCE_BASE = 1796113870373400000  # target-stitch's: nanoseconds since 1970, then a counter
 EXTRACTED = "2026-12-01T07:46:49.376708Z"
-RECORDS = {"flat": 20_000, "nested": 7_500}  # per body: about the same bytes (7.6 MB)
-ROWS_PER_RECORD = {"flat": 1, "nested": 11}  # in the warehouse: the order, 5 + 5 subtable rows
+RECORDS = {"flat": 20_000, "same": 20_000, "nested": 7_500}  # flat and nested: about 7.6 MB a body
+ROWS_PER_RECORD = {"flat": 1, "same": 1, "nested": 11}  # in the warehouse: the order, 5 + 5 subtable rows
 STALL = 0.1  # seconds: a probe's answer this late means the server answered nothing meanwhile
 
 FLAT_SCHEMA: dict[str, Any] = {
@@ -56,6 +61,21 @@ FLAT_SCHEMA: dict[str, Any] = {
         "active": {"type": ["null", "boolean"]},
         "country": {"type": ["null", "string"]},
         "city": {"type": ["null", "string"]},
+    },
+}
+
+
+# ``same``: the RJMetrics route's benchmark records (bench/records.py), field for field, so the
+# two routes are compared on the same records
+SAME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "name": {"type": ["null", "string"]},
+        "email": {"type": ["null", "string"]},
+        "amount": {"type": ["null", "number"]},
+        "active": {"type": ["null", "boolean"]},
+        "created_at": {"type": ["null", "string"]},
     },
 }
 
@@ -124,6 +144,11 @@ def flat_data(i: int) -> str:
     )
 
 
+def same_data(i: int) -> str:
+    """The RJMetrics benchmark's record ``i`` (bench/records.py), written as simplejson does."""
+    return json.dumps(record(i), separators=(", ", ": "))
+
+
 def nested_data(i: int) -> str:
     """One order with its customer and five line items and five payments, as JSON text."""
     customer = i // 3
@@ -145,8 +170,8 @@ def nested_data(i: int) -> str:
 def body(shape: str, n: int, base: int, records: int | None = None) -> bytes:
     """Body ``n`` of a run: keys ``base + n * records`` onwards, sequences after body n-1's."""
     records = records or RECORDS[shape]
-    data = flat_data if shape == "flat" else nested_data
-    schema = FLAT_SCHEMA if shape == "flat" else NESTED_SCHEMA
+    data = {"flat": flat_data, "same": same_data, "nested": nested_data}[shape]
+    schema = {"flat": FLAT_SCHEMA, "same": SAME_SCHEMA, "nested": NESTED_SCHEMA}[shape]
     first = n * records
     messages = ", ".join(
         f'{{"action": "upsert", "data": {data(base + first + j)}, '
@@ -339,7 +364,11 @@ def closed_loop(
     }
 
 
-POOL_RATE = {"flat": 80_000, "nested": 20_000}  # records/s the bodies built for a run can feed
+POOL_RATE = {
+    "flat": 120_000,
+    "same": 200_000,
+    "nested": 20_000,
+}  # records/s the bodies built for a run can feed
 
 
 def make_bodies(shape: str, seconds: float, connections: int, base: int) -> list[bytes]:
