@@ -23,6 +23,7 @@ from importapi.errors import BadRequest
 from importapi.kinds import Kind, widen_stored
 from importapi.push import PushResult
 from importapi.rjmetrics.validate import validate
+from importapi.settings import Limits
 from importapi.storage import Storage, open_storage
 from tests.backends import backend_of, fresh_postgres, refusing_connections
 from tests.helpers import apply, wait_until
@@ -415,3 +416,46 @@ def test_a_warehouse_of_an_earlier_release_keeps_working(database: str) -> None:
         assert {k: r["status"] for k, r in rows(storage, "orders").items()} == {1: "paid", 2: None}
         (info,) = storage.warehouse.tables(1)
         assert info.schema.name == "orders" and info.schema.parent is None and info.schema.version is None
+
+
+def _hard_points(n: int, negative_zero: bool) -> list[dict[str, Any]]:
+    """Data points whose values are easy to get subtly wrong on the way in: every hard
+    double, 64-bit integers at both ends, text with quotes, backslashes, control characters
+    and non-BMP letters, JSON, booleans, nulls; with ``negative_zero``, also -0.0 as a double
+    and as text (which PostgreSQL's large pushes send the other way)."""
+    doubles = [d for d in _doubles() if negative_zero or math.copysign(1, d) > 0 or d]
+    texts = ['a "quoted" \\ back', "tab\tnew\nline", "\x1f\x1e unit", "None", "Zürich 😀", ""]
+    texts += ["-0.0"] if negative_zero else []
+    ints = [2**63 - 1, -(2**63), 0, 1, -1, 2**53 + 1]
+    return [
+        {
+            "keys": ["id"],
+            "id": i,
+            "ratio": doubles[i % len(doubles)],
+            "count": ints[i % len(ints)] if i % 11 else None,
+            "note": texts[i % len(texts)],
+            "ok": i % 3 == 0,
+            "meta": {"n": i, "tags": ["x", i % 5]} if i % 4 else None,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("negative_zero", [False, True], ids=["as_json", "with_negative_zero"])
+def test_a_large_push_stores_what_small_pushes_store(storage: Storage, negative_zero: bool) -> None:
+    """A push of many rows goes to the database another way than one of a hundred (as one
+    JSON text, on PostgreSQL): the same rows land the same, every double to the bit."""
+    storage.create_client("c")
+    points = _hard_points(1500, negative_zero)
+    many = Limits(max_points=len(points))
+    apply(storage, 1, validate([dict(p) for p in points], "big", limits=many))
+    for start in range(0, len(points), 100):
+        push(storage, "small", points[start : start + 100])
+    big, small = rows(storage, "big"), rows(storage, "small")
+    assert big == small and len(big) == len(points)
+    assert [struct.pack("<d", r["ratio"]) for r in big.values()] == [
+        struct.pack("<d", r["ratio"]) for r in small.values()
+    ]
+    replaced = apply(storage, 1, validate([dict(p) for p in points], "big", limits=many))  # replacing all
+    assert (replaced.inserted, replaced.replaced) == (0, len(points))
+    assert rows(storage, "big") == small

@@ -19,10 +19,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import itemgetter
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import errors as pg_errors
 
@@ -81,6 +85,42 @@ def _arrays(sql: q.TableSQL, prepared: Rows) -> list[list[Any]]:
             column = [None] * len(rows) if j is None else [rows[i][j] for i in order]
         arrays.append(_bind(kind, column))
     return arrays
+
+
+JSON_ROWS_MIN = 1000
+"""A push of this many rows or more is bound as one JSON text (``TableSQL.from_json``)."""
+_encode = msgspec.json.Encoder().encode
+_NEGATIVE_ZERO = re.compile(rb"-0\.0(?![0-9])")
+
+
+def _rows_json(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout, list[Any]] | None:
+    """The rows in key order as one JSON text, with the layout and the parameters to bind;
+    None when a value would not come back from jsonb as it is (a double's -0.0, NaN or an
+    infinity): those go as arrays."""
+    rows, keys = prepared.rows, prepared.keys
+    try:
+        order = sorted(range(len(rows)), key=keys.__getitem__)
+    except TypeError:
+        order = sorted(range(len(rows)), key=lambda i: repr(keys[i]))
+    where = {name: j for j, name in enumerate(prepared.columns)}
+    for name, kind in zip(sql.columns, sql.kinds):
+        j = where.get(name)
+        if (
+            kind is Kind.DOUBLE
+            and j is not None
+            and not all(map(math.isfinite, filter(_not_none, map(itemgetter(j), rows))))
+        ):
+            return None
+    text = _encode([rows[i] for i in order])
+    if _NEGATIVE_ZERO.search(text):
+        return None
+    stamp, value = prepared.stamp or (None, None)
+    layout = (tuple(prepared.columns), stamp if stamp in sql.columns else None)
+    return layout, ([value] if layout[1] is not None else []) + [text.decode()]
+
+
+def _not_none(value: Any) -> bool:
+    return value is not None
 
 
 def _lock_key(client_id: int, table: str) -> str:
@@ -340,7 +380,11 @@ class PostgresWarehouse(PostgresReads, Warehouse):
 
     def _upsert(self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows) -> int:
         """Write the rows; the number of rows that were new."""
-        flags = conn.execute(sql.upsert, _arrays(sql, prepared)).fetchall()
+        as_json = _rows_json(sql, prepared) if len(prepared.rows) >= JSON_ROWS_MIN else None
+        if as_json is not None:
+            flags = conn.execute(sql.upsert_json(as_json[0]), as_json[1]).fetchall()
+        else:
+            flags = conn.execute(sql.upsert, _arrays(sql, prepared)).fetchall()
         return len(flags) if sql.all_keys else sum(1 for (new,) in flags if new)
 
     def _upsert_ordered(
@@ -352,7 +396,11 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         version = prepared.columns[prepared.version] if prepared.version is not None else None
         if version not in sql.schema.columns:
             version = None
-        found = conn.execute(sql.guarded(sequence, version), _arrays(sql, prepared)).fetchall()
+        as_json = _rows_json(sql, prepared) if len(prepared.rows) >= JSON_ROWS_MIN else None
+        if as_json is not None:
+            found = conn.execute(sql.guarded(sequence, version, as_json[0]), as_json[1]).fetchall()
+        else:
+            found = conn.execute(sql.guarded(sequence, version), _arrays(sql, prepared)).fetchall()
         width = len(sql.schema.key_fields)
         written = {r[0] if width == 1 else tuple(r[:width]) for r in found}
         return sum(1 for r in found if r[width]), written

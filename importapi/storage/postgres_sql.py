@@ -193,6 +193,10 @@ def create_table(client_id: int, schema: TableSchema) -> str:
     )
 
 
+Layout = tuple[tuple[str, ...], str | None]
+"""Rows bound as JSON: the columns of each row, in its order, and the stamp column (or None)."""
+
+
 class TableSQL:
     """Statements for one table at one schema version, built once and reused.
 
@@ -223,16 +227,46 @@ class TableSQL:
         self.key_positions = [cols.index(k) for k in schema.key_fields]
         self.all_keys = not others
         self._parts = (t, names(cols), arrays, keys, others)
-        self._guarded: dict[tuple[str, str | None], str] = {}
+        self._action = action
+        self._guarded: dict[tuple[str, str | None, Layout | None], str] = {}
+        self._json: dict[Layout, str] = {}
 
-    def guarded(self, sequence: str, version: str | None) -> str:
+    def from_json(self, layout: Layout) -> str:
+        """A SELECT of the table's columns from rows bound as one JSON array of arrays, each
+        in the column order ``layout[0]`` (a null where it lacks a column), the stamp column
+        ``layout[1]`` bound once, before the rows. PostgreSQL reads the whole text in C, where
+        binding an array per column costs Python per value."""
+        at = {name: i for i, name in enumerate(layout[0])}
+        picks = ", ".join(
+            f"%s::{SQL_TYPES[k]}"
+            if c == layout[1]
+            else f"(r.value ->> {at[c]})::{SQL_TYPES[k]}"
+            if c in at
+            else f"NULL::{SQL_TYPES[k]}"
+            for c, k in zip(self.columns, self.kinds)
+        )
+        return f"SELECT {picks} FROM jsonb_array_elements(%s::jsonb) AS r"
+
+    def upsert_json(self, layout: Layout) -> str:
+        """``upsert`` for rows bound as one JSON text (``from_json``)."""
+        sql = self._json.get(layout)
+        if sql is None:
+            t, cols, _arrays, keys, _others = self._parts
+            sql = self._json[layout] = (
+                f"INSERT INTO {t} ({cols}) {self.from_json(layout)} ON CONFLICT ({keys}) {self._action}"
+            )
+        return sql
+
+    def guarded(self, sequence: str, version: str | None, layout: Layout | None = None) -> str:
         """The upsert for rows ordered by ``sequence`` (and table ``version``): a stored row
         stays unless the new one replaces it (``schema.replaces``, decided here by the
         database, row by row, under the row's lock). It returns the key of every row it
-        wrote, and whether it was new."""
-        sql = self._guarded.get((sequence, version))
+        wrote, and whether it was new. The rows come as arrays, or (``layout``) as one JSON
+        text (``from_json``)."""
+        sql = self._guarded.get((sequence, version, layout))
         if sql is None:
             t, cols, arrays, keys, others = self._parts
+            source = f"SELECT * FROM unnest({arrays})" if layout is None else self.from_json(layout)
             s = quote(sequence)
             newer = f"stored.{s} IS NULL OR EXCLUDED.{s} IS NULL OR stored.{s} <= EXCLUDED.{s}"
             if version is not None:
@@ -241,8 +275,8 @@ class TableSQL:
                     f" OR (EXCLUDED.{v} IS NOT NULL AND (stored.{v} IS NULL OR stored.{v} < EXCLUDED.{v}))"
                 )
             sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
-            sql = self._guarded[(sequence, version)] = (
-                f"INSERT INTO {t} AS stored ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT ({keys})"
+            sql = self._guarded[(sequence, version, layout)] = (
+                f"INSERT INTO {t} AS stored ({cols}) {source} ON CONFLICT ({keys})"
                 f" DO UPDATE SET {sets} WHERE {newer} RETURNING {keys}, xmax = 0"
             )
         return sql
