@@ -20,9 +20,9 @@ import functools
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from operator import is_, is_not, itemgetter
 from typing import Annotated, Any, Literal
 
@@ -53,6 +53,8 @@ from importapi.stitch.records import (
 
 _INT = Annotated[int, msgspec.Meta(ge=-(DOUBLE_EXACT - 1), le=DOUBLE_EXACT - 1)]
 _SEQUENCE = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_TEXT_KINDS = (Kind.TEXT, Kind.TIMESTAMP, Kind.DATE)
+_ESCAPED_COLON = re.compile(rb"\\u003[aA]")
 _REJECTED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError, ValueError)
 MAX_DECODERS = 64
 
@@ -81,6 +83,8 @@ class Decoder:
         self.steps = [c.step for c in columns]
         self.paths = {c.name: c.path for c in columns if c.name != c.path}
         self.fixes = [(j, c.post, c.step) for j, c in enumerate(columns) if c.post]
+        self.texts = [j for j, c in enumerate(columns) if c.kind in _TEXT_KINDS]  # decoded as str
+        self.plain_names = not any(":" in p for p in _names(fields))
         message = msgspec.defstruct(
             "Message",
             [
@@ -104,9 +108,10 @@ class Decoder:
         version: int | None,
         received: str,
         max_depth: int,
-    ) -> tuple[list[tuple[Any, ...]], list[bool], tree.Rows, bool, int] | None:
+    ) -> tuple[list[tuple[Any, ...]], list[bool], tree.Rows, bool, int, tuple[int, bool] | None] | None:
         """(rows, whether each of the record's columns holds a value, the subtables' rows,
-        whether the batch activates its version, the name-value pairs decoded)."""
+        whether the batch activates its version, the name-value pairs decoded, and for a
+        batch without arrays the colons in its strings and whether one holds a NUL)."""
         at_keys = [self.names.index(k) for k in keys if k in self.names]
         if len(at_keys) != len(keys) or self.root.depth >= max_depth:
             return None
@@ -126,6 +131,8 @@ class Decoder:
         pairs += len(upserts)  # each "data"
         columns, arrays, n = self.root.table([m.data for m in upserts])
         pairs += n
+        stamps = [None if m.time_extracted is UNSET else m.time_extracted for m in upserts]
+        texts = None if arrays else _text_facts([*(columns[j] for j in self.texts), stamps])
         for j in at_keys:  # a missing key is refused, with its reason, the general way
             if any(map(is_, columns[j], repeat(None))):
                 return None
@@ -134,7 +141,7 @@ class Decoder:
             if fixed is None:
                 return None
             columns[j] = fixed
-        extracted = _times([None if m.time_extracted is UNSET else m.time_extracted for m in upserts])
+        extracted = _times(stamps)
         if extracted is None:
             return None
         sequences = [m.sequence for m in upserts]
@@ -150,7 +157,7 @@ class Decoder:
             if more is None:
                 return None
             pairs += more
-        return rows, valued, children, activate, pairs
+        return rows, valued, children, activate, pairs, texts
 
 
 def _children(
@@ -260,6 +267,61 @@ def _multiples(texts: list[Any], step: Decimal) -> bool:
     return _excess(places).search("\n".join(t for t in texts if t is not None)) is None
 
 
+def _each_name_once(raw: bytes, head: _Head, pairs: int, texts: tuple[int, bool] | None) -> bool:
+    """Does the body hold no NUL and give no name twice (the decoder would keep the last)?
+
+    With the strings' colons counted (``texts``: a batch without arrays, whose field names
+    hold none), one count of the body's colons proves it: each pair is written with one,
+    and every other is inside a string, where decoding keeps it, unless escaped (so a body
+    with ``\u003a`` is proved the other way). As many colons as pairs and colons in the
+    strings decoded leaves none over for a pair given twice. Else ``body.names_once``."""
+    if texts is not None:
+        colons, nul = texts
+        for value in (head.table_name, head.schema, head.key_names, head.bookmark_names):
+            more, held = _text_in(value)
+            colons, nul = colons + more, nul or held
+        if nul:
+            return False
+        if raw.count(b":") == pairs + colons and _ESCAPED_COLON.search(raw) is None:
+            return True
+    elif b"\\u0000" in raw:
+        return False
+    return names_once(raw, pairs)
+
+
+def _text_facts(columns: Sequence[Sequence[Any]]) -> tuple[int, bool]:
+    """The colons in columns of text (or None), and whether one holds a NUL: on each
+    column's joined text, in C."""
+    colons, nul = 0, False
+    for column in columns:
+        joined = "".join(filter(None, column))
+        colons += joined.count(":")
+        nul = nul or "\x00" in joined
+    return colons, nul
+
+
+def _text_in(value: Any) -> tuple[int, bool]:
+    """The colons in the strings and names of a decoded JSON value, and whether one holds a NUL."""
+    if type(value) is str:
+        return value.count(":"), "\x00" in value
+    items = chain(value, value.values()) if type(value) is dict else value if type(value) is list else ()
+    colons, nul = 0, False
+    for item in items:
+        more, held = _text_in(item)
+        colons, nul = colons + more, nul or held
+    return colons, nul
+
+
+def _names(fields: Mapping[str, jsonschema.FieldType]) -> Iterator[str]:
+    """The field names of a record schema, at every depth (an array's by its items')."""
+    for name, ft in fields.items():
+        yield name
+        while ft.items is not None:
+            ft = ft.items
+        if ft.properties:
+            yield from _names(ft.properties)
+
+
 def _pairs(value: Any) -> int:
     if type(value) is dict:
         return len(value) + sum(_pairs(v) for v in value.values())
@@ -291,8 +353,6 @@ def _decoder(schema: dict[str, Any]) -> Decoder | None:
 
 def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, limits: Limits) -> Push | None:
     """The push of a batch its schema's decoder takes whole; None: read it the general way."""
-    if b"\\u0000" in raw:
-        return None
     try:
         head = _decode_head(raw)
     except _REJECTED:
@@ -314,12 +374,12 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
     made = decoder.rows(messages, keys, table, version, timestamp_text(received), limits.max_depth)
     if made is None:
         return None
-    rows, valued, children, activate, pairs = made
+    rows, valued, children, activate, pairs, texts = made
     if activate and version is None:
         return None
     present = sum(1 for f in _Head.__struct_fields__ if getattr(head, f) is not UNSET)
     pairs += present + _pairs(head.schema)
-    if not names_once(raw, pairs):
+    if not _each_name_once(raw, head, pairs, texts if decoder.plain_names else None):
         return None
     columns = (*decoder.names, SEQUENCE, VERSION, RECEIVED, EXTRACTED, BATCHED) + (
         () if keys else (PRIMARY_KEY,)
