@@ -25,6 +25,7 @@ from importapi.push import PushResult
 from importapi.rjmetrics.validate import validate
 from importapi.settings import Limits
 from importapi.storage import Storage, open_storage
+from importapi.storage.postgres import JSON_ROWS_MIN
 from tests.backends import backend_of, fresh_postgres, refusing_connections
 from tests.helpers import apply, wait_until
 
@@ -443,19 +444,20 @@ def _hard_points(n: int, negative_zero: bool) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("negative_zero", [False, True], ids=["as_json", "with_negative_zero"])
 def test_a_large_push_stores_what_small_pushes_store(storage: Storage, negative_zero: bool) -> None:
-    """A push of many rows goes to the database another way than one of a hundred (as one
-    JSON text, on PostgreSQL): the same rows land the same, every double to the bit."""
+    """A push of many rows goes to the database another way than one of a few (as one JSON
+    text, on PostgreSQL): the same rows land the same, every double to the bit."""
     storage.create_client("c")
     points = _hard_points(1500, negative_zero)
     many = Limits(max_points=len(points))
     apply(storage, 1, validate([dict(p) for p in points], "big", limits=many))
-    for start in range(0, len(points), 100):
-        push(storage, "small", points[start : start + 100])
-    big, small = rows(storage, "big"), rows(storage, "small")
-    assert big == small and len(big) == len(points)
+    small = JSON_ROWS_MIN - 1  # pushes bound the other way, an array per column
+    for start in range(0, len(points), small):
+        push(storage, "small", points[start : start + small])
+    big, few = rows(storage, "big"), rows(storage, "small")
+    assert big == few and len(big) == len(points)
     assert [struct.pack("<d", r["ratio"]) for r in big.values()] == [
-        struct.pack("<d", r["ratio"]) for r in small.values()
+        struct.pack("<d", r["ratio"]) for r in few.values()
     ]
     replaced = apply(storage, 1, validate([dict(p) for p in points], "big", limits=many))  # replacing all
     assert (replaced.inserted, replaced.replaced) == (0, len(points))
-    assert rows(storage, "big") == small
+    assert rows(storage, "big") == few
