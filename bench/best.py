@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.limit import upserts_per_second
 from bench.records import COLUMNS, ids_for, record
 
 REQUESTS = 1500  # of 100 records: as the in-process limit (bench/limit.py)
@@ -81,15 +82,9 @@ def sqlite(mix: str, prefilled: int, requests: int = REQUESTS) -> dict[str, floa
             conn.execute("COMMIT")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute(f"PRAGMA synchronous = {synchronous()}")
-        batches = _batches(mix, prefilled, requests)
-        started = time.perf_counter()
-        for rows in batches:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(sql, rows)
-            conn.execute("COMMIT")
-        elapsed = time.perf_counter() - started
+        rate = upserts_per_second(conn, sql, _batches(mix, prefilled, requests))
         conn.close()
-        return {"records_per_s": requests * 100 / elapsed}
+        return {"records_per_s": rate}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -21,10 +21,10 @@ import shutil
 import sqlite3
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from bench.limit import upserts_per_second
 from bench.records import COLUMNS, ids_for, record
 from importapi.storage.sqlite_sql import connect
 from importapi.storage.sqlite_writer import WRITER_CACHE_KIB
@@ -67,14 +67,9 @@ def measure(layout: str, mix: str, requests: int, prefill: int) -> float:
             conn.execute("PRAGMA synchronous = FULL")
         rng = random.Random(7)
         batches = [[_row(i) for i in ids_for(mix, n, 10**9, prefill, rng)] for n in range(requests)]
-        started = time.perf_counter()
-        for rows in batches:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(UPSERT, rows)
-            conn.execute("COMMIT")
-        elapsed = time.perf_counter() - started
+        rate = upserts_per_second(conn, UPSERT, batches)
         conn.close()
-        return requests * 100 / elapsed
+        return rate
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
