@@ -950,7 +950,6 @@ def singer_tap() -> str:
     return os.path.abspath(tap)
 
 
-@pytest.mark.backends("sqlite")
 def test_tap_postgres_full_table_sync_through_target_stitch(
     singer_tap: str, target_stitch: str, stitch: Stitch, tmp_path: Path
 ) -> None:
