@@ -19,15 +19,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.helpers import EXAMPLE_2, Server, sqlite_url, start_server, stop_server, wait_until
@@ -123,11 +124,30 @@ def shoot(driver: WebDriver, name: str, *, phone: bool = True) -> None:
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def _replaced(page: WebElement) -> Any:
+    """Has a new document replaced the one ``page`` is the root of? Asked while the old one
+    is going, Chromium may answer that the node no longer belongs to a document rather than
+    that it is stale: both mean replaced."""
+
+    def check(_driver: WebDriver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return check
+
+
 def go(driver: WebDriver, element: WebElement) -> None:
     """Click a link or a submit button and wait until the next page has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 20, poll_frequency=0.05).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 20, poll_frequency=0.05).until(_replaced(page))
 
 
 def sign_in(driver: WebDriver, password: str) -> None:
