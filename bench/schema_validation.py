@@ -53,6 +53,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from bench.cpu import cpu_seconds
+
 UTC = dt.UTC
 MAX_RECORDS = 20_000
 MAX_SEQUENCE = 2**63 - 1
@@ -1135,20 +1137,9 @@ PAUSE_GC = False  # --pause-gc
 
 
 def time_runs(fn: Callable[[bytes], Any], raw: bytes, repeats: int) -> float:
-    """Median CPU seconds of this process (not wall time: another process on a small machine
-    does not count), after a collection; the collector runs meanwhile unless --pause-gc."""
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        if PAUSE_GC:
-            gc.disable()
-        t0 = time.process_time()
-        try:
-            fn(raw)
-        finally:
-            times.append(time.process_time() - t0)
-            gc.enable()
-    return statistics.median(times)
+    """Median CPU seconds of this process (``bench.cpu``); the collector runs meanwhile
+    unless --pause-gc."""
+    return statistics.median(cpu_seconds(fn, raw, repeats, pause_gc=PAUSE_GC))
 
 
 def peak_memory(fn: Callable[[bytes], Any], raw: bytes) -> float:

@@ -57,7 +57,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +65,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from bench.cpu import cpu_seconds
 
 UTC = dt.UTC
 ROOT = Path(__file__).resolve().parent.parent
@@ -624,20 +625,9 @@ PAUSE_GC = os.environ.get("BENCH_PAUSE_GC") == "1"  # --pause-gc, passed on to t
 
 
 def time_decode(fn: Callable[[bytes], Any], raw: bytes, repeats: int) -> list[float]:
-    """CPU seconds of this process (another process on the machine does not count), after a
-    collection; the collector runs during the decode unless --pause-gc."""
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        if PAUSE_GC:
-            gc.disable()
-        t0 = time.process_time()
-        try:
-            fn(raw)
-        finally:
-            times.append(time.process_time() - t0)
-            gc.enable()
-    return times
+    """CPU seconds of this process (``bench.cpu``); the collector runs during the decode
+    unless --pause-gc."""
+    return cpu_seconds(fn, raw, repeats, pause_gc=PAUSE_GC)
 
 
 def plain_converter() -> Callable[[Any], Any]:

@@ -357,16 +357,31 @@ def run_cli(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 60,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m importapi ARGS [--database URL]``; never raises on a non-zero exit."""
+    """``python -m importapi ARGS [--database URL]``, with ``stdin`` typed in; never raises
+    on a non-zero exit."""
     full_env = {k: v for k, v in os.environ.items() if k != "IMPORTAPI_DATABASE"}
     full_env.update(env or {})
     argv = [sys.executable, "-m", "importapi", *args]
     if database is not None:
         argv += ["--database", database if isinstance(database, str) else sqlite_url(database)]
     return subprocess.run(
-        argv, check=False, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+        argv, check=False, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, input=stdin
     )
+
+
+@contextlib.contextmanager
+def console_server(root: Path, password: str) -> Iterator[Server]:
+    """The real server on a new warehouse in ``root``, whose owner password was set with the
+    command line (``importapi admin set-password``)."""
+    done = run_cli("admin", "set-password", database=root / "warehouse", stdin=password + "\n")
+    assert done.returncode == 0, done.stderr
+    server = start_server(root / "warehouse", root / "server.log")
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 def cli_json(*args: str, database: Path | str, **kw: Any) -> Any:

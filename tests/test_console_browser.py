@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.helpers import EXAMPLE_2, Server, sqlite_url, start_server, stop_server, wait_until
+from tests.helpers import EXAMPLE_2, Server, console_server, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -54,27 +52,8 @@ if not (CHROMIUM and CHROMEDRIVER):
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server, on a warehouse whose owner password was set with the command line."""
-    root = tmp_path_factory.mktemp("console")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "importapi",
-            "admin",
-            "set-password",
-            "--database",
-            sqlite_url(root / "warehouse"),
-        ],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    server = start_server(root / "warehouse", root / "server.log")
-    yield server
-    stop_server(server)
+    with console_server(tmp_path_factory.mktemp("console"), PASSWORD) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import html
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pytest
 from importapi.storage import open_storage
 from tests import stitch_streams as singer
 from tests import test_console, test_stitch_clients
-from tests.helpers import Server, sqlite_url, start_server, stop_server, wait_until
+from tests.helpers import Server, console_server, sqlite_url, wait_until
 from tests.test_console import Console, csrf_of
 
 try:  # it skips itself at import without Chromium; the in-process tests here run regardless
@@ -400,27 +399,8 @@ BROWSER_PASSWORD = "owner password 1"
 @pytest.fixture(scope="module")
 def stitch_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server, on a warehouse whose owner password was set with the command line."""
-    root = tmp_path_factory.mktemp("stitch-console")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "importapi",
-            "admin",
-            "set-password",
-            "--database",
-            sqlite_url(root / "warehouse"),
-        ],
-        input=BROWSER_PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    server = start_server(root / "warehouse", root / "server.log")
-    yield server
-    stop_server(server)
+    with console_server(tmp_path_factory.mktemp("stitch-console"), BROWSER_PASSWORD) as server:
+        yield server
 
 
 def stitch_page(server: Server) -> str:

@@ -66,14 +66,21 @@ def _bind(kind: Kind, values: list[Any]) -> list[Any]:
     return values
 
 
-def _arrays(sql: q.TableSQL, prepared: Rows) -> list[list[Any]]:
-    """One array per column of the table, the rows in key order (concurrent pushes then lock
-    rows in one order and cannot deadlock); a column the rows lack is all nulls."""
-    columns, rows, keys = prepared.columns, prepared.rows, prepared.keys
+def _key_order(prepared: Rows) -> list[int]:
+    """The rows' positions in key order: concurrent pushes then lock rows in one order and
+    cannot deadlock."""
+    keys = prepared.keys
     try:
-        order = sorted(range(len(rows)), key=keys.__getitem__)
+        return sorted(range(len(keys)), key=keys.__getitem__)
     except TypeError:
-        order = sorted(range(len(rows)), key=lambda i: repr(keys[i]))
+        return sorted(range(len(keys)), key=lambda i: repr(keys[i]))
+
+
+def _arrays(sql: q.TableSQL, prepared: Rows) -> list[list[Any]]:
+    """One array per column of the table, the rows in key order (``_key_order``); a column
+    the rows lack is all nulls."""
+    columns, rows = prepared.columns, prepared.rows
+    order = _key_order(prepared)
     where = {name: j for j, name in enumerate(columns)}
     stamp, value = prepared.stamp or (None, None)
     arrays = []
@@ -99,11 +106,7 @@ def _rows_json(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout, list[Any]] | 
     """The rows in key order as one JSON text, with the layout and the parameters to bind;
     None when a value would not come back from jsonb as it is (a double's -0.0, NaN or an
     infinity): those go as arrays."""
-    rows, keys = prepared.rows, prepared.keys
-    try:
-        order = sorted(range(len(rows)), key=keys.__getitem__)
-    except TypeError:
-        order = sorted(range(len(rows)), key=lambda i: repr(keys[i]))
+    rows = prepared.rows
     where = {name: j for j, name in enumerate(prepared.columns)}
     for name, kind in zip(sql.columns, sql.kinds):
         j = where.get(name)
@@ -113,7 +116,7 @@ def _rows_json(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout, list[Any]] | 
             and not all(map(math.isfinite, filter(_not_none, map(itemgetter(j), rows))))
         ):
             return None
-    text = _encode([rows[i] for i in order])
+    text = _encode([rows[i] for i in _key_order(prepared)])
     if _NEGATIVE_ZERO.search(text):
         return None
     stamp, value = prepared.stamp or (None, None)

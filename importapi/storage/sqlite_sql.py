@@ -215,6 +215,8 @@ class TableSQL:
         self._by_count: dict[int, str] = {}
         self._conflict = f" ON CONFLICT ({conflict}) {action}"
         self._mapped: dict[tuple[tuple[str, ...], str | None, int], str] = {}
+        self._rows_mapped: dict[tuple[tuple[str, ...], str | None], str] = {}
+        self._layout = tuple(cols)
         # The same upsert taking all rows as one JSON array of arrays: one statement, one
         # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
         # needs it between a SELECT and ON CONFLICT.
@@ -251,10 +253,13 @@ class TableSQL:
         return sql
 
     def upsert_mapped(self, layout: tuple[str, ...], stamp: str | None, count: int) -> str:
-        """The upsert of ``count`` rows bound as values in the column order ``layout``, not
-        the table's: each column of the table is picked from its place in the row, a null
-        where the rows lack it, or (``stamp``) the statement's first value, bound once. The
-        rows are bound as they come, with no Python per row to put them in order."""
+        """The upsert of ``count`` rows bound as values in the column order ``layout``: each
+        column of the table is picked from its place in the row, a null where the rows lack
+        it, or (``stamp``) the statement's first value, bound once. The rows are bound as
+        they come, with no Python per row to put them in order; rows in the table's own
+        order and without a stamp take the plain ``upsert_values``."""
+        if stamp is None and layout == self._layout:
+            return self.upsert_values(count)
         key = (layout, stamp, count)
         sql = self._mapped.get(key)
         if sql is None:
@@ -273,12 +278,18 @@ class TableSQL:
 
     def upsert_rows_mapped(self, layout: tuple[str, ...], stamp: str | None) -> str:
         """``upsert_rows`` for rows in the column order ``layout``, the stamp (if any) bound
-        as the second value."""
-        at = {name: i for i, name in enumerate(layout)}
-        picks = ", ".join(
-            "?2" if c == stamp else f"value ->> {at[c]}" if c in at else "NULL" for c in self.columns
-        )
-        return f"{self._into} SELECT {picks} FROM json_each(?1) WHERE true{self._conflict}"
+        as the second value (``upsert_rows`` itself for the table's order and no stamp)."""
+        if stamp is None and layout == self._layout:
+            return self.upsert_rows
+        sql = self._rows_mapped.get((layout, stamp))
+        if sql is None:
+            at = {name: i for i, name in enumerate(layout)}
+            picks = ", ".join(
+                "?2" if c == stamp else f"value ->> {at[c]}" if c in at else "NULL" for c in self.columns
+            )
+            sql = f"{self._into} SELECT {picks} FROM json_each(?1) WHERE true{self._conflict}"
+            self._rows_mapped = {(layout, stamp): sql}  # one layout a table is pushed in, at a time
+        return sql
 
     def existing(self, *also: str) -> str:
         """The keys of a JSON array of keys the table holds, each with the columns ``also``."""

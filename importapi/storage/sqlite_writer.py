@@ -375,18 +375,8 @@ class ClientWriter:
         each of its columns, so wide rows by the thousand go faster bound as values)."""
         layout = tuple(rows.columns)
         width = len(layout)
-        stamp = rows.stamp
-        if stamp is None and layout == tuple(sql.columns):
-            if self.json_rows and len(rows.rows) * width <= JSON_ROWS_MAX_VALUES:
-                conn.execute(sql.upsert_rows, (encode_rows(rows.rows),))
-                return
-            per = max(1, self.max_values // width)
-            for start in range(0, len(rows.rows), per):
-                chunk = rows.rows[start : start + per]
-                conn.execute(sql.upsert_values(len(chunk)), list(chain.from_iterable(chunk)))
-            return
-        # rows in an order of their own: the statement picks the table's columns from them
-        name, once = (stamp[0], [stamp[1]]) if stamp is not None else (None, [])
+        # the statement picks the table's columns from the rows, in whatever order they come
+        name, once = (rows.stamp[0], [rows.stamp[1]]) if rows.stamp is not None else (None, [])
         if self.json_rows and len(rows.rows) * width <= JSON_ROWS_MAX_VALUES:
             conn.execute(sql.upsert_rows_mapped(layout, name), (encode_rows(rows.rows), *once))
             return
