@@ -4,9 +4,12 @@ plain way (binding rows one by one, probing each key) does."""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from importapi.errors import BadRequest
+from importapi.errors import BadRequest, StorageUnavailable
 from importapi.rjmetrics.validate import validate
-from importapi.storage import Storage, open_storage, sqlite_writer
+from importapi.storage import Storage, open_storage, sqlite_wal, sqlite_writer
 from tests.helpers import apply, submit
 
 TABLE = "things"
@@ -157,3 +160,56 @@ def test_the_wal_starts_over_while_writes_never_pause() -> None:
         assert _wal_restarts(wal) - before >= 2, (
             f"{n} pushes in {seconds:.1f} s, WAL of {wal.stat().st_size >> 20} MB"
         )
+
+
+def _rows(folder: str) -> list[Any]:
+    """The table as another connection reads it."""
+    with sqlite3.connect(Path(folder) / "client_1.sqlite3") as conn:
+        return conn.execute(f'SELECT id, v FROM "{TABLE}" ORDER BY id').fetchall()
+
+
+def test_a_push_is_answered_only_once_its_commit_is_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer commits without waiting for the disk; the push's answer waits for the
+    flush of the WAL (here held back until the test lets it go), whichever thread does it."""
+    release, flushed = threading.Event(), []
+
+    def held_flush(fd: int) -> None:
+        assert release.wait(30)
+        os.fdatasync(fd)
+        flushed.append(fd)
+
+    with tempfile.TemporaryDirectory() as folder, open_storage(folder) as storage:
+        storage.create_client("writer")
+        push(storage, [{"id": 0, "v": "first"}])
+        monkeypatch.setattr(sqlite_wal, "flush", held_flush)
+        answers = [
+            submit(storage, 1, validate([{"keys": ["id"], "id": i, "v": "x"}], TABLE)) for i in range(1, 9)
+        ]
+        deadline = time.monotonic() + 10
+        while len(_rows(folder)) < 9 and time.monotonic() < deadline:  # committed: readers see it
+            time.sleep(0.01)
+        assert len(_rows(folder)) == 9
+        time.sleep(0.2)
+        assert not any(a.done() for a in answers), "answered before the WAL was on disk"
+        release.set()
+        assert [a.result(timeout=30)[0].inserted for a in answers] == [1] * 8
+        assert flushed
+
+
+def test_a_failed_flush_refuses_the_pushes_it_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the disk refuses the flush, the pushes of that commit are answered 503 (the
+    client sends them again), and the writer goes on with the next ones."""
+
+    def failing_flush(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with tempfile.TemporaryDirectory() as folder, open_storage(folder) as storage:
+        storage.create_client("writer")
+        push(storage, [{"id": 0, "v": "first"}])
+        with monkeypatch.context() as m:
+            m.setattr(sqlite_wal, "flush", failing_flush)
+            with pytest.raises(StorageUnavailable, match="could not write to disk"):
+                push(storage, [{"id": 1, "v": "second"}])
+        # the refused commit may still have reached readers (and the disk): sent again, it lands the same
+        assert push(storage, [{"id": 1, "v": "again"}]).inserted == 0
+        assert _rows(folder) == [(0, "first"), (1, "again")]

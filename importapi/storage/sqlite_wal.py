@@ -1,10 +1,15 @@
-"""The background checkpoints of a client file's WAL, so a commit never waits for them."""
+"""A client file's WAL, looked after off the writer thread: its flush to disk after each
+commit (``Flusher``) and its copy back into the file (``Checkpointer``), so a commit waits
+for neither."""
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from importapi.storage.sqlite_sql import connect
@@ -20,6 +25,88 @@ RESTART_WAL_FRAMES = 8192
 # CHASES times (a writer at full speed commits faster than a copy shrinks the tail).
 SHORT_TAIL_FRAMES = 256
 CHASES = 12
+
+
+Then = Callable[[OSError | None], None]
+
+
+def flush(fd: int) -> None:
+    """Put what was written to the file on disk (the flush SQLite's commit does with FULL)."""
+    os.fdatasync(fd)
+
+
+class Flusher:
+    """Makes the writer's commits durable, then acknowledges them, on a thread of its own.
+
+    With ``synchronous = FULL`` SQLite flushes the WAL to disk inside each COMMIT, and the
+    writer waits for the disk before it can start the next group. Instead the writer commits
+    with ``synchronous = NORMAL`` (the frames written, not flushed) and hands the group's
+    answer to this thread, which flushes the WAL and only then answers: a push is still
+    acknowledged only once its commit is on disk, while the writer is already applying the
+    next group, and the commits that queue up during a flush share the next one. A commit is
+    visible to readers a flush before it is acknowledged. SQLite keeps the WAL consistent
+    with ``NORMAL`` (it flushes before each checkpoint and when the WAL starts over), so a
+    crash loses at most commits that were never acknowledged.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.wal = path.with_name(path.name + "-wal")
+        self.pending: queue.SimpleQueue[Then | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()  # one flush at a time, and the descriptor with it
+        self.fd: int | None = None
+        self.thread = threading.Thread(target=self._run, name=f"flush-{path.stem}", daemon=True)
+        self.thread.start()
+
+    def after_flush(self, then: Then) -> None:
+        """Call ``then(None)`` once everything committed so far is on disk (``then(error)`` if
+        the flush failed)."""
+        self.pending.put(then)
+
+    def flush_now(self) -> OSError | None:
+        """Flush on the calling thread (the writer, with no other push waiting, need not hand
+        its group over); the error if it failed."""
+        with self.lock:
+            try:
+                self.fd = self._open(self.fd)
+                flush(self.fd)
+            except OSError as exc:
+                log.error("flushing %s failed: its pushes are refused", self.wal.name, exc_info=True)
+                return exc
+        return None
+
+    def stop(self) -> None:
+        """Flush and answer what is pending, then end the thread."""
+        self.pending.put(None)
+        self.thread.join(timeout=30)
+        with self.lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            waiting = [self.pending.get()]
+            while True:
+                try:
+                    waiting.append(self.pending.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = None in waiting
+            thens = [then for then in waiting if then is not None]
+            if not thens:
+                continue
+            error = self.flush_now()
+            for then in thens:
+                then(error)
+
+    def _open(self, fd: int | None) -> int:
+        """The WAL's descriptor, opened again if the file was made anew since."""
+        if fd is not None and os.fstat(fd).st_ino == os.stat(self.wal).st_ino:
+            return fd
+        if fd is not None:
+            os.close(fd)
+        return os.open(self.wal, os.O_RDONLY)
 
 
 class Checkpointer:

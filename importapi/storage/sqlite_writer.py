@@ -3,8 +3,9 @@
 Pushes queue up for the file's one writer thread, which applies them together in one
 transaction; a push that changes a table runs in a SAVEPOINT of its own, so a refused push
 rolls back alone, and every push is answered only after the transaction holding it has
-committed. A second thread copies the WAL back into the file (checkpoints), so a commit
-never waits for that.
+committed and its commit is on disk. Two more threads look after the WAL
+(``sqlite_wal``): one flushes it to disk after each commit and then answers the pushes, the
+other copies it back into the file (checkpoints), so the writer waits for neither.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from importapi.errors import BadRequest, Code, ImportApiError, ServerError
+from importapi.errors import BadRequest, Code, ImportApiError, ServerError, StorageUnavailable
 from importapi.kinds import timestamp_text, widen_stored
 from importapi.push import Batch, Push, PushResult
 from importapi.schema import (
@@ -51,7 +52,7 @@ from importapi.storage.sqlite_sql import (
     storage_error,
     widen_function,
 )
-from importapi.storage.sqlite_wal import Checkpointer
+from importapi.storage.sqlite_wal import Checkpointer, Flusher
 
 log = logging.getLogger("importapi.storage")
 
@@ -129,6 +130,8 @@ class ClientWriter:
         self.json_rows = False  # rows go to SQLite as one JSON text (json_rows_work)
         self.max_values = 999  # bound values per statement (SQLite's own limit, read when connecting)
         self.checkpointer = Checkpointer(path, synchronous)
+        # FULL: commits flushed by the Flusher, off this thread (EXTRA keeps SQLite's own)
+        self.flusher = Flusher(path) if synchronous == "FULL" else None
         self.thread = threading.Thread(target=self._run, name=f"writer-{path.stem}", daemon=True)
         self.thread.start()
 
@@ -167,7 +170,7 @@ class ClientWriter:
                 group.append(nxt)
             try:
                 if conn is None:
-                    conn = connect(self.path, self.synchronous)
+                    conn = connect(self.path, "NORMAL" if self.flusher else self.synchronous)
                     conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
                     conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
                     conn.create_function("_importapi_widen", 3, widen_function, deterministic=True)
@@ -182,6 +185,8 @@ class ClientWriter:
                 error = storage_error(exc) if isinstance(exc, sqlite3.Error) else ServerError()
                 _answer([(j, error) for j in group])
                 self._forget()
+        if self.flusher is not None:
+            self.flusher.stop()  # the last commits on disk and answered, before the file closes
         if conn is not None:
             conn.close()
 
@@ -233,7 +238,26 @@ class ClientWriter:
             self.stamped.clear()
             raise
         self.stamped.update(stamps)
-        _answer(results)
+        self._acknowledge(results)
+
+    def _acknowledge(self, results: list[tuple[_Job, Outcome]]) -> None:
+        """Answer a committed group's pushes, once the commit is on disk: flushed here when no
+        other push waits (one hand-over less), else by the flusher while this thread goes on."""
+        if self.flusher is None:
+            _answer(results)
+            return
+
+        def then(error: OSError | None) -> None:
+            if error is None:
+                _answer(results)
+            else:
+                refusal = StorageUnavailable(f"the warehouse could not write to disk ({error})")
+                _answer([(job, refusal) for job, _outcome in results])
+
+        if self.jobs.empty():
+            then(self.flusher.flush_now())
+        else:
+            self.flusher.after_flush(then)
 
     def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> Outcome:
         push = job.push
