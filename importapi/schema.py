@@ -228,14 +228,18 @@ def prepare_rows(plan: Plan, batch: Batch, now: str | None = None) -> Rows:
             point_keys = list(map(key_of, batch.points))
             by_key = dict(zip(point_keys, batch.points))
             return Rows(columns, list(by_key.values()), list(by_key), point_keys)
-        if not convert and ordered and all(k in batch.columns for k in plan.key_fields):
+        if not convert and all(k in batch.columns for k in plan.key_fields):
             # of the column kinds already: kept in their own order, the stamp bound once
             layout = list(batch.columns)
             key_of = itemgetter(*[layout.index(k) for k in plan.key_fields])
             filled = (columns[stamp], now) if stamp is not None and now is not None else None
-            return dataclasses.replace(
-                _settle(batch.points, layout, key_of, batch, plan.version), stamp=filled
-            )
+            if ordered:
+                kept = _settle(batch.points, layout, key_of, batch, plan.version)
+            else:
+                point_keys = list(map(key_of, batch.points))
+                by_key = dict(zip(point_keys, batch.points))
+                kept = Rows(layout, list(by_key.values()), list(by_key), point_keys)
+            return dataclasses.replace(kept, stamp=filled)
         rows = _reordered(batch, columns, now)
         stamp = None
     else:
