@@ -53,6 +53,8 @@ class Flusher:
         self.wal = path.with_name(path.name + "-wal")
         self.pending: queue.SimpleQueue[Then | None] = queue.SimpleQueue()
         self.lock = threading.Lock()  # one flush at a time, and the descriptor with it
+        # opened at the first flush and kept: SQLite removes a WAL only when the file's last
+        # connection closes, and the writer's stays open for as long as this flusher lives
         self.fd: int | None = None
         self.thread = threading.Thread(target=self._run, name=f"flush-{path.stem}", daemon=True)
         self.thread.start()
@@ -67,7 +69,8 @@ class Flusher:
         its group over); the error if it failed."""
         with self.lock:
             try:
-                self.fd = self._open(self.fd)
+                if self.fd is None:
+                    self.fd = os.open(self.wal, os.O_RDONLY)
                 flush(self.fd)
             except OSError as exc:
                 log.error("flushing %s failed: its pushes are refused", self.wal.name, exc_info=True)
@@ -99,14 +102,6 @@ class Flusher:
             error = self.flush_now()
             for then in thens:
                 then(error)
-
-    def _open(self, fd: int | None) -> int:
-        """The WAL's descriptor, opened again if the file was made anew since."""
-        if fd is not None and os.fstat(fd).st_ino == os.stat(self.wal).st_ino:
-            return fd
-        if fd is not None:
-            os.close(fd)
-        return os.open(self.wal, os.O_RDONLY)
 
 
 class Checkpointer:
