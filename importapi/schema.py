@@ -223,23 +223,18 @@ def prepare_rows(plan: Plan, batch: Batch, now: str | None = None) -> Rows:
     ordered = batch.sequence is not None or batch.version is not None
     rows: list[Sequence[Any]]
     if batch.columns is not None:
-        if not convert and stamp is None and batch.columns == tuple(columns) and not ordered:
-            # rows already in column order and of the column kinds: no Python per row
-            point_keys = list(map(key_of, batch.points))
-            by_key = dict(zip(point_keys, batch.points))
-            return Rows(columns, list(by_key.values()), list(by_key), point_keys)
         if not convert and all(k in batch.columns for k in plan.key_fields):
-            # of the column kinds already: kept in their own order, the stamp bound once
+            # of the column kinds already: kept in their own order (the writer picks each
+            # column by name) and the stamp bound once, with no Python per row
             layout = list(batch.columns)
             key_of = itemgetter(*[layout.index(k) for k in plan.key_fields])
-            filled = (columns[stamp], now) if stamp is not None and now is not None else None
             if ordered:
                 kept = _settle(batch.points, layout, key_of, batch, plan.version)
             else:
-                point_keys = list(map(key_of, batch.points))
-                by_key = dict(zip(point_keys, batch.points))
-                kept = Rows(layout, list(by_key.values()), list(by_key), point_keys)
-            return dataclasses.replace(kept, stamp=filled)
+                kept = _last_per_key(batch.points, layout, key_of)
+            if stamp is None or now is None:
+                return kept
+            return dataclasses.replace(kept, stamp=(columns[stamp], now))
         rows = _reordered(batch, columns, now)
         stamp = None
     else:
@@ -247,10 +242,15 @@ def prepare_rows(plan: Plan, batch: Batch, now: str | None = None) -> Rows:
     if convert or stamp is not None:
         rows = [_converted(row, convert, stamp, now) for row in rows]
     if not ordered:
-        point_keys = list(map(key_of, rows))
-        by_key = dict(zip(point_keys, rows))
-        return Rows(columns, list(by_key.values()), list(by_key), point_keys)
+        return _last_per_key(rows, columns, key_of)
     return _settle(rows, columns, key_of, batch, plan.version)
+
+
+def _last_per_key(rows: Sequence[Sequence[Any]], columns: list[str], key_of: Any) -> Rows:
+    """One row per key, the last given (in C)."""
+    point_keys = list(map(key_of, rows))
+    by_key = dict(zip(point_keys, rows))
+    return Rows(columns, list(by_key.values()), list(by_key), point_keys)
 
 
 def _reordered(batch: Batch, columns: list[str], now: str | None) -> list[Sequence[Any]]:

@@ -124,6 +124,13 @@ def _rows_json(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout, list[Any]] | 
     return layout, ([value] if layout[1] is not None else []) + [text.decode()]
 
 
+def _bound(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout | None, list[Any]]:
+    """How a push's rows go to PostgreSQL: the JSON layout and its parameters (a push of
+    ``JSON_ROWS_MIN`` rows or more), or None and an array per column."""
+    as_json = _rows_json(sql, prepared) if len(prepared.rows) >= JSON_ROWS_MIN else None
+    return as_json if as_json is not None else (None, _arrays(sql, prepared))
+
+
 def _not_none(value: Any) -> bool:
     return value is not None
 
@@ -385,11 +392,9 @@ class PostgresWarehouse(PostgresReads, Warehouse):
 
     def _upsert(self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows) -> int:
         """Write the rows; the number of rows that were new."""
-        as_json = _rows_json(sql, prepared) if len(prepared.rows) >= JSON_ROWS_MIN else None
-        if as_json is not None:
-            flags = conn.execute(sql.upsert_json(as_json[0]), as_json[1]).fetchall()
-        else:
-            flags = conn.execute(sql.upsert, _arrays(sql, prepared)).fetchall()
+        layout, params = _bound(sql, prepared)
+        upsert = sql.upsert if layout is None else sql.upsert_json(layout)
+        flags = conn.execute(upsert, params).fetchall()
         return len(flags) if sql.all_keys else sum(1 for (new,) in flags if new)
 
     def _upsert_ordered(
@@ -401,11 +406,8 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         version = prepared.columns[prepared.version] if prepared.version is not None else None
         if version not in sql.schema.columns:
             version = None
-        as_json = _rows_json(sql, prepared) if len(prepared.rows) >= JSON_ROWS_MIN else None
-        if as_json is not None:
-            found = conn.execute(sql.guarded(sequence, version, as_json[0]), as_json[1]).fetchall()
-        else:
-            found = conn.execute(sql.guarded(sequence, version), _arrays(sql, prepared)).fetchall()
+        layout, params = _bound(sql, prepared)
+        found = conn.execute(sql.guarded(sequence, version, layout), params).fetchall()
         width = len(sql.schema.key_fields)
         written = {r[0] if width == 1 else tuple(r[:width]) for r in found}
         return sum(1 for r in found if r[width]), written

@@ -17,7 +17,7 @@ from importapi.storage.sqlite_sql import connect
 log = logging.getLogger("importapi.storage")
 
 # Once the WAL holds this many frames (32 MiB of 4 KiB pages), the writer finishes the next
-# background checkpoint so that the WAL starts over (see _Checkpointer); below it, the WAL
+# background checkpoint so that the WAL starts over (see Checkpointer); below it, the WAL
 # is left to grow and the writer spends nothing on checkpoints.
 RESTART_WAL_FRAMES = 8192
 # Before asking the writer to finish, the checkpointer copies again what was committed while
@@ -141,7 +141,7 @@ class Checkpointer:
             self.dirty.clear()
             try:
                 conn = conn or connect(self.path, self.synchronous)
-                frames = _checkpoint(conn)
+                frames = checkpoint(conn)
                 if frames >= RESTART_WAL_FRAMES:
                     _chase(conn, frames)
                     self.caught_up.set()
@@ -152,7 +152,7 @@ class Checkpointer:
             conn.close()
 
 
-def _checkpoint(conn: sqlite3.Connection) -> int:
+def checkpoint(conn: sqlite3.Connection) -> int:
     """A PASSIVE checkpoint; the frames the WAL holds."""
     _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return int(frames)
@@ -161,6 +161,6 @@ def _checkpoint(conn: sqlite3.Connection) -> int:
 def _chase(conn: sqlite3.Connection, frames: int) -> None:
     """Checkpoint again while the last checkpoint left more than a short tail behind it."""
     for _ in range(CHASES):
-        before, frames = frames, _checkpoint(conn)
+        before, frames = frames, checkpoint(conn)
         if frames - before <= SHORT_TAIL_FRAMES:  # fewer frames: the WAL started over meanwhile
             return

@@ -52,7 +52,7 @@ from importapi.storage.sqlite_sql import (
     storage_error,
     widen_function,
 )
-from importapi.storage.sqlite_wal import Checkpointer, Flusher
+from importapi.storage.sqlite_wal import Checkpointer, Flusher, checkpoint
 
 log = logging.getLogger("importapi.storage")
 
@@ -197,7 +197,7 @@ class ClientWriter:
         instead of appending to it."""
         self.checkpointer.caught_up.clear()
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            checkpoint(conn)
         except sqlite3.Error:
             log.warning("checkpoint of %s failed; the next one will retry", self.path.name, exc_info=True)
 
