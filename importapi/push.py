@@ -40,6 +40,9 @@ class Batch:
     transaction, rows of older versions (or of none) are deleted."""
     stamp: str | None = None
     """A field set to the time the push is applied (``_sdc_batched_at``)."""
+    constants: dict[str, Any] = field(default_factory=dict)
+    """Fields of the same value in every data point (a batch's table version, the time it
+    was received), given here once and not in the points: with ``columns`` only."""
     system: frozenset[str] = frozenset()
     """Fields the system adds: they do not count against the column limit."""
     parent: str | None = None

@@ -193,10 +193,19 @@ class Rows:
     """The position of the ordering column in each row."""
     version: int | None = None
     """The position of the table version column in each row."""
-    stamp: tuple[str, str] | None = None
-    """(column, value): a column of the same value in every row, which the writer binds
-    once; the rows hold a null in its place, if they have one. ``columns`` then names the
-    rows' own order, which need not be the table's (a writer picks each column by name)."""
+    constants: dict[str, Any] = field(default_factory=dict)
+    """Columns of the same value in every row (the batch's constants and its stamp), which
+    a writer binds once; the rows lack them, or hold a null in their place. ``columns``
+    then names the rows' own order, which need not be the table's (a writer picks each
+    column by name)."""
+    version_name: str | None = None
+    """The table version column, in the rows (``version``) or among the constants."""
+
+    def version_of(self, row: Sequence[Any]) -> Any:
+        """A row's table version (None without one)."""
+        if self.version is not None:
+            return row[self.version]
+        return self.constants.get(self.version_name) if self.version_name is not None else None
 
 
 _AS_BOUND = (Kind.BOOLEAN, Kind.INTEGER, Kind.DOUBLE, Kind.TEXT)
@@ -232,9 +241,10 @@ def prepare_rows(plan: Plan, batch: Batch, now: str | None = None) -> Rows:
                 kept = _settle(batch.points, layout, key_of, batch, plan.version)
             else:
                 kept = _last_per_key(batch.points, layout, key_of)
-            if stamp is None or now is None:
-                return kept
-            return dataclasses.replace(kept, stamp=(columns[stamp], now))
+            constants = dict(batch.constants)
+            if stamp is not None and now is not None:
+                constants[columns[stamp]] = now
+            return dataclasses.replace(kept, constants=constants) if constants else kept
         rows = _reordered(batch, columns, now)
         stamp = None
     else:
@@ -259,10 +269,11 @@ def _reordered(batch: Batch, columns: list[str], now: str | None) -> list[Sequen
     assert batch.columns is not None
     at = {name: i for i, name in enumerate(batch.columns)}
     width = len(batch.columns)
+    at.update({name: width + 2 + i for i, name in enumerate(batch.constants)})
     if batch.stamp is not None:
         at[batch.stamp] = width + 1
     indexes = [at.get(c, width) for c in columns]
-    tail = (None, now)
+    tail = (None, now, *batch.constants.values())
     if len(indexes) == 1:
         return [(p[indexes[0]],) for p in batch.points]
     pick = itemgetter(*indexes)
@@ -288,13 +299,17 @@ def _settle(
     (``version``) is stale, and so is one whose key has a point of a higher sequence."""
     at_seq = columns.index(batch.sequence) if batch.sequence in columns else None
     at_version = columns.index(batch.version) if batch.version in columns else None
+    named = batch.version if at_version is not None or batch.version in batch.constants else None
+    given = batch.constants.get(batch.version) if batch.version is not None else None
+    if given is not None and version is not None and given < version:  # the whole batch is older
+        return Rows(columns, [], [], [], len(rows), at_seq, None, version_name=named)
     keyed = list(map(key_of, rows))
     if len(set(keyed)) == len(keyed) and (
         at_version is None
         or version is None
         or all(v is None or v >= version for v in set(map(itemgetter(at_version), rows)))
     ):  # every key once, no version older than the table's: nothing is stale (no Python per row)
-        return Rows(columns, list(rows), keyed, list(keyed), 0, at_seq, at_version)
+        return Rows(columns, list(rows), keyed, list(keyed), 0, at_seq, at_version, version_name=named)
     best: dict[Any, Sequence[Any]] = {}
     keys: dict[Any, list[Any]] = {}  # each key's winning points (all of its highest sequence)
     stale = 0
@@ -328,7 +343,9 @@ def _settle(
         best[key] = row
         keys.setdefault(key, []).append(key)
     point_keys = [k for ks in keys.values() for k in ks]
-    return Rows(columns, list(best.values()), list(best), point_keys, stale, at_seq, at_version)
+    return Rows(
+        columns, list(best.values()), list(best), point_keys, stale, at_seq, at_version, version_name=named
+    )
 
 
 def replaces(sequence: Any, version: Any, stored_sequence: Any, stored_version: Any) -> bool:
@@ -343,14 +360,13 @@ def replaces(sequence: Any, version: Any, stored_sequence: Any, stored_version: 
 def drop_older(rows: Rows, stored: dict[Any, tuple[Any, Any]]) -> tuple[Rows, int]:
     """Leave out the rows the stored ones win over (``stored``: each key's stored sequence
     and table version); how many data points that leaves out."""
-    at, at_version = rows.sequence, rows.version
+    at = rows.sequence
     if at is None or not stored:
         return rows, 0
     lost = set()
     for key, row in zip(rows.keys, rows.rows):
         held = stored.get(key)
-        version = row[at_version] if at_version is not None else None
-        if held is not None and not replaces(row[at], version, *held):
+        if held is not None and not replaces(row[at], rows.version_of(row), *held):
             lost.add(key)
     if not lost:
         return rows, 0

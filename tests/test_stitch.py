@@ -294,6 +294,33 @@ def test_a_request_sent_twice_changes_nothing_but_when_it_arrived(api: Api) -> N
     assert rows(api, columns="id, email, _sdc_sequence") == first
 
 
+def test_system_columns_hold_each_records_values_shared_or_its_own(api: Api) -> None:
+    """A value every record of a batch shares (its table version, when it arrived, a
+    time_extracted a tap gives all) is stored in every row as a value of its own would be."""
+    shared = "2026-12-01T07:46:49.376708Z"
+    body = batch([upsert(SEQ + i, record(i), time_extracted=shared) for i in range(3)], version=7)
+    accepted(post(api, "batch", body))
+    own = [
+        upsert(SEQ + 10 + i, record(i), **({"time_extracted": f"2026-12-01T08:00:0{i}Z"} if i != 3 else {}))
+        for i in range(3, 6)
+    ]
+    accepted(post(api, "batch", batch(own, version=7)))
+    cols = "id, _sdc_extracted_at, _sdc_table_version, _sdc_received_at, _sdc_batched_at, _sdc_sequence"
+    stored = rows(api, columns=cols)
+    assert [(r["id"], r["_sdc_extracted_at"], r["_sdc_table_version"]) for r in stored] == [
+        (0, shared, 7),
+        (1, shared, 7),
+        (2, shared, 7),
+        (3, None, 7),
+        (4, "2026-12-01T08:00:04.000000Z", 7),
+        (5, "2026-12-01T08:00:05.000000Z", 7),
+    ]
+    assert [r["_sdc_sequence"] for r in stored] == [SEQ, SEQ + 1, SEQ + 2, SEQ + 13, SEQ + 14, SEQ + 15]
+    for group in (stored[:3], stored[3:]):  # one arrival and one write per batch, in every row
+        assert len({(str(r["_sdc_received_at"]), str(r["_sdc_batched_at"])) for r in group}) == 1
+        assert all(r["_sdc_received_at"] is not None and r["_sdc_batched_at"] is not None for r in group)
+
+
 def test_activating_a_version_deletes_the_rows_of_older_ones(api: Api) -> None:
     v1, v2 = 1_000, 2_000
     activate = {"action": "activate_version", "sequence": SEQ}

@@ -71,15 +71,19 @@ def raw_body(
     version: int | None,
     activate: bool,
     schema: dict[str, Any] = SCHEMA,
+    extracted: str = "same",
 ) -> bytes:
+    """``extracted``: every record's time_extracted the same, each its own ("varying"), or
+    every other one missing ("some")."""
     messages: list[str] = []
     for i, rec in enumerate(recs):
         data = ", ".join(
             f'"{k}": {v if k == "amount" and v is not None else json.dumps(v)}' for k, v in rec.items()
         )
+        at = "2026-12-01T07:46:49.376708Z" if extracted == "same" else f"2026-12-01T07:46:{i % 60:02d}.5Z"
+        time = "" if extracted == "some" and i % 2 else f', "time_extracted": "{at}"'
         messages.append(
-            f'{{"action": "upsert", "sequence": {1796113870373400000 + i}, "data": {{{data}}},'
-            f' "time_extracted": "2026-12-01T07:46:49.376708Z"}}'
+            f'{{"action": "upsert", "sequence": {1796113870373400000 + i}, "data": {{{data}}}{time}}}'
         )
     if activate:
         messages.append('{"action": "activate_version", "sequence": 1}')
@@ -91,12 +95,11 @@ def raw_body(
 
 def as_written(plan: Plan, rows: Rows) -> list[dict[str, Any]]:
     """The rows as a writer binds them into the table's columns: each by its name (a null
-    where the rows lack it), the stamp's value once for every row."""
-    stamp, value = rows.stamp or (None, None)
+    where the rows lack it), a constant's value (the stamp's among them) for every row."""
     out = []
     for r in rows.rows:
         held = dict(zip(rows.columns, r))
-        out.append({c: value if c == stamp else held.get(c) for c in plan.kinds})
+        out.append({c: rows.constants[c] if c in rows.constants else held.get(c) for c in plan.kinds})
     return out
 
 
@@ -124,12 +127,13 @@ def both(raw: bytes) -> tuple[Push | None, Push | BadRequest]:
     st.sampled_from([["id"], [], None]),
     st.sampled_from([None, 7]),
     st.booleans(),
+    st.sampled_from(["same", "varying", "some"]),
 )
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_fast_way_stores_what_the_general_way_stores(
-    recs: list[dict[str, Any]], keys: list[str] | None, version: int | None, activate: bool
+    recs: list[dict[str, Any]], keys: list[str] | None, version: int | None, activate: bool, extracted: str
 ) -> None:
-    fast, general = both(raw_body(recs, keys=keys, version=version, activate=activate))
+    fast, general = both(raw_body(recs, keys=keys, version=version, activate=activate, extracted=extracted))
     if fast is None:
         return  # read the general way, whatever it answers
     assert isinstance(general, Push), f"the fast way took a batch the general way refuses: {general}"

@@ -23,8 +23,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from itertools import chain, compress, repeat
-from operator import is_, is_not, itemgetter
-from typing import Annotated, Any, Literal
+from operator import attrgetter, is_, is_not, itemgetter
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -57,6 +57,23 @@ _TEXT_KINDS = (Kind.TEXT, Kind.TIMESTAMP, Kind.DATE)
 _ESCAPED_COLON = re.compile(rb"\\u003[aA]")
 _REJECTED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError, ValueError)
 MAX_DECODERS = 64
+
+
+class Decoded(NamedTuple):
+    """A batch's records as rows: the record's columns, then ``tail`` (the system columns
+    that vary from row to row), with ``constants`` the system columns of one value for all."""
+
+    rows: list[tuple[Any, ...]]
+    tail: tuple[str, ...]
+    constants: dict[str, Any]
+    valued: list[bool]
+    """Whether each of the record's columns holds a value."""
+    children: tree.Rows
+    activate: bool
+    pairs: int
+    """The name-value pairs decoded."""
+    texts: tuple[int, bool] | None
+    """For a batch without arrays: the colons in its strings, and whether one holds a NUL."""
 
 
 class _Head(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,31 +125,31 @@ class Decoder:
         version: int | None,
         received: str,
         max_depth: int,
-    ) -> tuple[list[tuple[Any, ...]], list[bool], tree.Rows, bool, int, tuple[int, bool] | None] | None:
-        """(rows, whether each of the record's columns holds a value, the subtables' rows,
-        whether the batch activates its version, the name-value pairs decoded, and for a
-        batch without arrays the colons in its strings and whether one holds a NUL)."""
+    ) -> Decoded | None:
+        """The batch's rows, its subtables' rows, and what was found on the way (None: read
+        it the general way)."""
         at_keys = [self.names.index(k) for k in keys if k in self.names]
         if len(at_keys) != len(keys) or self.root.depth >= max_depth:
             return None
-        activate = False
-        pairs = 0
-        upserts = []
-        for m in messages:
-            pairs += 2 if m.time_extracted is UNSET else 3
-            if m.action == "activate_version":
-                activate = True
-                if m.data is not UNSET:
-                    return None
-            elif m.data is UNSET:
-                return None
-            else:
-                upserts.append(m)
-        pairs += len(upserts)  # each "data"
-        columns, arrays, n = self.root.table([m.data for m in upserts])
+        activate, upserts = _upserts(messages)
+        if upserts is None:
+            return None
+        times = list(map(_TIME, upserts))
+        missing = sum(map(is_, times, repeat(UNSET)))  # by identity, in C
+        # action and sequence; time_extracted where given; each upsert's data
+        pairs = 2 * len(messages) + len(upserts) - missing + len(upserts)
+        if activate:  # an activate_version message's time_extracted counts too
+            pairs += sum(1 for m in messages if m.action == _ACTIVATE and m.time_extracted is not UNSET)
+        columns, arrays, n = self.root.table(list(map(_DATA, upserts)))
         pairs += n
-        stamps = [None if m.time_extracted is UNSET else m.time_extracted for m in upserts]
-        texts = None if arrays else _text_facts([*(columns[j] for j in self.texts), stamps])
+        stamps = [None if t is UNSET else t for t in times] if missing else times
+        # one time_extracted for all the records (as a tap writes them): read once, bound once
+        same = bool(stamps) and stamps.count(stamps[0]) == len(stamps)
+        texts = None
+        if not arrays:
+            texts = _text_facts([*(columns[j] for j in self.texts), [] if same else stamps])
+            if same and stamps[0] is not None:
+                texts = (texts[0] + stamps[0].count(":") * len(stamps), texts[1] or "\x00" in stamps[0])
         for j in at_keys:  # a missing key is refused, with its reason, the general way
             if any(map(is_, columns[j], repeat(None))):
                 return None
@@ -141,14 +158,20 @@ class Decoder:
             if fixed is None:
                 return None
             columns[j] = fixed
-        extracted = _times(stamps)
+        extracted = _times(stamps[:1] if same else stamps)
         if extracted is None:
             return None
-        sequences = [m.sequence for m in upserts]
-        tail = [sequences, repeat(version), repeat(received), extracted, repeat(None)]
+        sequences = list(map(_SEQUENCE_OF, upserts))
+        # a column of one value in every row is bound once, not carried by each row
+        constants: dict[str, Any] = {VERSION: version, RECEIVED: received}
+        tail: list[tuple[str, Sequence[Any]]] = [(SEQUENCE, sequences)]
+        if same:
+            constants[EXTRACTED] = extracted[0]
+        else:
+            tail.append((EXTRACTED, extracted))
         if not keys:
-            tail.append([primary_key(table, version, m.sequence, m.data) for m in upserts])
-        rows = list(zip(*columns, *tail))
+            tail.append((PRIMARY_KEY, [primary_key(table, version, m.sequence, m.data) for m in upserts]))
+        rows = list(zip(*columns, *(values for _name, values in tail)))
         valued = [any(map(is_not, c, repeat(None))) for c in columns]  # which columns hold a value
         children = tree.Rows()
         if arrays:
@@ -157,7 +180,32 @@ class Decoder:
             if more is None:
                 return None
             pairs += more
-        return rows, valued, children, activate, pairs, texts
+        return Decoded(rows, tuple(name for name, _values in tail), constants, valued, children, activate, pairs, texts)
+
+
+_ACTIVATE = "activate_version"
+_DATA, _TIME, _SEQUENCE_OF = attrgetter("data"), attrgetter("time_extracted"), attrgetter("sequence")
+
+
+def _upserts(messages: list[Any]) -> tuple[bool, list[Any] | None]:
+    """Whether the batch activates its version, and its upsert messages (None: a message
+    is not as the fast way takes it). Without an activation, in C."""
+    if _ACTIVATE not in map(_ACTION, messages) and not any(map(is_, map(_DATA, messages), repeat(UNSET))):
+        return False, messages
+    activate, upserts = False, []
+    for m in messages:
+        if m.action == _ACTIVATE:
+            activate = True
+            if m.data is not UNSET:
+                return activate, None
+        elif m.data is UNSET:
+            return activate, None
+        else:
+            upserts.append(m)
+    return activate, upserts
+
+
+_ACTION = attrgetter("action")
 
 
 def _children(
@@ -374,16 +422,14 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
     made = decoder.rows(messages, keys, table, version, timestamp_text(received), limits.max_depth)
     if made is None:
         return None
-    rows, valued, children, activate, pairs, texts = made
+    rows, tail, constants, valued, children, activate, pairs, texts = made
     if activate and version is None:
         return None
     present = sum(1 for f in _Head.__struct_fields__ if getattr(head, f) is not UNSET)
     pairs += present + _pairs(head.schema)
     if not _each_name_once(raw, head, pairs, texts if decoder.plain_names else None):
         return None
-    columns = (*decoder.names, SEQUENCE, VERSION, RECEIVED, EXTRACTED, BATCHED) + (
-        () if keys else (PRIMARY_KEY,)
-    )
+    columns = (*decoder.names, *tail)
     kinds: dict[str, Kind] = dict(SYSTEM_KINDS)
     if not keys:
         kinds[PRIMARY_KEY] = Kind.TEXT
@@ -402,6 +448,7 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
         version=VERSION,
         activate=version if activate else None,
         stamp=BATCHED,
+        constants=constants,
         system=SYSTEM,
         nested=True,
         paths=decoder.paths,
@@ -430,15 +477,16 @@ def _subtables(parent: Batch, children: tree.Rows, version: int | None, received
             if column.kind is not None and any(map(is_not, columns[j], repeat(None))):
                 own[column.name] = column.kind
         *values, sequences = columns
-        rows = list(zip(*values, sequences, repeat(version), repeat(received), repeat(None)))
+        rows = list(zip(*values, sequences))
         out.append(
             Batch(
                 table_name(f"{parent.table}__{'__'.join(sub.parts)}"),
                 head,
                 rows,
                 own,
-                columns=(*head, *(c.name for c in sub.columns), *CHILD_SYSTEM),
+                columns=(*head, *(c.name for c in sub.columns), SEQUENCE),
                 stamp=BATCHED,
+                constants={VERSION: version, RECEIVED: received},
                 system=frozenset((*head, *CHILD_SYSTEM)),
                 parent=parent.table,
                 parent_keys=sources,

@@ -82,12 +82,12 @@ def _arrays(sql: q.TableSQL, prepared: Rows) -> list[list[Any]]:
     columns, rows = prepared.columns, prepared.rows
     order = _key_order(prepared)
     where = {name: j for j, name in enumerate(columns)}
-    stamp, value = prepared.stamp or (None, None)
+    constants = prepared.constants
     arrays = []
     for name, kind in zip(sql.columns, sql.kinds):
         j = where.get(name)
-        if name == stamp:
-            column = [value] * len(rows)
+        if name in constants:
+            column = [constants[name]] * len(rows)
         else:
             column = [None] * len(rows) if j is None else [rows[i][j] for i in order]
         arrays.append(_bind(kind, column))
@@ -119,9 +119,8 @@ def _rows_json(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout, list[Any]] | 
     text = _encode([rows[i] for i in _key_order(prepared)])
     if _NEGATIVE_ZERO.search(text):
         return None
-    stamp, value = prepared.stamp or (None, None)
-    layout = (tuple(prepared.columns), stamp if stamp in sql.columns else None)
-    return layout, ([value] if layout[1] is not None else []) + [text.decode()]
+    once = tuple(c for c in sql.columns if c in prepared.constants)
+    return (tuple(prepared.columns), once), [*(prepared.constants[c] for c in once), text.decode()]
 
 
 def _bound(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout | None, list[Any]]:
@@ -288,7 +287,7 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         if rows.sequence is None or schema is None or rows.columns[rows.sequence] not in schema.columns:
             return {}
         sequence = rows.columns[rows.sequence]
-        version = rows.columns[rows.version] if rows.version is not None else None
+        version = rows.version_name
         also = quote(version) if version in schema.columns else "NULL"
         select = q.probe_existing(client_id, schema, {}).replace(
             " FROM ", f", {quote(sequence)}, {also} FROM ", 1
@@ -403,7 +402,7 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         """Write the rows that are not older than their stored row (the database decides,
         row by row, under the row's lock); how many were new, and the keys written."""
         sequence = prepared.columns[prepared.sequence or 0]
-        version = prepared.columns[prepared.version] if prepared.version is not None else None
+        version = prepared.version_name
         if version not in sql.schema.columns:
             version = None
         layout, params = _bound(sql, prepared)

@@ -193,8 +193,9 @@ def create_table(client_id: int, schema: TableSchema) -> str:
     )
 
 
-Layout = tuple[tuple[str, ...], str | None]
-"""Rows bound as JSON: the columns of each row, in its order, and the stamp column (or None)."""
+Layout = tuple[tuple[str, ...], tuple[str, ...]]
+"""Rows bound as JSON: the columns of each row, in its order, and the columns of one value
+for every row, bound once each, in the table's order."""
 
 
 class TableSQL:
@@ -233,13 +234,13 @@ class TableSQL:
 
     def from_json(self, layout: Layout) -> str:
         """A SELECT of the table's columns from rows bound as one JSON array of arrays, each
-        in the column order ``layout[0]`` (a null where it lacks a column), the stamp column
-        ``layout[1]`` bound once, before the rows. PostgreSQL reads the whole text in C, where
-        binding an array per column costs Python per value."""
+        in the column order ``layout[0]`` (a null where it lacks a column), the columns
+        ``layout[1]`` bound once each, before the rows. PostgreSQL reads the whole text in C,
+        where binding an array per column costs Python per value."""
         at = {name: i for i, name in enumerate(layout[0])}
         picks = ", ".join(
             f"%s::{SQL_TYPES[k]}"
-            if c == layout[1]
+            if c in layout[1]
             else f"(r.value ->> {at[c]})::{SQL_TYPES[k]}"
             if c in at
             else f"NULL::{SQL_TYPES[k]}"

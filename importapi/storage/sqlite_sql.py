@@ -214,8 +214,8 @@ class TableSQL:
         )
         self._by_count: dict[int, str] = {}
         self._conflict = f" ON CONFLICT ({conflict}) {action}"
-        self._mapped: dict[tuple[tuple[str, ...], str | None, int], str] = {}
-        self._rows_mapped: dict[tuple[tuple[str, ...], str | None], str] = {}
+        self._mapped: dict[tuple[tuple[str, ...], tuple[str, ...], int], str] = {}
+        self._rows_mapped: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
         self._layout = tuple(cols)
         # The same upsert taking all rows as one JSON array of arrays: one statement, one
         # step, for the whole push (see ``json_rows_work``). WHERE true: SQLite's parser
@@ -235,6 +235,9 @@ class TableSQL:
             where = f"({key_cols}) IN (SELECT {parts} FROM json_each(?))"
         self._probe = (t, key_cols, where)
         self.key_width = len(keys)
+        # The largest key of a table keyed by one integer field (through its key index).
+        single = schema.columns.get(keys[0]) if len(keys) == 1 else None
+        self.max_key = f"SELECT max({key_cols}) FROM {t}" if single and single.kind is Kind.INTEGER else None
         # A new row gets the rowid one above the table's largest, and a replaced row keeps
         # its own: so the largest rowid after an upsert less the largest before is how many
         # keys it inserted, without probing each key.
@@ -252,20 +255,21 @@ class TableSQL:
                 self._by_count.pop(next(iter(self._by_count)))
         return sql
 
-    def upsert_mapped(self, layout: tuple[str, ...], stamp: str | None, count: int) -> str:
+    def upsert_mapped(self, layout: tuple[str, ...], once: tuple[str, ...], count: int) -> str:
         """The upsert of ``count`` rows bound as values in the column order ``layout``: each
         column of the table is picked from its place in the row, a null where the rows lack
-        it, or (``stamp``) the statement's first value, bound once. The rows are bound as
-        they come, with no Python per row to put them in order; rows in the table's own
-        order and without a stamp take the plain ``upsert_values``."""
-        if stamp is None and layout == self._layout:
+        it, or (a column in ``once``) from the statement's first values, bound once in that
+        order. The rows are bound as they come, with no Python per row to put them in order;
+        rows in the table's own order and nothing bound once take the plain ``upsert_values``."""
+        if not once and layout == self._layout:
             return self.upsert_values(count)
-        key = (layout, stamp, count)
+        key = (layout, once, count)
         sql = self._mapped.get(key)
         if sql is None:
             at = {name: i for i, name in enumerate(layout, 1)}
+            given = {name: i for i, name in enumerate(once, 1)}
             picks = ", ".join(
-                "?1" if c == stamp else f"column{at[c]}" if c in at else "NULL" for c in self.columns
+                f"?{given[c]}" if c in given else f"column{at[c]}" if c in at else "NULL" for c in self.columns
             )
             row = f"({', '.join('?' * len(layout))})"
             sql = self._mapped[key] = (
@@ -276,19 +280,20 @@ class TableSQL:
                 self._mapped.pop(next(iter(self._mapped)))
         return sql
 
-    def upsert_rows_mapped(self, layout: tuple[str, ...], stamp: str | None) -> str:
-        """``upsert_rows`` for rows in the column order ``layout``, the stamp (if any) bound
-        as the second value (``upsert_rows`` itself for the table's order and no stamp)."""
-        if stamp is None and layout == self._layout:
+    def upsert_rows_mapped(self, layout: tuple[str, ...], once: tuple[str, ...]) -> str:
+        """``upsert_rows`` for rows in the column order ``layout``, the columns ``once`` bound
+        after the rows, once each (``upsert_rows`` itself for the table's order and none)."""
+        if not once and layout == self._layout:
             return self.upsert_rows
-        sql = self._rows_mapped.get((layout, stamp))
+        sql = self._rows_mapped.get((layout, once))
         if sql is None:
             at = {name: i for i, name in enumerate(layout)}
+            given = {name: i for i, name in enumerate(once, 2)}
             picks = ", ".join(
-                "?2" if c == stamp else f"value ->> {at[c]}" if c in at else "NULL" for c in self.columns
+                f"?{given[c]}" if c in given else f"value ->> {at[c]}" if c in at else "NULL" for c in self.columns
             )
             sql = f"{self._into} SELECT {picks} FROM json_each(?1) WHERE true{self._conflict}"
-            self._rows_mapped = {(layout, stamp): sql}  # one layout a table is pushed in, at a time
+            self._rows_mapped = {(layout, once): sql}  # one layout a table is pushed in, at a time
         return sql
 
     def existing(self, *also: str) -> str:

@@ -112,6 +112,17 @@ def _answer(jobs: list[tuple[_Job, Outcome]]) -> None:
             pass
 
 
+def _above(keys: list[Any], highest: Any) -> bool:
+    """Are these integer keys all above the table's largest (an initial load, or records
+    appended in key order)? One look at the key index instead of one per key."""
+    if highest is None:
+        return True
+    try:
+        return bool(min(keys) > highest)
+    except TypeError:  # not all integers: probe each
+        return False
+
+
 class ClientWriter:
     """The single writer of one client's file; applies queued pushes by group commit."""
 
@@ -363,14 +374,17 @@ class ClientWriter:
         if rows.sequence is None or schema is None or plan.create or not rows.rows:
             return rows, 0
         sequence = rows.columns[rows.sequence]
-        version = rows.columns[rows.version] if rows.version is not None else sequence
+        version = rows.version_name or sequence
         if sequence not in schema.columns or version not in schema.columns:
             return rows, 0
-        probe = self._statements(schema).existing(sequence, version)
+        sql = self._statements(schema)
+        if sql.max_key is not None and _above(rows.keys, conn.execute(sql.max_key).fetchone()[0]):
+            return rows, 0  # every key is new: no stored row to win over one
+        probe = sql.existing(sequence, version)
         found = conn.execute(probe, (encode_rows(rows.keys),)).fetchall()
         width = len(schema.key_fields)
         stored = {(r[0] if width == 1 else tuple(r[:width])): (r[width], r[width + 1]) for r in found}
-        if rows.version is None:
+        if rows.version_name is None:
             stored = {k: (s, None) for k, (s, _) in stored.items()}
         return drop_older(rows, stored)
 
@@ -399,15 +413,17 @@ class ClientWriter:
         each of its columns, so wide rows by the thousand go faster bound as values)."""
         layout = tuple(rows.columns)
         width = len(layout)
-        # the statement picks the table's columns from the rows, in whatever order they come
-        name, once = (rows.stamp[0], [rows.stamp[1]]) if rows.stamp is not None else (None, [])
+        # the statement picks the table's columns from the rows, in whatever order they come,
+        # and binds the columns of one value for all the rows once
+        given = [(c, v) for c, v in rows.constants.items() if c in sql.columns]
+        names, once = tuple(c for c, _ in given), [v for _, v in given]
         if self.json_rows and len(rows.rows) * width <= JSON_ROWS_MAX_VALUES:
-            conn.execute(sql.upsert_rows_mapped(layout, name), (encode_rows(rows.rows), *once))
+            conn.execute(sql.upsert_rows_mapped(layout, names), (encode_rows(rows.rows), *once))
             return
         per = max(1, (self.max_values - len(once)) // width)
         for start in range(0, len(rows.rows), per):
             chunk = rows.rows[start : start + per]
-            conn.execute(sql.upsert_mapped(layout, name, len(chunk)), [*once, *chain.from_iterable(chunk)])
+            conn.execute(sql.upsert_mapped(layout, names, len(chunk)), [*once, *chain.from_iterable(chunk)])
 
     def _statements(self, schema: TableSchema) -> TableSQL:
         sql = self.sql.get(schema.name)
