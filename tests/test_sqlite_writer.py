@@ -213,3 +213,26 @@ def test_a_failed_flush_refuses_the_pushes_it_held(monkeypatch: pytest.MonkeyPat
         # the refused commit may still have reached readers (and the disk): sent again, it lands the same
         assert push(storage, [{"id": 1, "v": "again"}]).inserted == 0
         assert _rows(folder) == [(0, "first"), (1, "again")]
+
+
+def test_a_file_another_process_holds_is_switched_to_wal_once_it_is_free(tmp_path: Path) -> None:
+    """Opening a new file that another process holds (servers starting together on a new
+    warehouse): SQLite refuses the switch to WAL at once, "database is locked", whatever its
+    busy timeout; the switch is tried again until the other lets go."""
+    from importapi.storage.sqlite_sql import connect
+
+    path = tmp_path / "catalog.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None)  # another opener, still in rollback mode
+    other.execute("CREATE TABLE t (a)")
+    other.execute("BEGIN IMMEDIATE")  # about to write: waiting for it could deadlock, so SQLite does not
+    other.execute("INSERT INTO t VALUES (1)")
+    opened: list[Any] = []
+    opener = threading.Thread(target=lambda: opened.append(connect(path)))
+    opener.start()
+    time.sleep(0.3)
+    assert not opened, "the switch went through while the file was held"
+    other.execute("COMMIT")
+    opener.join(timeout=10)
+    assert opened and opened[0].execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()
+    opened[0].close()

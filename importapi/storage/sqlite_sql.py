@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,24 @@ _UNAVAILABLE = {5: "busy", 6: "locked", 8: "read-only", 10: "I/O error", 13: "fu
 def connect(path: Path | str, synchronous: str = "FULL", **kwargs: Any) -> sqlite3.Connection:
     conn: sqlite3.Connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, **kwargs)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _into_wal(conn)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     return conn
+
+
+def _into_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL. While another process holds a new file (servers starting
+    together on a new warehouse), SQLite may answer "database is locked" at once: it does
+    not wait where waiting could deadlock. Tried again here, for as long as the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if error_code(exc) not in (5, 6) or time.monotonic() > deadline:  # busy, locked
+                raise
+            time.sleep(0.005)
 
 
 def error_code(exc: sqlite3.Error) -> int:
