@@ -128,6 +128,92 @@ def test_pushes_grouped_in_one_transaction_each_count_their_own_keys(
         assert dict(rows) == expected
 
 
+@contextmanager
+def writer_held(storage: Storage) -> Iterator[None]:
+    """The client file's write lock held from outside while the block queues pushes: the
+    writer takes the first one and waits for the lock; the rest queue up meanwhile and
+    make its next group, all at once, when the block ends."""
+    held = sqlite3.connect(storage.warehouse._client_path(1), isolation_level=None)  # type: ignore[attr-defined]
+    held.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        held.execute("ROLLBACK")
+        held.close()
+
+
+GROUPED = st.lists(
+    st.lists(
+        st.fixed_dictionaries(
+            {"id": st.integers(0, 9), "k": st.sampled_from(["x", "y"])},
+            optional={"v": st.integers(), "w": st.booleans()},
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(GROUPED, st.booleans())
+def test_a_group_of_pushes_answers_and_stores_as_the_same_pushes_one_at_a_time(
+    pushes: list[list[dict[str, Any]]], json_rows: bool
+) -> None:
+    """Pushes queued together to one table are written by one statement where they can be
+    (plain rows, no schema change): each answer still counts that push's own new keys, in
+    queue order, and the table ends as after the pushes one at a time. Keys of two fields,
+    old and new ones mixed, the same key in several pushes, pushes adding a column between
+    the others."""
+    answers, tables = [], []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for together in (False, True):
+            with warehouse(json_rows, monkeypatch) as storage:
+                first = validate([{"keys": ["id", "k"], "id": 0, "k": "x", "v": 0}], TABLE)
+                results = [apply(storage, 1, first)]
+                batches = [validate([{"keys": ["id", "k"], **p} for p in points], TABLE) for points in pushes]
+                if together:
+                    with writer_held(storage):
+                        futures = [submit(storage, 1, b) for b in batches]
+                    results += [f.result(timeout=30)[0] for f in futures]
+                else:
+                    results += [apply(storage, 1, b) for b in batches]
+                answers.append([(r.inserted, r.replaced) for r in results])
+                tables.append(storage.warehouse.query(1, f'SELECT * FROM "{TABLE}" ORDER BY id, k'))
+    assert answers[0] == answers[1]
+    assert tables[0] == tables[1]
+
+
+def test_a_group_written_as_one_counts_each_pushs_keys_with_old_and_new_mixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case where a group's statement inserts some of its keys and replaces others."""
+    together: list[int] = []
+    apply_together = sqlite_writer.ClientWriter._apply_together
+
+    def counted(self: Any, conn: Any, group: Any, start: int) -> Any:
+        done = apply_together(self, conn, group, start)
+        together.append(len(done))
+        return done
+
+    monkeypatch.setattr(sqlite_writer.ClientWriter, "_apply_together", counted)
+    with open_storage(str(tmp_path)) as storage:
+        storage.create_client("writer")
+        apply(storage, 1, validate([{"keys": ["id"], "id": i, "v": 0} for i in range(0, 10, 2)], TABLE))
+        batches = [
+            validate([{"keys": ["id"], "id": i, "v": n} for i in keys], TABLE)
+            for n, keys in enumerate([[0, 1, 2], [1, 3, 20], [4, 5, 20, 21], [99]])
+        ]
+        with writer_held(storage):
+            futures = [submit(storage, 1, b) for b in batches]
+        answers = [(r.inserted, r.replaced) for f in futures for r in f.result(timeout=30)]
+        assert answers == [(1, 2), (2, 1), (2, 2), (1, 0)]
+        assert max(together) >= 3, together  # they were written together
+        _, rows = storage.warehouse.query(1, f'SELECT id, v FROM "{TABLE}" ORDER BY id')
+        assert dict(rows) == {0: 0, 1: 1, 2: 0, 3: 1, 4: 2, 5: 2, 6: 0, 8: 0, 20: 2, 21: 2, 99: 3}
+
+
 def _wal_restarts(wal: Path) -> int:
     """The WAL header's checkpoint sequence number: one more each time the WAL starts over."""
     with wal.open("rb") as f:

@@ -180,7 +180,9 @@ class Decoder:
             if more is None:
                 return None
             pairs += more
-        return Decoded(rows, tuple(name for name, _values in tail), constants, valued, children, activate, pairs, texts)
+        return Decoded(
+            rows, tuple(name for name, _values in tail), constants, valued, children, activate, pairs, texts
+        )
 
 
 _ACTIVATE = "activate_version"

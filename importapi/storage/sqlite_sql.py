@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import msgspec
 
 from importapi.errors import ImportApiError, ServerError, StorageUnavailable
 from importapi.kinds import DOUBLE_EXACT, INT64_MAX, INT64_MIN, Kind, widen_stored
-from importapi.schema import Column, TableSchema
-from importapi.storage.sql import column_defs, names, quote
+from importapi.schema import Column, Plan, TableSchema
+from importapi.storage.base import utcnow
+from importapi.storage.sql import column_def, column_defs, names, quote
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -260,6 +262,8 @@ class TableSQL:
         lower = {c.lower() for c in cols}
         rowid = next((a for a in ("rowid", "_rowid_", "oid") if a not in lower), None)
         self.max_rowid = f"SELECT coalesce(max({rowid}), 0) FROM {t}" if rowid else None
+        # The keys of the rows inserted after a rowid (for a group's pushes written as one).
+        self.keys_after = f"SELECT {key_cols} FROM {t} WHERE {rowid} > ?" if rowid else None
 
     def upsert_values(self, count: int) -> str:
         """The upsert of ``count`` rows bound as values in one statement."""
@@ -285,7 +289,8 @@ class TableSQL:
             at = {name: i for i, name in enumerate(layout, 1)}
             given = {name: i for i, name in enumerate(once, 1)}
             picks = ", ".join(
-                f"?{given[c]}" if c in given else f"column{at[c]}" if c in at else "NULL" for c in self.columns
+                f"?{given[c]}" if c in given else f"column{at[c]}" if c in at else "NULL"
+                for c in self.columns
             )
             row = f"({', '.join('?' * len(layout))})"
             sql = self._mapped[key] = (
@@ -306,7 +311,8 @@ class TableSQL:
             at = {name: i for i, name in enumerate(layout)}
             given = {name: i for i, name in enumerate(once, 2)}
             picks = ", ".join(
-                f"?{given[c]}" if c in given else f"value ->> {at[c]}" if c in at else "NULL" for c in self.columns
+                f"?{given[c]}" if c in given else f"value ->> {at[c]}" if c in at else "NULL"
+                for c in self.columns
             )
             sql = f"{self._into} SELECT {picks} FROM json_each(?1) WHERE true{self._conflict}"
             self._rows_mapped = {(layout, once): sql}  # one layout a table is pushed in, at a time
@@ -334,3 +340,60 @@ class TableSQL:
         """Delete the rows of table versions older than the one bound (or of none)."""
         c = quote(version)
         return f"DELETE FROM {self._probe[0]} WHERE {c} < ? OR {c} IS NULL"
+
+
+def change_schema(conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan) -> TableSchema:
+    """Make the table, add its columns and widen them as planned, in the catalog tables too;
+    the table's schema after."""
+    now = utcnow()
+    t = quote(plan.table)
+    if schema is None:
+        create_table(conn, plan.table, [(c.name, c.kind) for c in plan.add], plan.key_fields)
+        parent_keys = json.dumps(list(plan.parent_keys)) if plan.parent else None
+        conn.execute(
+            "INSERT INTO _importapi_tables (name, key_fields, created_at, parent, parent_keys) VALUES (?, ?, ?, ?, ?)",
+            (plan.table, json.dumps(list(plan.key_fields)), now, plan.parent, parent_keys),
+        )
+        schema = TableSchema(
+            plan.table, plan.key_fields, {}, now, parent=plan.parent, parent_keys=plan.parent_keys
+        )
+    else:
+        schema = replace(schema, columns=dict(schema.columns))
+        for c in plan.add:
+            conn.execute(f"ALTER TABLE {t} ADD COLUMN {column_def('sqlite', c.name, c.kind)}")
+    position = len(schema.columns)
+    for c in plan.add:
+        conn.execute(
+            "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, path)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (plan.table, c.name, c.kind.label, position, now, c.path),
+        )
+        schema.columns[c.name] = Column(c.name, c.kind, path=c.path)
+        position += 1
+    if plan.widen:
+        for name, _old, new in plan.widen:
+            schema.columns[name] = Column(name, new, now, schema.columns[name].path)
+            conn.execute(
+                "UPDATE _importapi_columns SET kind = ?, widened_at = ? WHERE table_name = ? AND name = ?",
+                (new.label, now, plan.table, name),
+            )
+        _rebuild(conn, schema, plan)
+    return schema
+
+
+def _rebuild(conn: sqlite3.Connection, schema: TableSchema, plan: Plan) -> None:
+    """Widen columns: SQLite cannot change a column's type, so the table is rebuilt."""
+    t, tmp = quote(plan.table), quote(f"_importapi_rebuild_{plan.table}")
+    widened = {name: (old, new) for name, old, new in plan.widen}
+    defs = column_defs("sqlite", [(c.name, c.kind) for c in schema.columns.values()], plan.key_fields)
+    exprs = ", ".join(
+        f"_importapi_widen({quote(c)}, '{widened[c][0].label}', '{widened[c][1].label}')"
+        if c in widened
+        else quote(c)
+        for c in schema.columns
+    )
+    conn.execute(f"CREATE TABLE {tmp} ({defs})")
+    conn.execute(f"INSERT INTO {tmp} ({names(schema.columns)}) SELECT {exprs} FROM {t} ORDER BY rowid")
+    conn.execute(f"DROP TABLE {t}")
+    conn.execute(f"ALTER TABLE {tmp} RENAME TO {t}")
+    create_key_index(conn, plan.table, plan.key_fields)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import queue
 import sqlite3
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,6 @@ from importapi.errors import BadRequest, Code, ImportApiError, ServerError, Stor
 from importapi.kinds import timestamp_text, widen_stored
 from importapi.push import Batch, Push, PushResult
 from importapi.schema import (
-    Column,
     Plan,
     Rows,
     TableSchema,
@@ -39,12 +36,11 @@ from importapi.schema import (
 )
 from importapi.settings import Limits
 from importapi.storage.base import utcnow
-from importapi.storage.sql import column_def, column_defs, names, quote
+from importapi.storage.jobs import Job, Outcome, Results, answer
 from importapi.storage.sqlite_sql import (
     TableSQL,
+    change_schema,
     connect,
-    create_key_index,
-    create_table,
     encode_rows,
     holds_inexact,
     json_rows_work,
@@ -68,50 +64,6 @@ _ROWIDS_IN_ORDER = 2**62
 WRITER_CACHE_KIB = 16384
 
 
-Results = list[PushResult]
-Outcome = Results | BaseException
-
-
-@dataclass
-class _Job:
-    """A queued push, answered through a thread's future or an event loop's."""
-
-    push: Push
-    future: Future[Results] | None
-    loop: asyncio.AbstractEventLoop | None = None
-    answer: asyncio.Future[Results] | None = None
-
-
-def _deliver(outcomes: list[tuple[asyncio.Future[Results], Outcome]]) -> None:
-    """On the event loop: answer every push of a group at once."""
-    for answer, outcome in outcomes:
-        if answer.done():  # the request was cancelled (its client went away)
-            continue
-        if isinstance(outcome, BaseException):
-            answer.set_exception(outcome)
-        else:
-            answer.set_result(outcome)
-
-
-def _answer(jobs: list[tuple[_Job, Outcome]]) -> None:
-    """Resolve each job's future; pushes from event loops with one call per loop, not one
-    wake-up and hand-over per push."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Results], Outcome]]] = {}
-    for job, outcome in jobs:
-        if job.loop is not None and job.answer is not None:
-            by_loop.setdefault(job.loop, []).append((job.answer, outcome))
-        elif job.future is not None and not job.future.done():
-            if isinstance(outcome, BaseException):
-                job.future.set_exception(outcome)
-            else:
-                job.future.set_result(outcome)
-    for loop, outcomes in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_deliver, outcomes)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-
 def _above(keys: list[Any], highest: Any) -> bool:
     """Are these integer keys all above the table's largest (an initial load, or records
     appended in key order)? One look at the key index instead of one per key."""
@@ -130,7 +82,7 @@ class ClientWriter:
         self.path = path
         self.limits = limits
         self.synchronous = synchronous
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.schemas: dict[str, TableSchema] = {}
         self.sql: dict[str, TableSQL] = {}
         self.schema_version = -1
@@ -148,14 +100,14 @@ class ClientWriter:
 
     def submit(self, push: Push) -> Future[Results]:
         future: Future[Results] = Future()
-        self.jobs.put(_Job(push, future))
+        self.jobs.put(Job(push, future))
         return future
 
     def submit_from_loop(
         self, push: Push, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[Results]
     ) -> None:
         """``submit`` for an event loop: ``answer`` is resolved on ``loop``."""
-        self.jobs.put(_Job(push, None, loop, answer))
+        self.jobs.put(Job(push, None, loop, answer))
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -194,7 +146,7 @@ class ClientWriter:
             except Exception as exc:  # the writer must outlive any one group
                 log.exception("storage error on %s", self.path.name)
                 error = storage_error(exc) if isinstance(exc, sqlite3.Error) else ServerError()
-                _answer([(j, error) for j in group])
+                answer([(j, error) for j in group])
                 self._forget()
         if self.flusher is not None:
             self.flusher.stop()  # the last commits on disk and answered, before the file closes
@@ -222,19 +174,26 @@ class ClientWriter:
             self.sql = {}
             self.schema_version = version
 
-    def _apply_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+    def _apply_group(self, conn: sqlite3.Connection, group: list[Job]) -> None:
         """One transaction for the group. Each statement here costs the thread a wait for
         Python's lock when it ends, so a group runs as few as it can."""
         conn.execute("BEGIN IMMEDIATE")
-        results: list[tuple[_Job, Outcome]] = []
+        results: list[tuple[Job, Outcome]] = []
         stamps: dict[str, str] = {}
         try:
             self._refresh(conn)
             self.pushed.clear()
             self.last_rowid.clear()
             version = self.schema_version
-            for n, job in enumerate(group):
-                results.append((job, self._apply_one(conn, job, n)))
+            n = 0
+            while n < len(group):
+                merged = self._apply_together(conn, group, n)
+                if merged:
+                    results.extend(merged)
+                    n += len(merged)
+                else:
+                    results.append((group[n], self._apply_one(conn, group[n], n)))
+                    n += 1
             now = utcnow()
             for table in self.pushed:  # the time of the last push, to the second
                 if self.stamped.get(table) != now:
@@ -251,26 +210,105 @@ class ClientWriter:
         self.stamped.update(stamps)
         self._acknowledge(results)
 
-    def _acknowledge(self, results: list[tuple[_Job, Outcome]]) -> None:
+    def _acknowledge(self, results: list[tuple[Job, Outcome]]) -> None:
         """Answer a committed group's pushes, once the commit is on disk: flushed here when no
         other push waits (one hand-over less), else by the flusher while this thread goes on."""
         if self.flusher is None:
-            _answer(results)
+            answer(results)
             return
 
         def then(error: OSError | None) -> None:
             if error is None:
-                _answer(results)
+                answer(results)
             else:
                 refusal = StorageUnavailable(f"the warehouse could not write to disk ({error})")
-                _answer([(job, refusal) for job, _outcome in results])
+                answer([(job, refusal) for job, _outcome in results])
 
         if self.jobs.empty():
             then(self.flusher.flush_now())
         else:
             self.flusher.after_flush(then)
 
-    def _apply_one(self, conn: sqlite3.Connection, job: _Job, n: int) -> Outcome:
+    def _apply_together(
+        self, conn: sqlite3.Connection, group: list[Job], start: int
+    ) -> list[tuple[Job, Outcome]]:
+        """The group's pushes from ``start`` on that upsert plain rows into the same table
+        (no schema change, no sequences, no subtables), written by one statement: the
+        thread waits for Python's lock once after it, not once per push. Empty: none."""
+        run: list[tuple[Job, Plan, Rows]] = []
+        table, layout = None, None
+        for job in group[start:]:
+            push = job.push
+            if push.sandbox or len(push.batches) != 1:
+                break
+            batch = push.batches[0]
+            if (
+                batch.sequence is not None
+                or batch.version is not None
+                or batch.nested
+                or batch.parent is not None
+                or batch.activate is not None
+                or batch.stamp is not None
+                or batch.table not in self.schemas
+                or (table is not None and batch.table != table)
+            ):
+                break
+            try:
+                _batch, plan, rows = self._plan(conn, batch)
+            except ImportApiError:
+                break
+            if (
+                plan.changes_schema
+                or rows.constants
+                or not rows.rows
+                or (layout is not None and tuple(rows.columns) != layout)
+            ):
+                break
+            table, layout = batch.table, tuple(rows.columns)
+            run.append((job, plan, rows))
+        if not run or table is None or layout is None:
+            return []
+        sql = self._statements(self.schemas[table])
+        before = self.last_rowid.get(table)
+        if before is None and sql.max_rowid is not None:
+            (before,) = conn.execute(sql.max_rowid).fetchone()
+        if sql.max_rowid is None or sql.keys_after is None or before is None or before >= _ROWIDS_IN_ORDER:
+            return []
+        rows_of = [rows for _job, _plan, rows in run]
+        self._write(conn, sql, Rows(list(layout), list(chain.from_iterable(r.rows for r in rows_of)), [], []))
+        (after,) = conn.execute(sql.max_rowid).fetchone()
+        self.last_rowid[table] = after
+        self.pushed.add(table)
+        counts = self._inserted_each(conn, sql, [r.keys for r in rows_of], before, after)
+        return [
+            (job, [PushResult(table, n, len(rows.point_keys) - n, plan.describe(), plan.kinds, rows.stale)])
+            for (job, plan, rows), n in zip(run, counts)
+        ]
+
+    @staticmethod
+    def _inserted_each(
+        conn: sqlite3.Connection, sql: TableSQL, keys: list[list[Any]], before: int, after: int
+    ) -> list[int]:
+        """How many keys each push inserted, its pushes written in order by one upsert that
+        took the table's largest rowid from ``before`` to ``after``."""
+        if len(keys) == 1 or after == before:
+            return [int(after - before)] + [0] * (len(keys) - 1)
+        distinct: set[Any] = set().union(*keys)
+        if after - before == len(distinct):  # every key new
+            new = distinct
+        else:
+            assert sql.keys_after is not None
+            found = conn.execute(sql.keys_after, (before,)).fetchall()
+            new = {r[0] for r in found} if sql.key_width == 1 else set(found)
+        seen: set[Any] = set()
+        counts = []
+        for these in keys:
+            own = set(these)
+            counts.append(len((own & new) - seen))
+            seen |= own
+        return counts
+
+    def _apply_one(self, conn: sqlite3.Connection, job: Job, n: int) -> Outcome:
         push = job.push
         self.written = {}
         try:
@@ -449,56 +487,7 @@ class ClientWriter:
         return {row[0] for row in found} if single else set(found)
 
     def _change_schema(self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan) -> None:
-        now = utcnow()
-        t = quote(plan.table)
-        if schema is None:
-            create_table(conn, plan.table, [(c.name, c.kind) for c in plan.add], plan.key_fields)
-            parent_keys = json.dumps(list(plan.parent_keys)) if plan.parent else None
-            conn.execute(
-                "INSERT INTO _importapi_tables (name, key_fields, created_at, parent, parent_keys) VALUES (?, ?, ?, ?, ?)",
-                (plan.table, json.dumps(list(plan.key_fields)), now, plan.parent, parent_keys),
-            )
-            schema = TableSchema(
-                plan.table, plan.key_fields, {}, now, parent=plan.parent, parent_keys=plan.parent_keys
-            )
-        else:
-            schema = replace(schema, columns=dict(schema.columns))
-            for c in plan.add:
-                conn.execute(f"ALTER TABLE {t} ADD COLUMN {column_def('sqlite', c.name, c.kind)}")
-        position = len(schema.columns)
-        for c in plan.add:
-            conn.execute(
-                "INSERT INTO _importapi_columns (table_name, name, kind, position, created_at, path)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (plan.table, c.name, c.kind.label, position, now, c.path),
-            )
-            schema.columns[c.name] = Column(c.name, c.kind, path=c.path)
-            position += 1
-        if plan.widen:
-            for name, _old, new in plan.widen:
-                schema.columns[name] = Column(name, new, now, schema.columns[name].path)
-                conn.execute(
-                    "UPDATE _importapi_columns SET kind = ?, widened_at = ? WHERE table_name = ? AND name = ?",
-                    (new.label, now, plan.table, name),
-                )
-            self._rebuild(conn, schema, plan)
+        schema = change_schema(conn, schema, plan)
         self.schemas[plan.table] = schema
         self.sql.pop(plan.table, None)
         self._statements(schema)
-
-    def _rebuild(self, conn: sqlite3.Connection, schema: TableSchema, plan: Plan) -> None:
-        """Widen columns: SQLite cannot change a column's type, so the table is rebuilt."""
-        t, tmp = quote(plan.table), quote(f"_importapi_rebuild_{plan.table}")
-        widened = {name: (old, new) for name, old, new in plan.widen}
-        defs = column_defs("sqlite", [(c.name, c.kind) for c in schema.columns.values()], plan.key_fields)
-        exprs = ", ".join(
-            f"_importapi_widen({quote(c)}, '{widened[c][0].label}', '{widened[c][1].label}')"
-            if c in widened
-            else quote(c)
-            for c in schema.columns
-        )
-        conn.execute(f"CREATE TABLE {tmp} ({defs})")
-        conn.execute(f"INSERT INTO {tmp} ({names(schema.columns)}) SELECT {exprs} FROM {t} ORDER BY rowid")
-        conn.execute(f"DROP TABLE {t}")
-        conn.execute(f"ALTER TABLE {tmp} RENAME TO {t}")
-        create_key_index(conn, plan.table, plan.key_fields)
