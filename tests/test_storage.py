@@ -13,6 +13,7 @@ import random
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,6 +176,18 @@ def test_catalog_version_follows_other_processes(storage: Storage, database: str
     wait_until(lambda: storage.catalog.version() != before, timeout=5, what="the catalog's change")
     stored = storage.catalog.find_key(info.key_id)
     assert stored is not None and stored.revoked
+
+
+def test_sqlite_catalog_version_sees_this_processs_own_change_at_once(tmp_path: Path) -> None:
+    """SQLite's change counter is read at most every few milliseconds on the request path,
+    but a change this process made is seen by the very next look."""
+    with open_storage(str(tmp_path)) as storage:
+        client = storage.create_client("c")
+        for _ in range(3):
+            info, _ = storage.catalog.create_key(client.client_id)
+            before = storage.catalog.version()
+            storage.catalog.revoke_key(info.key_id)
+            assert storage.catalog.version() != before
 
 
 def test_racing_first_pushes_create_one_table_with_every_column(storage: Storage) -> None:

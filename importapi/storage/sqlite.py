@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -87,6 +88,11 @@ CREATE INDEX IF NOT EXISTS activity_by_kind ON activity (refused, seq);
 _SQLITE_READONLY = 8
 
 
+VERSION_FRESH_SECONDS = 0.005
+"""How long the catalog's ``data_version`` is taken as it was read: another process's change
+to clients or keys is seen by requests starting at most this long after it."""
+
+
 class SQLiteCatalogDB(CatalogDB):
     """The catalog in ``catalog.sqlite3`` and the activity window in ``activity.sqlite3``.
 
@@ -109,6 +115,7 @@ class SQLiteCatalogDB(CatalogDB):
             raise StorageUnavailable(f"cannot open the warehouse in {str(folder)!r}: {exc}") from exc
         self._locks = {False: threading.Lock(), True: threading.Lock()}
         self._watch_lock = threading.Lock()
+        self._version, self._fresh_until, self._changes = 0, 0.0, 0
 
     def _conn(self, activity: bool) -> sqlite3.Connection:
         return self._activity if activity else self._catalog
@@ -141,6 +148,9 @@ class SQLiteCatalogDB(CatalogDB):
                 conn.execute("BEGIN IMMEDIATE")
                 yield run
                 conn.execute("COMMIT")
+                if not activity:  # this process's own change: seen from the next request on
+                    self._changes += 1
+                    self._fresh_until = 0.0
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -151,8 +161,17 @@ class SQLiteCatalogDB(CatalogDB):
                 raise
 
     def version(self) -> int:
+        """``data_version``, read again once it is ``VERSION_FRESH_SECONDS`` old or this
+        process has changed the catalog. Asking SQLite costs the event loop a turn of
+        Python's lock, which the writer threads hold meanwhile, on every request."""
+        now = time.monotonic()
+        if now < self._fresh_until:
+            return self._version
+        changes = self._changes
         with self._watch_lock:
             (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+        if changes == self._changes:  # no change of this process's own while reading
+            self._version, self._fresh_until = int(version), now + VERSION_FRESH_SECONDS
         return int(version)
 
     def announce(self, run: Run) -> None:
