@@ -275,7 +275,8 @@ class ClientWriter:
         if sql.max_rowid is None or sql.keys_after is None or before is None or before >= _ROWIDS_IN_ORDER:
             return []
         rows_of = [rows for _job, _plan, rows in run]
-        self._write(conn, sql, Rows(list(layout), list(chain.from_iterable(r.rows for r in rows_of)), [], []))
+        merged = Rows(list(layout), list(chain.from_iterable(r.rows for r in rows_of)), [], [])
+        self._write(conn, sql, merged, together=True)
         (after,) = conn.execute(sql.max_rowid).fetchone()
         self.last_rowid[table] = after
         self.pushed.add(table)
@@ -445,17 +446,20 @@ class ClientWriter:
         self.last_rowid[table] = after
         return int(after - before)
 
-    def _write(self, conn: sqlite3.Connection, sql: TableSQL, rows: Rows) -> None:
+    def _write(self, conn: sqlite3.Connection, sql: TableSQL, rows: Rows, together: bool = False) -> None:
         """One statement for a push's rows when they are few (as one JSON text), else a
         statement for each few thousand values (SQLite 3.40 parses a JSON row again for
-        each of its columns, so wide rows by the thousand go faster bound as values)."""
+        each of its columns, so wide rows by the thousand go faster bound as values).
+        A group's pushes written ``together`` go as one JSON text whatever their number:
+        one statement text for every size of group, prepared once (bound values would
+        make one per size, each kept prepared, megabytes in all)."""
         layout = tuple(rows.columns)
         width = len(layout)
         # the statement picks the table's columns from the rows, in whatever order they come,
         # and binds the columns of one value for all the rows once
         given = [(c, v) for c, v in rows.constants.items() if c in sql.columns]
         names, once = tuple(c for c, _ in given), [v for _, v in given]
-        if self.json_rows and len(rows.rows) * width <= JSON_ROWS_MAX_VALUES:
+        if self.json_rows and (together or len(rows.rows) * width <= JSON_ROWS_MAX_VALUES):
             conn.execute(sql.upsert_rows_mapped(layout, names), (encode_rows(rows.rows), *once))
             return
         per = max(1, (self.max_values - len(once)) // width)
