@@ -61,6 +61,19 @@ class Batch:
     """Fields whose values are already as a column of their kind stores them (timestamps as
     the warehouse's ISO text, decimals as text): nothing to convert unless the column widens."""
 
+    @property
+    def plain(self) -> bool:
+        """Rows to upsert as they are: no sequence or table version to compare, no subtables,
+        no activation and no stamp."""
+        return (
+            self.sequence is None
+            and self.version is None
+            and not self.nested
+            and self.parent is None
+            and self.activate is None
+            and self.stamp is None
+        )
+
 
 @dataclass
 class Push:

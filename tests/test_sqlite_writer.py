@@ -322,3 +322,27 @@ def test_a_file_another_process_holds_is_switched_to_wal_once_it_is_free(tmp_pat
     assert opened and opened[0].execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     other.close()
     opened[0].close()
+
+
+def test_after_an_activation_deletes_rows_the_next_push_in_the_group_counts_its_own(tmp_path: Path) -> None:
+    """An activation deletes the rows of older versions, the table's largest rowid among
+    them; a push after it in the same group still counts the keys it inserted."""
+    from importapi.kinds import Kind
+    from importapi.push import Batch
+
+    def batch(keys: list[int], version: int, activate: int | None = None) -> Batch:
+        points = [{"id": k, "v": version} for k in keys]
+        return Batch(
+            TABLE, ("id",), points, {"id": Kind.INTEGER, "v": Kind.INTEGER}, version="v", activate=activate
+        )
+
+    with open_storage(str(tmp_path)) as storage:
+        storage.create_client("writer")
+        assert apply(storage, 1, batch([1, 2, 3], 1)).inserted == 3
+        with writer_held(storage):
+            futures = [submit(storage, 1, batch([1], 2, activate=2)), submit(storage, 1, batch([10, 11], 2))]
+        first, second = (f.result(timeout=30)[0] for f in futures)
+        assert (first.inserted, first.replaced, first.deleted) == (0, 1, 2)
+        assert (second.inserted, second.replaced) == (2, 0)
+        _, rows = storage.warehouse.query(1, f'SELECT id, v FROM "{TABLE}" ORDER BY id')
+        assert rows == [(1, 2), (10, 2), (11, 2)]

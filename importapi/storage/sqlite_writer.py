@@ -235,23 +235,25 @@ class ClientWriter:
         """The group's pushes from ``start`` on that upsert plain rows into the same table
         (no schema change, no sequences, no subtables), written by one statement: the
         thread waits for Python's lock once after it, not once per push. Empty: none."""
+        first = group[start].push.batches
+        table = first[0].table if len(first) == 1 else ""
+        if table not in self.schemas:
+            return []
+        sql = self._statements(self.schemas[table])
+        before = self.last_rowid.get(table)
+        if before is None and sql.max_rowid is not None:
+            (before,) = conn.execute(sql.max_rowid).fetchone()
+            self.last_rowid[table] = before
+        if sql.max_rowid is None or sql.keys_after is None or before is None or before >= _ROWIDS_IN_ORDER:
+            return []  # inserted keys are counted a push at a time (``_upsert``)
         run: list[tuple[Job, Plan, Rows]] = []
-        table, layout = None, None
+        layout = None
         for job in group[start:]:
             push = job.push
             if push.sandbox or len(push.batches) != 1:
                 break
             batch = push.batches[0]
-            if (
-                batch.sequence is not None
-                or batch.version is not None
-                or batch.nested
-                or batch.parent is not None
-                or batch.activate is not None
-                or batch.stamp is not None
-                or batch.table not in self.schemas
-                or (table is not None and batch.table != table)
-            ):
+            if batch.table != table or not batch.plain:
                 break
             try:
                 _batch, plan, rows = self._plan(conn, batch)
@@ -264,15 +266,9 @@ class ClientWriter:
                 or (layout is not None and tuple(rows.columns) != layout)
             ):
                 break
-            table, layout = batch.table, tuple(rows.columns)
+            layout = tuple(rows.columns)
             run.append((job, plan, rows))
-        if not run or table is None or layout is None:
-            return []
-        sql = self._statements(self.schemas[table])
-        before = self.last_rowid.get(table)
-        if before is None and sql.max_rowid is not None:
-            (before,) = conn.execute(sql.max_rowid).fetchone()
-        if sql.max_rowid is None or sql.keys_after is None or before is None or before >= _ROWIDS_IN_ORDER:
+        if not run or layout is None:
             return []
         rows_of = [rows for _job, _plan, rows in run]
         merged = Rows(list(layout), list(chain.from_iterable(r.rows for r in rows_of)), [], [])
@@ -384,6 +380,7 @@ class ClientWriter:
             schema.version = plan.activate
             if batch.version in schema.columns:
                 deleted = conn.execute(sql.deleting_older(batch.version), (plan.activate,)).rowcount
+                self.last_rowid.pop(batch.table, None)  # the largest may be among them
             if deleted:  # their subtables' rows go with them
                 self._for_subtables(
                     conn,
@@ -404,6 +401,7 @@ class ClientWriter:
                 made = statement(self._statements(sub), sub)
                 if made is not None:
                     conn.execute(*made)
+                    self.last_rowid.pop(sub.name, None)  # rows deleted: the largest rowid may be among them
 
     def _drop_older(
         self, conn: sqlite3.Connection, schema: TableSchema | None, plan: Plan, rows: Rows
