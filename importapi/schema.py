@@ -396,6 +396,29 @@ def keep_children(rows: Rows, parent_keys: tuple[str, ...], written: set[Any]) -
     )
 
 
+def inserted_each(keys: list[list[Any]], new: set[Any]) -> list[int]:
+    """How many keys each of several pushes written in order inserted, ``new`` being the keys
+    they inserted together: each counts those of its keys that no push before it gave."""
+    seen: set[Any] = set()
+    counts = []
+    for these in keys:
+        own = set(these)
+        counts.append(len((own & new) - seen))
+        seen |= own
+    return counts
+
+
+def all_above(keys: list[Any], highest: Any) -> bool:
+    """Are these keys all above a table's largest (None: an empty table), as an initial load
+    or records appended in key order give? False where they do not compare."""
+    if highest is None:
+        return True
+    try:
+        return bool(min(keys) > highest)
+    except TypeError:
+        return False
+
+
 def count_changes(point_keys: list[Any], existing: set[Any]) -> tuple[int, int]:
     """(inserted, replaced), counted per data point in request order."""
     seen = set(existing)

@@ -28,8 +28,10 @@ from importapi.schema import (
     Plan,
     Rows,
     TableSchema,
+    all_above,
     count_changes,
     drop_older,
+    inserted_each,
     keep_children,
     make_plan,
     prepare_rows,
@@ -64,15 +66,15 @@ _ROWIDS_IN_ORDER = 2**62
 WRITER_CACHE_KIB = 16384
 
 
-def _above(keys: list[Any], highest: Any) -> bool:
-    """Are these integer keys all above the table's largest (an initial load, or records
-    appended in key order)? One look at the key index instead of one per key."""
-    if highest is None:
-        return True
-    try:
-        return bool(min(keys) > highest)
-    except TypeError:  # not all integers: probe each
-        return False
+def _joins(push: Push, table: str) -> bool:
+    """Can this push be written together with others into ``table``: one batch of plain rows
+    for it, stored (not the sandbox)?"""
+    return (
+        not push.sandbox
+        and len(push.batches) == 1
+        and push.batches[0].table == table
+        and push.batches[0].plain
+    )
 
 
 class ClientWriter:
@@ -235,26 +237,20 @@ class ClientWriter:
         """The group's pushes from ``start`` on that upsert plain rows into the same table
         (no schema change, no sequences, no subtables), written by one statement: the
         thread waits for Python's lock once after it, not once per push. Empty: none."""
-        first = group[start].push.batches
-        table = first[0].table if len(first) == 1 else ""
-        if table not in self.schemas:
+        first = group[start].push
+        table = first.batches[0].table if first.batches else ""
+        if not _joins(first, table) or table not in self.schemas:
             return []
         sql = self._statements(self.schemas[table])
-        before = self.last_rowid.get(table)
-        if before is None and sql.max_rowid is not None:
-            (before,) = conn.execute(sql.max_rowid).fetchone()
-            self.last_rowid[table] = before
-        if sql.max_rowid is None or sql.keys_after is None or before is None or before >= _ROWIDS_IN_ORDER:
+        before = self._largest_rowid(conn, table, sql)
+        if before is None:
             return []  # inserted keys are counted a push at a time (``_upsert``)
         run: list[tuple[Job, Plan, Rows]] = []
         layout = None
         for job in group[start:]:
-            push = job.push
-            if push.sandbox or len(push.batches) != 1:
+            if not _joins(job.push, table):
                 break
-            batch = push.batches[0]
-            if batch.table != table or not batch.plain:
-                break
+            batch = job.push.batches[0]
             try:
                 _batch, plan, rows = self._plan(conn, batch)
             except ImportApiError:
@@ -272,7 +268,8 @@ class ClientWriter:
             return []
         rows_of = [rows for _job, _plan, rows in run]
         merged = Rows(list(layout), list(chain.from_iterable(r.rows for r in rows_of)), [], [])
-        self._write(conn, sql, merged, together=True)
+        self._write(conn, sql, merged, together=len(run) > 1)
+        assert sql.max_rowid is not None
         (after,) = conn.execute(sql.max_rowid).fetchone()
         self.last_rowid[table] = after
         self.pushed.add(table)
@@ -292,18 +289,10 @@ class ClientWriter:
             return [int(after - before)] + [0] * (len(keys) - 1)
         distinct: set[Any] = set().union(*keys)
         if after - before == len(distinct):  # every key new
-            new = distinct
-        else:
-            assert sql.keys_after is not None
-            found = conn.execute(sql.keys_after, (before,)).fetchall()
-            new = {r[0] for r in found} if sql.key_width == 1 else set(found)
-        seen: set[Any] = set()
-        counts = []
-        for these in keys:
-            own = set(these)
-            counts.append(len((own & new) - seen))
-            seen |= own
-        return counts
+            return inserted_each(keys, distinct)
+        assert sql.keys_after is not None
+        found = conn.execute(sql.keys_after, (before,)).fetchall()
+        return inserted_each(keys, {r[0] for r in found} if sql.key_width == 1 else set(found))
 
     def _apply_one(self, conn: sqlite3.Connection, job: Job, n: int) -> Outcome:
         push = job.push
@@ -415,7 +404,7 @@ class ClientWriter:
         if sequence not in schema.columns or version not in schema.columns:
             return rows, 0
         sql = self._statements(schema)
-        if sql.max_key is not None and _above(rows.keys, conn.execute(sql.max_key).fetchone()[0]):
+        if sql.max_key is not None and all_above(rows.keys, conn.execute(sql.max_key).fetchone()[0]):
             return rows, 0  # every key is new: no stored row to win over one
         probe = sql.existing(sequence, version)
         found = conn.execute(probe, (encode_rows(rows.keys),)).fetchall()
@@ -430,19 +419,29 @@ class ClientWriter:
     ) -> int:
         """Write the rows; return how many distinct keys were new (data points inserted)."""
         table = plan.table
-        before = self.last_rowid.get(table)
-        if before is None and sql.max_rowid is not None:
-            (before,) = conn.execute(sql.max_rowid).fetchone()
-        if sql.max_rowid is None or before is None or before >= _ROWIDS_IN_ORDER:
-            # every rowid alias is a column, or rowids may no longer come in order: probe
+        before = self._largest_rowid(conn, table, sql)
+        if before is None:  # inserts cannot be counted by rowid: probe
             existing = self._existing(conn, schema, plan, rows.keys)
             self._write(conn, sql, rows)
             self.last_rowid.pop(table, None)
             return count_changes(rows.point_keys, existing)[0]
         self._write(conn, sql, rows)
+        assert sql.max_rowid is not None
         (after,) = conn.execute(sql.max_rowid).fetchone()
         self.last_rowid[table] = after
         return int(after - before)
+
+    def _largest_rowid(self, conn: sqlite3.Connection, table: str, sql: TableSQL) -> int | None:
+        """The table's largest rowid in the group in progress (read once, then kept up to
+        date); None when rowids cannot count inserts: every rowid alias is a column, or
+        rowids may no longer come in order."""
+        if sql.max_rowid is None:
+            return None
+        before = self.last_rowid.get(table)
+        if before is None:
+            (before,) = conn.execute(sql.max_rowid).fetchone()
+            self.last_rowid[table] = before
+        return None if before >= _ROWIDS_IN_ORDER else int(before)
 
     def _write(self, conn: sqlite3.Connection, sql: TableSQL, rows: Rows, together: bool = False) -> None:
         """One statement for a push's rows when they are few (as one JSON text), else a
