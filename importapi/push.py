@@ -84,6 +84,16 @@ class Push:
     sandbox: bool = False
     """Check and plan against the tables as they are, store nothing."""
 
+    def joins(self, table: str) -> bool:
+        """Can this push be written together with others into ``table``: one batch of plain
+        rows for it, stored (not the sandbox)?"""
+        return (
+            not self.sandbox
+            and len(self.batches) == 1
+            and self.batches[0].table == table
+            and self.batches[0].plain
+        )
+
 
 @dataclass
 class PushResult:

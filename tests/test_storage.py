@@ -26,7 +26,7 @@ from importapi.push import PushResult
 from importapi.rjmetrics.validate import validate
 from importapi.settings import Limits
 from importapi.storage import Storage, open_storage
-from importapi.storage.postgres import JSON_ROWS_MIN
+from importapi.storage.postgres_rows import JSON_ROWS_MIN
 from tests.backends import backend_of, fresh_postgres, refusing_connections
 from tests.helpers import apply, wait_until
 

@@ -4,10 +4,17 @@ the thread waiting for each, once per group rather than once per push."""
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
+from importapi.errors import ServerError
 from importapi.push import Push, PushResult
+
+log = logging.getLogger("importapi.storage")
 
 Results = list[PushResult]
 Outcome = Results | BaseException
@@ -51,3 +58,91 @@ def answer(jobs: list[tuple[Job, Outcome]]) -> None:
             loop.call_soon_threadsafe(_deliver, outcomes)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+
+def rows_of(push: Push) -> int:
+    return sum(len(batch.points) for batch in push.batches)
+
+
+class Groups:
+    """Pushes queued for at most ``running`` threads of an executor, each of which takes the
+    pushes waiting for one client (up to ``most`` of them, or ``most_rows`` rows) and applies
+    them as one group, so that under load a transaction's cost (its round trips, its commit,
+    the hand-overs of Python's lock) is shared by several pushes.
+
+    A push that finds no thread at work starts one at once: without load, groups are of one
+    push and nothing waits. While one is at work, another starts only once ``second_rows``
+    rows wait: a transaction of its own is worth its cost for that many rows, and groups
+    under load stay large instead of splitting into many small ones."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        apply: Callable[[list[Job]], None],
+        *,
+        running: int,
+        most: int,
+        most_rows: int,
+        second_rows: int,
+    ) -> None:
+        self._executor = executor
+        self._apply = apply
+        self._limit = running
+        self._most = most
+        self._most_rows = most_rows
+        self._second_rows = second_rows
+        self._pending: deque[tuple[Job, int]] = deque()
+        self._waiting_rows = 0
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def put(self, job: Job) -> None:
+        size = rows_of(job.push)
+        with self._lock:
+            self._pending.append((job, size))
+            self._waiting_rows += size
+            if not self._wanted(self._running):
+                return
+            self._running += 1
+        try:
+            self._executor.submit(self._drain)
+        except RuntimeError:  # the executor is shut down: the server is stopping
+            with self._lock:
+                self._running -= 1
+            raise
+
+    def _wanted(self, others: int) -> bool:
+        """Should a thread take pushes, ``others`` being at work besides it?"""
+        if not self._pending or others >= self._limit:
+            return False
+        return others == 0 or self._waiting_rows >= self._second_rows
+
+    def _take(self) -> list[Job]:
+        pending = self._pending
+        first, rows = pending.popleft()
+        group = [first]
+        client = first.push.client_id
+        while (
+            pending
+            and len(group) < self._most
+            and rows + pending[0][1] <= self._most_rows
+            and pending[0][0].push.client_id == client
+        ):
+            job, size = pending.popleft()
+            group.append(job)
+            rows += size
+        self._waiting_rows -= rows
+        return group
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wanted(self._running - 1):
+                    self._running -= 1
+                    return
+                group = self._take()
+            try:
+                self._apply(group)
+            except Exception:  # a thread must outlive any one group, and answer it
+                log.exception("a group of %d pushes failed", len(group))
+                answer([(job, ServerError()) for job in group])

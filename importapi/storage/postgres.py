@@ -3,53 +3,59 @@
 One schema per client (``client_<id>``) holds its tables and, beside them, their schemas
 (``_importapi_tables``, ``_importapi_columns``), so a schema change commits atomically with
 the rows that caused it; the catalog lives in the schema ``importapi``
-(``postgres_catalog``). The layout and SQL text are in ``postgres_sql``.
+(``postgres_catalog``). The layout and SQL text are in ``postgres_sql``, the statements of
+a push in ``postgres_write``.
 
-Many server processes may share one database. Each push runs in a transaction of its own on
-a pooled connection, holding a transaction-scoped advisory lock on its client and each table
-it writes (taken in table order): shared for a table the push fits as it is, exclusive for
-one whose schema it changes. Under the lock the table's schema version is read again, so a
-process never writes with a stale idea of a table's columns, and two processes never change
-one table at once. Rows are written in key order, so concurrent pushes to the same keys
-cannot deadlock.
+Many server processes may share one database. Pushes queue per process (``jobs.Groups``):
+the pushes of one client waiting when a pooled connection comes free share its next
+transaction, answered once it commits. A transaction holds a transaction-scoped advisory
+lock on its client and each table it writes (taken in table order): shared for a table the
+pushes fit as it is, exclusive for one whose schema they change. Under the lock the
+table's schema version is read again, so a process never writes with a stale idea of a
+table's columns, and two processes never change one table at once. Rows are written in
+key order, so concurrent pushes to the same keys cannot deadlock.
+
+The usual group, plain rows into one table whose statements the process holds, goes in one
+round trip (``_at_once``): planned before the transaction, written by one statement that
+checks the schema version under the lock. Any other goes the careful way: in one
+transaction, each push in a savepoint of its own (``_group``), or alone (``_push``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
+import asyncio
 import logging
-import math
-import re
-import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from operator import itemgetter
+from contextlib import contextmanager
 from typing import Any
 
-import msgspec
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from importapi import schema as planning
-from importapi.errors import BadRequest, Code, NotFound, StorageUnavailable
-from importapi.kinds import DOUBLE_EXACT, Kind, timestamp_text
-from importapi.push import Batch, Push, PushResult
+from importapi.errors import ImportApiError, NotFound, StorageUnavailable
+from importapi.push import Push, PushResult
 from importapi.schema import Plan, Rows, TableSchema
 from importapi.settings import Limits
 from importapi.storage import postgres_sql as q
 from importapi.storage.base import Warehouse
+from importapi.storage.jobs import Groups, Job, Outcome, answer
 from importapi.storage.postgres_pool import PING_TIMEOUT, Pool
-from importapi.storage.postgres_read import PostgresReads
+from importapi.storage.postgres_rows import bind, bound
+from importapi.storage.postgres_write import PostgresWrites
 from importapi.storage.sql import quote
 
 log = logging.getLogger("importapi.storage")
 
 MAX_ATTEMPTS = 8
-TOUCH_TABLE_SECONDS = 1.0
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+MAX_GROUP = 64
+"""The most pushes one transaction takes (``jobs.Groups``)..."""
+MAX_GROUP_ROWS = 20_000
+"""... and the most rows, unless one push has more."""
+SECOND_GROUP_ROWS = 1600
+"""While a transaction runs, another starts once this many rows wait."""
 
 
 class _Retry(Exception):
@@ -59,107 +65,60 @@ class _Retry(Exception):
         self.exclusive = exclusive
 
 
-def _bind(kind: Kind, values: list[Any]) -> list[Any]:
-    # prepare_rows may hand a boolean column 0/1; PostgreSQL has no bigint -> boolean cast
-    if kind is Kind.BOOLEAN:
-        return [None if v is None else bool(v) for v in values]
-    return values
-
-
-def _key_order(prepared: Rows) -> list[int]:
-    """The rows' positions in key order: concurrent pushes then lock rows in one order and
-    cannot deadlock."""
-    keys = prepared.keys
-    try:
-        return sorted(range(len(keys)), key=keys.__getitem__)
-    except TypeError:
-        return sorted(range(len(keys)), key=lambda i: repr(keys[i]))
-
-
-def _arrays(sql: q.TableSQL, prepared: Rows) -> list[list[Any]]:
-    """One array per column of the table, the rows in key order (``_key_order``); a column
-    the rows lack is all nulls."""
-    columns, rows = prepared.columns, prepared.rows
-    order = _key_order(prepared)
-    where = {name: j for j, name in enumerate(columns)}
-    constants = prepared.constants
-    arrays = []
-    for name, kind in zip(sql.columns, sql.kinds):
-        j = where.get(name)
-        if name in constants:
-            column = [constants[name]] * len(rows)
-        else:
-            column = [None] * len(rows) if j is None else [rows[i][j] for i in order]
-        arrays.append(_bind(kind, column))
-    return arrays
-
-
-JSON_ROWS_MIN = 10
-"""A push of this many rows or more is bound as one JSON text (``TableSQL.from_json``):
-PostgreSQL reads it in C, where an array per column costs psycopg Python per value (on the
-RJMetrics route's pushes of 100, +12% records/s on one process, A/B in 6 rounds)."""
-_encode = msgspec.json.Encoder().encode
-_NEGATIVE_ZERO = re.compile(rb"-0\.0(?![0-9])")
-
-
-def _rows_json(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout, list[Any]] | None:
-    """The rows in key order as one JSON text, with the layout and the parameters to bind;
-    None when a value would not come back from jsonb as it is (a double's -0.0, NaN or an
-    infinity): those go as arrays."""
-    rows = prepared.rows
-    where = {name: j for j, name in enumerate(prepared.columns)}
-    for name, kind in zip(sql.columns, sql.kinds):
-        j = where.get(name)
-        if (
-            kind is Kind.DOUBLE
-            and j is not None
-            and not all(map(math.isfinite, filter(_not_none, map(itemgetter(j), rows))))
-        ):
-            return None
-    text = _encode([rows[i] for i in _key_order(prepared)])
-    if _NEGATIVE_ZERO.search(text):
-        return None
-    once = tuple(c for c in sql.columns if c in prepared.constants)
-    return (tuple(prepared.columns), once), [*(prepared.constants[c] for c in once), text.decode()]
-
-
-def _bound(sql: q.TableSQL, prepared: Rows) -> tuple[q.Layout | None, list[Any]]:
-    """How a push's rows go to PostgreSQL: the JSON layout and its parameters (a push of
-    ``JSON_ROWS_MIN`` rows or more), or None and an array per column."""
-    as_json = _rows_json(sql, prepared) if len(prepared.rows) >= JSON_ROWS_MIN else None
-    return as_json if as_json is not None else (None, _arrays(sql, prepared))
-
-
-def _not_none(value: Any) -> bool:
-    return value is not None
-
-
 def _lock_key(client_id: int, table: str) -> str:
     return f"{client_id}/{table}"
 
 
-class PostgresWarehouse(PostgresReads, Warehouse):
+class PostgresWarehouse(PostgresWrites, Warehouse):
     def __init__(self, pool: Pool, limits: Limits | None = None, pool_size: int = 8) -> None:
         super().__init__(pool)
         self.limits = limits or Limits()
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="importapi-pg")
-        self._tables: dict[tuple[int, str], q.TableSQL] = {}
-        self._touched: dict[tuple[int, str], float] = {}
+        self._groups = Groups(
+            self._executor,
+            self._apply_group,
+            running=pool_size,
+            most=MAX_GROUP,
+            most_rows=MAX_GROUP_ROWS,
+            second_rows=SECOND_GROUP_ROWS,
+        )
 
     def create_space(self, client_id: int) -> None:
         with self._connection() as conn, conn.transaction():
             for statement in q.client_ddl(client_id):
                 conn.execute(statement)
 
-    @staticmethod
-    def _missing(client_id: int, table: str) -> q.TableSQL:
-        raise NotFound(f"client {client_id} has no table {table!r}")
-
     # -- pushes -----------------------------------------------------------
     def submit(self, push: Push) -> Future[list[PushResult]]:
         if push.sandbox:
             return self._executor.submit(self._plan_only, push)
-        return self._executor.submit(self._push, push)
+        future: Future[list[PushResult]] = Future()
+        self._groups.put(Job(push, future))
+        return future
+
+    async def push(self, push: Push) -> list[PushResult]:
+        if push.sandbox:
+            return await asyncio.wrap_future(self._executor.submit(self._plan_only, push))
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[list[PushResult]] = loop.create_future()
+        self._groups.put(Job(push, None, loop, answered))
+        return await answered
+
+    def _apply_group(self, group: list[Job]) -> None:
+        """Apply queued pushes of one client: several in one transaction, answered after its
+        commit; one at a time when they cannot commit together."""
+        outcomes = self._at_once(group)
+        if outcomes is None and len(group) > 1:
+            outcomes = self._group(group)
+        if outcomes is None:
+            outcomes = [(job, self._alone(job.push)) for job in group]
+        answer(outcomes)
+
+    def _alone(self, push: Push) -> Outcome:
+        try:
+            return self._push(push)
+        except Exception as exc:  # noqa: BLE001 - the push's answer, as it would have been raised to it
+            return exc
 
     def _push(self, push: Push) -> list[PushResult]:
         self._upgrade(push.client_id)
@@ -167,45 +126,126 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         for _attempt in range(MAX_ATTEMPTS):
             try:
                 # pipeline mode: BEGIN, the locks and the schema versions go in one round trip
-                with self._connection() as conn, conn.pipeline():
-                    return self._push_once(conn, push, exclusive)
+                with (
+                    self._connection() as conn,
+                    conn.pipeline(),
+                    self._retried(conn, push.client_id, exclusive),
+                    conn.transaction(),
+                ):
+                    self._lock(conn, push.client_id, [b.table for b in push.batches], exclusive)
+                    return self._apply(conn, push, exclusive)
             except _Retry as retry:
                 exclusive = exclusive | retry.exclusive
         raise StorageUnavailable("the warehouse is too busy to take this push now; try again")
 
-    def _push_once(
-        self, conn: psycopg.Connection[Any], push: Push, exclusive: frozenset[str]
-    ) -> list[PushResult]:
-        client_id = push.client_id
-        batches = sorted(push.batches, key=lambda b: b.table)  # locks in one order: no deadlock
+    def _at_once(self, group: list[Job]) -> list[tuple[Job, Outcome]] | None:
+        """The usual case, in one round trip: pushes of plain rows into one table whose
+        statements this process holds, planned before the transaction against the schema
+        they were made for and written by one statement that checks, under the table's
+        lock, that the schema is still that one. None: not this case, or the schema moved
+        (another process changed the table), and the careful way applies."""
+        first = group[0].push
+        table = first.batches[0].table if first.batches else ""
+        client_id = first.client_id
+        sql = self._tables.get((client_id, table))
+        if sql is None or (len(group) > 1 and not sql.keys_come_back):
+            return None
+        run: list[tuple[Job, Plan, Rows]] = []
+        for job in group:
+            if not job.push.joins(table):
+                return None
+            batch = job.push.batches[0]
+            try:
+                plan = planning.make_plan(sql.schema, batch, self.limits)
+            except ImportApiError:
+                return None
+            rows = planning.prepare_rows(plan, batch)
+            if (
+                plan.changes_schema
+                or rows.constants
+                or not rows.rows
+                or (run and rows.columns != run[0][2].columns)
+            ):
+                return None
+            run.append((job, plan, rows))
+        by_key: dict[Any, Any] = {}
+        for _job, _plan, rows in run:  # a key in several pushes: the last push's row
+            by_key.update(zip(rows.keys, rows.rows))
+        merged = Rows(run[0][2].columns, list(by_key.values()), list(by_key), [])
+        layout, params = bound(sql, merged)
+        self._upgrade(client_id)
+        with self._connection() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    self._lock(conn, client_id, [table], frozenset())
+                    version = conn.execute(sql.current_version, (table,))
+                    found = conn.execute(sql.upsert_new(layout, checked=True), [*params, table, sql.version])
+                    self._touch_table(conn, client_id, table)
+                    conn.execute("COMMIT")
+            except psycopg.Error:
+                log.info("pushes of client %s go the careful way", client_id, exc_info=True)
+                if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                return None
+            row = version.fetchone()
+            if row is None or row[0] != sql.version:  # nothing written: the schema moved
+                self._tables.pop((client_id, table), None)
+                return None
+            keys = found.fetchall()
+        new = {r[0] for r in keys} if len(sql.key_positions) == 1 else set(keys)
+        counts = planning.inserted_each([rows.keys for _job, _plan, rows in run], new)
+        return [
+            (job, [PushResult(table, n, len(rows.point_keys) - n, plan.describe(), plan.kinds, rows.stale)])
+            for (job, plan, rows), n in zip(run, counts)
+        ]
+
+    def _group(self, group: list[Job]) -> list[tuple[Job, Outcome]] | None:
+        """The group's pushes in one transaction, each in a savepoint of its own: a refused
+        push leaves the others. None: the group failed as a whole (a database error), and
+        its pushes go one at a time."""
+        client_id = group[0].push.client_id
+        tables = [b.table for job in group for b in job.push.batches]
+        exclusive: frozenset[str] = frozenset()
+        try:
+            self._upgrade(client_id)
+            for _attempt in range(MAX_ATTEMPTS):
+                try:
+                    with (
+                        self._connection() as conn,
+                        conn.pipeline(),
+                        self._retried(conn, client_id, exclusive),
+                        conn.transaction(),
+                    ):
+                        self._lock(conn, client_id, tables, exclusive)
+                        outcomes = [(job, self._in_group(conn, job.push, exclusive)) for job in group]
+                    return outcomes
+                except _Retry as retry:
+                    exclusive = exclusive | retry.exclusive
+        except (StorageUnavailable, NotFound) as exc:  # the group's own: no database, no client
+            return [(job, exc) for job in group]
+        except Exception:
+            log.info(
+                "a group of %d pushes of client %s goes one at a time", len(group), client_id, exc_info=True
+            )
+        return None
+
+    def _in_group(self, conn: psycopg.Connection[Any], push: Push, exclusive: frozenset[str]) -> Outcome:
+        """One push of a group, all or nothing within it: a savepoint."""
         try:
             with conn.transaction():
-                for batch in batches:
-                    lock = (
-                        "pg_advisory_xact_lock"
-                        if batch.table in exclusive
-                        else "pg_advisory_xact_lock_shared"
-                    )
-                    conn.execute(
-                        f"SELECT {lock}(hashtextextended(%s, 0))", (_lock_key(client_id, batch.table),)
-                    )
-                planned = []
-                for batch in push.batches:  # in the push's order: a subtable after its parent
-                    sql = self._table_sql(conn, client_id, batch.table)
-                    plan = planning.make_plan(
-                        sql.schema if sql else None,
-                        batch,
-                        self.limits,
-                        self._inexact(conn, client_id, batch.table),
-                    )
-                    planned.append((batch, sql, plan))
-                wanted = frozenset(b.table for b, _sql, plan in planned if plan.changes_schema)
-                if not wanted <= exclusive:
-                    raise _Retry(wanted)
-                written: dict[str, set[Any]] = {}
-                results = {
-                    b.table: self._write(conn, client_id, b, sql, plan, written) for b, sql, plan in planned
-                }
+                return self._apply(conn, push, exclusive)
+        except ImportApiError as exc:
+            return exc
+
+    @contextmanager
+    def _retried(
+        self, conn: psycopg.Connection[Any], client_id: int, exclusive: frozenset[str]
+    ) -> Iterator[None]:
+        """A deadlock, a serialization failure or a connection the server dropped: the
+        transaction starts again (``_Retry``)."""
+        try:
+            yield
         except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
             log.info("push of client %s retried: %s", client_id, exc)
             raise _Retry(exclusive) from exc
@@ -217,46 +257,34 @@ class PostgresWarehouse(PostgresReads, Warehouse):
             log.warning("push of client %s retried on another connection: %s", client_id, exc)
             self._pool.check()  # the others are likely dead too: drop them now, not one by one
             raise _Retry(exclusive) from exc
-        return [results[b.table] for b in push.batches]
 
-    def _write(
-        self,
-        conn: psycopg.Connection[Any],
-        client_id: int,
-        batch: Batch,
-        sql: q.TableSQL | None,
-        plan: Plan,
-        written: dict[str, set[Any]],
-    ) -> PushResult:
-        """Write one batch; ``written`` collects the keys each nested batch wrote, so that a
-        subtable's batch after it keeps only the rows of those parents."""
-        if plan.changes_schema:
-            sql = self._change_schema(conn, client_id, sql.schema if sql else None, plan)
-        assert sql is not None
-        rows = planning.prepare_rows(
-            plan, batch, timestamp_text(dt.datetime.now(dt.UTC)) if batch.stamp else None
-        )
-        if batch.parent is not None:
-            rows = planning.keep_children(rows, batch.parent_keys, written.get(batch.parent, set()))
-        stale = rows.stale
-        keys: set[Any] = set(rows.keys)
-        if not rows.rows:
-            inserted = 0
-        elif rows.sequence is not None and rows.columns[rows.sequence] in sql.schema.columns:
-            inserted, keys = self._upsert_ordered(conn, sql, rows)
-            applied = [k for k in rows.point_keys if k in keys]  # the others lost to a stored row
-            stale += len(rows.point_keys) - len(applied)
-            rows = dataclasses.replace(rows, point_keys=applied)
-        else:
-            inserted = self._upsert(conn, sql, rows)
-        if batch.nested:  # the rows just written lose the subtable rows they had
-            written[batch.table] = keys
-            if keys:
-                self._drop_children(conn, client_id, sql.schema, keys)
-        deleted = self._activate(conn, client_id, batch, sql, plan) if plan.activate is not None else 0
-        self._touch_table(conn, client_id, batch.table)
-        replaced = len(rows.point_keys) - inserted
-        return PushResult(batch.table, inserted, replaced, plan.describe(), plan.kinds, stale, deleted)
+    @staticmethod
+    def _lock(
+        conn: psycopg.Connection[Any], client_id: int, tables: list[str], exclusive: frozenset[str]
+    ) -> None:
+        """The advisory lock of each table, in name order: no deadlock between pushes."""
+        for table in sorted(set(tables)):
+            lock = "pg_advisory_xact_lock" if table in exclusive else "pg_advisory_xact_lock_shared"
+            conn.execute(f"SELECT {lock}(hashtextextended(%s, 0))", (_lock_key(client_id, table),))
+
+    def _apply(
+        self, conn: psycopg.Connection[Any], push: Push, exclusive: frozenset[str]
+    ) -> list[PushResult]:
+        """Plan every batch of the push, then write them, under the locks taken."""
+        client_id = push.client_id
+        planned = []
+        for batch in push.batches:  # in the push's order: a subtable after its parent
+            sql = self._table_sql(conn, client_id, batch.table)
+            plan = planning.make_plan(
+                sql.schema if sql else None, batch, self.limits, self._inexact(conn, client_id, batch.table)
+            )
+            planned.append((batch, sql, plan))
+        wanted = frozenset(b.table for b, _sql, plan in planned if plan.changes_schema)
+        if not wanted <= exclusive:
+            raise _Retry(wanted)
+        written: dict[str, set[Any]] = {}
+        results = {b.table: self._write(conn, client_id, b, sql, plan, written) for b, sql, plan in planned}
+        return [results[b.table] for b in push.batches]
 
     def _plan_only(self, push: Push) -> list[PushResult]:
         """The sandbox: what the push would do against the tables as they are now; writes nothing."""
@@ -294,174 +322,9 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         )
         width = len(schema.key_fields)
         columns = [list(rows.keys)] if width == 1 else [list(c) for c in zip(*rows.keys)]
-        params = [_bind(schema.columns[k].kind, col) for k, col in zip(schema.key_fields, columns)]
+        params = [bind(schema.columns[k].kind, col) for k, col in zip(schema.key_fields, columns)]
         found = conn.execute(select, params, prepare=False).fetchall()
         return {(r[0] if width == 1 else tuple(r[:width])): (r[width], r[width + 1]) for r in found}
-
-    def _inexact(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> Any:
-        def holds_inexact(column: str) -> bool:
-            c = quote(column)
-            row = conn.execute(
-                f"SELECT 1 FROM {q.table_ref(client_id, table)} WHERE {c} > %s OR {c} < %s LIMIT 1",
-                (DOUBLE_EXACT, -DOUBLE_EXACT),
-                prepare=False,
-            ).fetchone()
-            return row is not None
-
-        return holds_inexact
-
-    def _table_sql(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> q.TableSQL | None:
-        """The table's statements at its current schema version (None: no such table yet)."""
-        try:
-            row = conn.execute(
-                f"SELECT version FROM {q.client_schema(client_id)}._importapi_tables WHERE name = %s",
-                (table,),
-            ).fetchone()
-        except pg_errors.UndefinedTable as exc:
-            raise NotFound(f"client {client_id} does not exist") from exc
-        if row is None:
-            self._tables.pop((client_id, table), None)
-            return None
-        cached = self._tables.get((client_id, table))
-        if cached is not None and cached.version == row[0]:
-            return cached
-        schema = self._load_schemas(conn, client_id, table)[table]
-        sql = self._tables[(client_id, table)] = q.TableSQL(client_id, schema, row[0])
-        return sql
-
-    def _change_schema(
-        self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema | None, plan: Plan
-    ) -> q.TableSQL:
-        now = _now()
-        s, t = q.client_schema(client_id), q.table_ref(client_id, plan.table)
-        if schema is None:
-            created = TableSchema(plan.table, plan.key_fields, {c.name: c for c in plan.add})
-            conn.execute(q.create_table(client_id, created))
-            conn.execute(
-                f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version, parent,"
-                " parent_keys) VALUES (%s, %s, %s, %s, 1, %s, %s)",
-                (
-                    plan.table,
-                    list(plan.key_fields),
-                    now,
-                    now,
-                    plan.parent,
-                    list(plan.parent_keys) if plan.parent else None,
-                ),
-            )
-            position = 0
-        elif not plan.add and not plan.widen:
-            return self._table_sql(conn, client_id, plan.table) or self._missing(client_id, plan.table)
-        else:
-            parts = [f"ADD COLUMN {q.column_def(c.name, c.kind, False)}" for c in plan.add]
-            parts += [
-                f"ALTER COLUMN {quote(name)} TYPE {q.declared_type(new)} USING {q.widen_expr(quote(name), old, new)}"
-                for name, old, new in plan.widen
-            ]
-            try:
-                with conn.transaction():
-                    conn.execute(f"ALTER TABLE {t} {', '.join(parts)}")
-            except pg_errors.UniqueViolation as exc:
-                raise BadRequest(
-                    f"table {plan.table!r}: widening a key column would make two rows share a key",
-                    code=Code.KEY_WIDENING_COLLISION,
-                ) from exc
-            conn.execute(
-                f"UPDATE {s}._importapi_tables SET version = version + 1 WHERE name = %s", (plan.table,)
-            )
-            for name, _old, wider in plan.widen:
-                conn.execute(
-                    f"UPDATE {s}._importapi_columns SET kind = %s, widened_at = %s"
-                    " WHERE table_name = %s AND name = %s",
-                    (wider.label, now, plan.table, name),
-                )
-            position = len(schema.columns)
-        with conn.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO {s}._importapi_columns (table_name, name, kind, position, created_at, path)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (plan.table, c.name, c.kind.label, position + i, now, c.path)
-                    for i, c in enumerate(plan.add)
-                ],
-            )
-        sql = self._table_sql(conn, client_id, plan.table)
-        assert sql is not None
-        return sql
-
-    def _upsert(self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows) -> int:
-        """Write the rows; the number of rows that were new."""
-        layout, params = _bound(sql, prepared)
-        upsert = sql.upsert if layout is None else sql.upsert_json(layout)
-        flags = conn.execute(upsert, params).fetchall()
-        return len(flags) if sql.all_keys else sum(1 for (new,) in flags if new)
-
-    def _upsert_ordered(
-        self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows
-    ) -> tuple[int, set[Any]]:
-        """Write the rows that are not older than their stored row (the database decides,
-        row by row, under the row's lock); how many were new, and the keys written."""
-        sequence = prepared.columns[prepared.sequence or 0]
-        version = prepared.version_name
-        if version not in sql.schema.columns:
-            version = None
-        layout, params = _bound(sql, prepared)
-        found = conn.execute(sql.guarded(sequence, version, layout), params).fetchall()
-        width = len(sql.schema.key_fields)
-        written = {r[0] if width == 1 else tuple(r[:width]) for r in found}
-        return sum(1 for r in found if r[width]), written
-
-    def _activate(
-        self, conn: psycopg.Connection[Any], client_id: int, batch: Batch, sql: q.TableSQL, plan: Plan
-    ) -> int:
-        """Make the plan's table version the table's own, and delete the rows of older ones."""
-        conn.execute(
-            f"UPDATE {q.client_schema(client_id)}._importapi_tables SET table_version = %s, version = version + 1"
-            " WHERE name = %s",
-            (plan.activate, plan.table),
-        )
-        self._tables.pop((client_id, plan.table), None)  # other processes reload it: its version moved
-        if batch.version is None or batch.version not in sql.schema.columns:
-            return 0
-        deleted = conn.execute(
-            q.deleting_older(client_id, plan.table, batch.version), (plan.activate,)
-        ).rowcount
-        if deleted:  # their subtables' rows go with them
-            schema = sql.schema
-            for name, parent_keys in self._subtables(conn, client_id, plan.table):
-                conn.execute(q.deleting_orphans(client_id, name, parent_keys, schema.name, schema.key_fields))
-        return deleted
-
-    def _subtables(
-        self, conn: psycopg.Connection[Any], client_id: int, table: str
-    ) -> list[tuple[str, tuple[str, ...]]]:
-        rows = conn.execute(
-            f"SELECT name, parent_keys FROM {q.client_schema(client_id)}._importapi_tables WHERE parent = %s",
-            (table,),
-        ).fetchall()
-        return [(r[0], tuple(r[1])) for r in rows]
-
-    def _drop_children(
-        self, conn: psycopg.Connection[Any], client_id: int, parent: TableSchema, keys: set[Any]
-    ) -> None:
-        """Delete the rows tied to these parent keys from every subtable of the parent."""
-        kinds = [parent.columns[k].kind for k in parent.key_fields]
-        single = len(kinds) == 1
-        columns = [list(keys)] if single else [list(c) for c in zip(*keys)]
-        arrays = [_bind(kind, column) for kind, column in zip(kinds, columns)]
-        for name, parent_keys in self._subtables(conn, client_id, parent.name):
-            conn.execute(q.deleting_children(client_id, name, parent_keys, kinds), arrays)
-
-    def _touch_table(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> None:
-        """Record the table's last push, at most once a second per process (a hot row)."""
-        now = time.monotonic()
-        if now - self._touched.get((client_id, table), -TOUCH_TABLE_SECONDS) < TOUCH_TABLE_SECONDS:
-            return
-        self._touched[(client_id, table)] = now
-        conn.execute(
-            f"UPDATE {q.client_schema(client_id)}._importapi_tables SET last_push_at = %s WHERE name = %s",
-            (_now(), table),
-        )
 
     def _existing(
         self, conn: psycopg.Connection[Any], client_id: int, schema: TableSchema, plan: Plan, keys: list[Any]
@@ -470,11 +333,10 @@ class PostgresWarehouse(PostgresReads, Warehouse):
         sql = q.probe_existing(client_id, schema, widen)
         single = len(schema.key_fields) == 1
         columns = [list(keys)] if single else [list(c) for c in zip(*keys)]
-        params = [_bind(plan.kinds[k], col) for k, col in zip(schema.key_fields, columns)]
+        params = [bind(plan.kinds[k], col) for k, col in zip(schema.key_fields, columns)]
         found = conn.execute(sql, params, prepare=False).fetchall()
         return {r[0] for r in found} if single else {tuple(r) for r in found}
 
-    # -- reading ----------------------------------------------------------
     # -- health -----------------------------------------------------------
     def ping(self) -> None:
         with self._connection(timeout=PING_TIMEOUT) as conn:

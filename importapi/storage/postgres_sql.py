@@ -16,6 +16,8 @@ from importapi.storage import sql
 from importapi.storage.sql import TYPES, names, quote
 
 SQL_TYPES = TYPES["postgresql"]
+# key kinds whose values come back from PostgreSQL as the same Python values a push holds
+_SAME_IN_PYTHON = frozenset((Kind.INTEGER, Kind.TEXT))
 
 
 def declared_type(kind: Kind) -> str:
@@ -227,6 +229,12 @@ class TableSQL:
         )
         self.key_positions = [cols.index(k) for k in schema.key_fields]
         self.all_keys = not others
+        self.keys_come_back = all(schema.columns[k].kind in _SAME_IN_PYTHON for k in schema.key_fields)
+        """Do the keys this table returns equal the keys a push's rows hold (``upsert_new``)?"""
+        self._sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
+        self._new: dict[tuple[Layout | None, bool], str] = {}
+        self._catalog = f"{client_schema(client_id)}._importapi_tables"
+        self.current_version = f"SELECT version FROM {self._catalog} WHERE name = %s"
         self._parts = (t, names(cols), arrays, keys, others)
         self._action = action
         self._guarded: dict[tuple[str, str | None, Layout | None], str] = {}
@@ -255,6 +263,26 @@ class TableSQL:
             t, cols, _arrays, keys, _others = self._parts
             sql = self._json[layout] = (
                 f"INSERT INTO {t} ({cols}) {self.from_json(layout)} ON CONFLICT ({keys}) {self._action}"
+            )
+        return sql
+
+    def upsert_new(self, layout: Layout | None, checked: bool = False) -> str:
+        """``upsert`` returning the key of each row it inserted (not of those it replaced);
+        the rows come as arrays, or (``layout``) as one JSON text (``from_json``). ``checked``:
+        it writes nothing unless the table's schema version is the one bound after the rows
+        (and the table's name before it), the version these statements were made for."""
+        sql = self._new.get((layout, checked))
+        if sql is None:
+            t, cols, arrays, keys, others = self._parts
+            source = f"SELECT * FROM unnest({arrays})" if layout is None else self.from_json(layout)
+            if checked:
+                source += f" WHERE (SELECT version FROM {self._catalog} WHERE name = %s) = %s"
+            insert = f"INSERT INTO {t} ({cols}) {source} ON CONFLICT ({keys})"
+            sql = self._new[(layout, checked)] = (
+                f"WITH written AS ({insert} DO UPDATE SET {self._sets} RETURNING {keys}, xmax = 0 AS new)"
+                f" SELECT {keys} FROM written WHERE new"
+                if others
+                else f"{insert} DO NOTHING RETURNING {keys}"
             )
         return sql
 

@@ -66,17 +66,6 @@ _ROWIDS_IN_ORDER = 2**62
 WRITER_CACHE_KIB = 16384
 
 
-def _joins(push: Push, table: str) -> bool:
-    """Can this push be written together with others into ``table``: one batch of plain rows
-    for it, stored (not the sandbox)?"""
-    return (
-        not push.sandbox
-        and len(push.batches) == 1
-        and push.batches[0].table == table
-        and push.batches[0].plain
-    )
-
-
 class ClientWriter:
     """The single writer of one client's file; applies queued pushes by group commit."""
 
@@ -239,7 +228,7 @@ class ClientWriter:
         thread waits for Python's lock once after it, not once per push. Empty: none."""
         first = group[start].push
         table = first.batches[0].table if first.batches else ""
-        if not _joins(first, table) or table not in self.schemas:
+        if not first.joins(table) or table not in self.schemas:
             return []
         sql = self._statements(self.schemas[table])
         before = self._largest_rowid(conn, table, sql)
@@ -248,7 +237,7 @@ class ClientWriter:
         run: list[tuple[Job, Plan, Rows]] = []
         layout = None
         for job in group[start:]:
-            if not _joins(job.push, table):
+            if not job.push.joins(table):
                 break
             batch = job.push.batches[0]
             try:
