@@ -291,7 +291,9 @@ class PostgresWarehouse(PostgresWrites, Warehouse):
         self._upgrade(push.client_id)
         results = []
         with self._connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ ONLY")
+            # one snapshot: with no lock taken, a table's version and its columns must be
+            # read as of one moment, or the statements kept for that version could be wrong
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             for batch in push.batches:
                 sql = self._table_sql(conn, push.client_id, batch.table)
                 schema = sql.schema if sql else None

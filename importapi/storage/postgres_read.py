@@ -198,12 +198,13 @@ class PostgresReads:
             conn.execute(q.create_table(client_id, schema))
             conn.execute(
                 f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version,"
-                " table_version, parent, parent_keys) VALUES (%s, %s, %s, %s, 1, %s, %s, %s)",
+                " table_version, parent, parent_keys) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     schema.name,
                     list(schema.key_fields),
                     stamp(schema.created_at),
                     stamp(last_push_at),
+                    q.new_version(),
                     schema.version,
                     schema.parent,
                     list(schema.parent_keys) if schema.parent else None,

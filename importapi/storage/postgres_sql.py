@@ -10,6 +10,8 @@ Everything here is text; ``postgres.py`` runs it. Identifiers go through ``sql.q
 
 from __future__ import annotations
 
+import secrets
+
 from importapi.kinds import Kind
 from importapi.schema import TableSchema
 from importapi.storage import sql
@@ -122,6 +124,15 @@ CATALOG_DDL = [
     "INSERT INTO importapi.catalog_state (version) VALUES (1) ON CONFLICT DO NOTHING",
     FLOAT_TEXT,
 ]
+
+
+def new_version() -> int:
+    """A table's schema version after a change: a number no schema had before (random, of 62
+    bits), not the last one plus one. A process holds a table's statements for the version
+    it read (``PostgresWrites._tables``), some read inside a transaction that then rolled back; were
+    versions counted up, a later change by another process could reach the same number with
+    other columns, and those statements would pass for current."""
+    return secrets.randbits(62) + 1
 
 
 def client_ddl(client_id: int) -> list[str]:

@@ -126,12 +126,13 @@ class PostgresWrites(PostgresReads):
             conn.execute(q.create_table(client_id, created))
             conn.execute(
                 f"INSERT INTO {s}._importapi_tables (name, key_fields, created_at, last_push_at, version, parent,"
-                " parent_keys) VALUES (%s, %s, %s, %s, 1, %s, %s)",
+                " parent_keys) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (
                     plan.table,
                     list(plan.key_fields),
                     now,
                     now,
+                    q.new_version(),
                     plan.parent,
                     list(plan.parent_keys) if plan.parent else None,
                 ),
@@ -154,7 +155,8 @@ class PostgresWrites(PostgresReads):
                     code=Code.KEY_WIDENING_COLLISION,
                 ) from exc
             conn.execute(
-                f"UPDATE {s}._importapi_tables SET version = version + 1 WHERE name = %s", (plan.table,)
+                f"UPDATE {s}._importapi_tables SET version = %s WHERE name = %s",
+                (q.new_version(), plan.table),
             )
             for name, _old, wider in plan.widen:
                 conn.execute(
@@ -209,9 +211,9 @@ class PostgresWrites(PostgresReads):
     ) -> int:
         """Make the plan's table version the table's own, and delete the rows of older ones."""
         conn.execute(
-            f"UPDATE {q.client_schema(client_id)}._importapi_tables SET table_version = %s, version = version + 1"
+            f"UPDATE {q.client_schema(client_id)}._importapi_tables SET table_version = %s, version = %s"
             " WHERE name = %s",
-            (plan.activate, plan.table),
+            (plan.activate, q.new_version(), plan.table),
         )
         self._tables.pop((client_id, plan.table), None)  # other processes reload it: its version moved
         if batch.version is None or batch.version not in sql.schema.columns:
