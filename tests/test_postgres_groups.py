@@ -180,3 +180,17 @@ def test_a_group_answers_and_stores_as_the_same_pushes_one_at_a_time(
         tables.append(query(storage, f'SELECT * FROM "{table}" ORDER BY id, k'))
     assert answers[0] == answers[1]
     assert tables[0] == tables[1]
+
+
+def test_a_push_alone_counts_its_inserts_whatever_its_keys_read_back_as(storage: Storage) -> None:
+    """Decimal keys (an integer beyond 2**53 beside a double) come back from PostgreSQL as
+    text, not as the values pushed: a push written the usual way still counts its own."""
+    table = fresh_table()
+    first = apply(storage, 1, batch(table, [{"id": 2**60, "v": 1}, {"id": 1.5, "v": 1}]))
+    assert first.kinds is not None and first.kinds["id"] is Kind.DECIMAL
+    apply(storage, 1, batch(table, [{"id": 1.5, "v": 2}]))  # the table's statements are this process's own
+    result = apply(
+        storage, 1, batch(table, [{"id": 2**60, "v": 3}, {"id": 7.25, "v": 3}, {"id": 8.5, "v": 3}])
+    )
+    assert (result.inserted, result.replaced) == (2, 1)
+    assert len(query(storage, f'SELECT id FROM "{table}"')) == 4
