@@ -141,3 +141,24 @@ def test_a_group_whose_work_fails_answers_every_push(executor: ThreadPoolExecuto
     assert after.future is not None
     with pytest.raises(ServerError):
         after.future.result(timeout=10)
+
+
+def test_a_push_refused_while_the_executor_stops_is_never_applied() -> None:
+    """A push that needs a thread of its own after the executor stopped is refused; the
+    thread still at work must not apply it after all."""
+    recorder = Recorder(hold=True)
+    pool = ThreadPoolExecutor(max_workers=2)
+    queue = groups(pool, recorder, second_rows=100)
+    first = job()
+    queue.put(first)
+    assert recorder.started.acquire(timeout=10)
+    pool.shutdown(wait=False)
+    late = job(rows=100)  # enough rows waiting to want a second thread
+    with pytest.raises(RuntimeError):
+        queue.put(late)
+    recorder.go.set()
+    assert first.future is not None
+    first.future.result(timeout=10)
+    pool.shutdown(wait=True)
+    assert recorder.groups == [[first]]
+    assert late.future is not None and not late.future.done()

@@ -61,6 +61,7 @@ def answer(jobs: list[tuple[Job, Outcome]]) -> None:
 
 
 def rows_of(push: Push) -> int:
+    """The data points of a push, over all its tables."""
     return sum(len(batch.points) for batch in push.batches)
 
 
@@ -109,6 +110,10 @@ class Groups:
         except RuntimeError:  # the executor is shut down: the server is stopping
             with self._lock:
                 self._running -= 1
+                if (job, size) not in self._pending:
+                    return  # a thread still at work took it: it will be answered
+                self._pending.remove((job, size))
+                self._waiting_rows -= size
             raise
 
     def _wanted(self, others: int) -> bool:
