@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -107,7 +107,10 @@ class PostgresWarehouse(PostgresWrites, Warehouse):
     def _apply_group(self, group: list[Job]) -> None:
         """Apply queued pushes of one client: several in one transaction, answered after its
         commit; one at a time when they cannot commit together."""
-        outcomes = self._at_once(group)
+        try:
+            outcomes = self._at_once(group)
+        except (StorageUnavailable, NotFound) as exc:  # the group's own: no database, no client
+            outcomes = [(job, exc) for job in group]
         if outcomes is None and len(group) > 1:
             outcomes = self._group(group)
         if outcomes is None:
@@ -186,7 +189,8 @@ class PostgresWarehouse(PostgresWrites, Warehouse):
             except psycopg.Error:
                 log.info("pushes of client %s go the careful way", client_id, exc_info=True)
                 if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                    conn.rollback()
+                    with suppress(psycopg.Error):  # else the pool resets the connection
+                        conn.rollback()
                 return None
             row = version.fetchone()
             if row is None or row[0] != sql.version:  # nothing written: the schema moved
