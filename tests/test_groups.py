@@ -38,7 +38,7 @@ class Recorder:
         with self._lock:
             self.groups.append(group)
         self.started.release()
-        assert self.go.wait(10)
+        assert self.go.wait(30)
         for j in group:
             assert j.future is not None
             j.future.set_result([])
@@ -162,3 +162,17 @@ def test_a_push_refused_while_the_executor_stops_is_never_applied() -> None:
     pool.shutdown(wait=True)
     assert recorder.groups == [[first]]
     assert late.future is not None and not late.future.done()
+
+
+def test_a_push_of_an_idle_client_goes_beside_a_busy_one(executor: ThreadPoolExecutor) -> None:
+    """Waiting would not make its group larger: it does not wait for rows to pile up."""
+    recorder = Recorder(hold=True)
+    queue = groups(executor, recorder, second_rows=100)
+    first = job(client_id=1)
+    queue.put(first)
+    assert recorder.started.acquire(timeout=10)
+    other = job(client_id=2)
+    queue.put(other)
+    assert recorder.started.acquire(timeout=5)  # a second thread, at once
+    assert recorder.groups == [[first], [other]]
+    recorder.go.set()

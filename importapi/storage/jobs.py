@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -72,9 +72,10 @@ class Groups:
     the hand-overs of Python's lock) is shared by several pushes.
 
     A push that finds no thread at work starts one at once: without load, groups are of one
-    push and nothing waits. While one is at work, another starts only once ``second_rows``
-    rows wait: a transaction of its own is worth its cost for that many rows, and groups
-    under load stay large instead of splitting into many small ones."""
+    push and nothing waits. While one is at work, another starts for a client that has no
+    group at work, and otherwise only once ``second_rows`` rows wait: a transaction of its
+    own is worth its cost for that many rows, and groups under load stay large instead of
+    splitting into many small ones."""
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class Groups:
         self._waiting_rows = 0
         self._lock = threading.Lock()
         self._running = 0
+        self._at_work: Counter[int] = Counter()  # the clients whose groups are being applied
 
     def put(self, job: Job) -> None:
         size = rows_of(job.push)
@@ -117,10 +119,14 @@ class Groups:
             raise
 
     def _wanted(self, others: int) -> bool:
-        """Should a thread take pushes, ``others`` being at work besides it?"""
+        """Should a thread take pushes, ``others`` being at work besides it? Yes when none
+        is, when enough rows wait, or when the next push's client has no group at work
+        (waiting would not make its group any larger)."""
         if not self._pending or others >= self._limit:
             return False
-        return others == 0 or self._waiting_rows >= self._second_rows
+        if others == 0 or self._waiting_rows >= self._second_rows:
+            return True
+        return self._pending[0][0].push.client_id not in self._at_work
 
     def _take(self) -> list[Job]:
         pending = self._pending
@@ -137,11 +143,15 @@ class Groups:
             group.append(job)
             rows += size
         self._waiting_rows -= rows
+        self._at_work[client] += 1
         return group
 
     def _drain(self) -> None:
+        group: list[Job] = []
         while True:
             with self._lock:
+                if group:
+                    self._at_work -= Counter((group[0].push.client_id,))
                 if not self._wanted(self._running - 1):
                     self._running -= 1
                     return
