@@ -322,9 +322,9 @@ def _each_name_once(raw: bytes, head: _Head, pairs: int, texts: tuple[int, bool]
 
     With the strings' colons counted (``texts``: a batch without arrays, whose field names
     hold none), one count of the body's colons proves it: each pair is written with one,
-    and every other is inside a string, where decoding keeps it, unless escaped (so a body
-    with ``\u003a`` is proved the other way). As many colons as pairs and colons in the
-    strings decoded leaves none over for a pair given twice. Else ``body.names_once``."""
+    and every other is inside a string, where decoding keeps it, unless escaped (``\u003a``,
+    searched for only in a body with a backslash). As many colons as pairs and colons in
+    the strings decoded leaves none over for a pair given twice. Else ``body.names_once``."""
     if texts is not None:
         colons, nul = texts
         for value in (head.table_name, head.schema, head.key_names, head.bookmark_names):
@@ -332,7 +332,7 @@ def _each_name_once(raw: bytes, head: _Head, pairs: int, texts: tuple[int, bool]
             colons, nul = colons + more, nul or held
         if nul:
             return False
-        if raw.count(b":") == pairs + colons and _ESCAPED_COLON.search(raw) is None:
+        if raw.count(b":") == pairs + colons and (b"\\" not in raw or _ESCAPED_COLON.search(raw) is None):
             return True
     elif b"\\u0000" in raw:
         return False
