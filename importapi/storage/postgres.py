@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from typing import Any
+from contextlib import suppress
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -48,6 +48,7 @@ from importapi.storage.postgres_write import PostgresWrites
 from importapi.storage.sql import quote
 
 log = logging.getLogger("importapi.storage")
+T = TypeVar("T")
 
 MAX_ATTEMPTS = 8
 MAX_GROUP = 64
@@ -55,7 +56,7 @@ MAX_GROUP = 64
 MAX_GROUP_ROWS = 20_000
 """... and the most rows, unless one push has more."""
 SECOND_GROUP_ROWS = 1600
-"""While a transaction runs, another starts once this many rows wait."""
+"""While a client's transaction runs, another of its own starts once this many rows wait."""
 
 
 class _Retry(Exception):
@@ -125,18 +126,39 @@ class PostgresWarehouse(PostgresWrites, Warehouse):
 
     def _push(self, push: Push) -> list[PushResult]:
         self._upgrade(push.client_id)
+        return self._transaction(
+            push.client_id,
+            [b.table for b in push.batches],
+            lambda conn, exclusive: self._apply(conn, push, exclusive),
+        )
+
+    def _transaction(
+        self, client_id: int, tables: list[str], work: Callable[[psycopg.Connection[Any], frozenset[str]], T]
+    ) -> T:
+        """``work`` in a transaction holding the tables' locks, started again (with exclusive
+        locks where it asks for them, ``_Retry``) after a deadlock, a serialization failure
+        or a connection the server dropped. Pipeline mode: BEGIN, the locks and the schema
+        versions go in one round trip."""
         exclusive: frozenset[str] = frozenset()
         for _attempt in range(MAX_ATTEMPTS):
             try:
-                # pipeline mode: BEGIN, the locks and the schema versions go in one round trip
-                with (
-                    self._connection() as conn,
-                    conn.pipeline(),
-                    self._retried(conn, push.client_id, exclusive),
-                    conn.transaction(),
-                ):
-                    self._lock(conn, push.client_id, [b.table for b in push.batches], exclusive)
-                    return self._apply(conn, push, exclusive)
+                with self._connection() as conn, conn.pipeline():
+                    try:
+                        with conn.transaction():
+                            self._lock(conn, client_id, tables, exclusive)
+                            return work(conn, exclusive)
+                    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+                        log.info("push of client %s retried: %s", client_id, exc)
+                        raise _Retry(exclusive) from exc
+                    except psycopg.OperationalError as exc:
+                        if not conn.broken:
+                            raise
+                        # a pooled connection the server dropped (a restart): try another. Even
+                        # if this one died while committing, writing the same rows again changes
+                        # nothing.
+                        log.warning("push of client %s retried on another connection: %s", client_id, exc)
+                        self._pool.check()  # the others are likely dead too: drop them now
+                        raise _Retry(exclusive) from exc
             except _Retry as retry:
                 exclusive = exclusive | retry.exclusive
         raise StorageUnavailable("the warehouse is too busy to take this push now; try again")
@@ -183,7 +205,7 @@ class PostgresWarehouse(PostgresWrites, Warehouse):
                     conn.execute("BEGIN")
                     self._lock(conn, client_id, [table], frozenset())
                     version = conn.execute(sql.current_version, (table,))
-                    found = conn.execute(sql.upsert_new(layout, checked=True), [*params, table, sql.version])
+                    found = conn.execute(sql.upsert_new(layout), [*params, table, sql.version])
                     self._touch_table(conn, client_id, table)
                     conn.execute("COMMIT")
             except psycopg.Error:
@@ -213,22 +235,13 @@ class PostgresWarehouse(PostgresWrites, Warehouse):
         its pushes go one at a time."""
         client_id = group[0].push.client_id
         tables = [b.table for job in group for b in job.push.batches]
-        exclusive: frozenset[str] = frozenset()
         try:
             self._upgrade(client_id)
-            for _attempt in range(MAX_ATTEMPTS):
-                try:
-                    with (
-                        self._connection() as conn,
-                        conn.pipeline(),
-                        self._retried(conn, client_id, exclusive),
-                        conn.transaction(),
-                    ):
-                        self._lock(conn, client_id, tables, exclusive)
-                        outcomes = [(job, self._in_group(conn, job.push, exclusive)) for job in group]
-                    return outcomes
-                except _Retry as retry:
-                    exclusive = exclusive | retry.exclusive
+            return self._transaction(
+                client_id,
+                tables,
+                lambda conn, exclusive: [(job, self._in_group(conn, job.push, exclusive)) for job in group],
+            )
         except (StorageUnavailable, NotFound) as exc:  # the group's own: no database, no client
             return [(job, exc) for job in group]
         except Exception:
@@ -244,26 +257,6 @@ class PostgresWarehouse(PostgresWrites, Warehouse):
                 return self._apply(conn, push, exclusive)
         except ImportApiError as exc:
             return exc
-
-    @contextmanager
-    def _retried(
-        self, conn: psycopg.Connection[Any], client_id: int, exclusive: frozenset[str]
-    ) -> Iterator[None]:
-        """A deadlock, a serialization failure or a connection the server dropped: the
-        transaction starts again (``_Retry``)."""
-        try:
-            yield
-        except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
-            log.info("push of client %s retried: %s", client_id, exc)
-            raise _Retry(exclusive) from exc
-        except psycopg.OperationalError as exc:
-            if not conn.broken:
-                raise
-            # a pooled connection the server dropped (a restart): try another. Even if this
-            # one died while committing, writing the same rows again changes nothing.
-            log.warning("push of client %s retried on another connection: %s", client_id, exc)
-            self._pool.check()  # the others are likely dead too: drop them now, not one by one
-            raise _Retry(exclusive) from exc
 
     @staticmethod
     def _lock(

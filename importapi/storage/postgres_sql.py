@@ -126,6 +126,11 @@ CATALOG_DDL = [
 ]
 
 
+def version_of(client_id: int) -> str:
+    """The schema version of the client's table named by the parameter bound."""
+    return f"SELECT version FROM {client_schema(client_id)}._importapi_tables WHERE name = %s"
+
+
 def new_version() -> int:
     """A table's schema version after a change: a number no schema had before (random, of 62
     bits), not the last one plus one. A process holds a table's statements for the version
@@ -230,8 +235,8 @@ class TableSQL:
         # %b: arrays go in binary, which costs a fraction of quoting every element as text
         arrays = ", ".join(f"%b::{SQL_TYPES[k]}[]" for k in self.kinds)
         others = [c for c in cols if c not in schema.key_fields]
+        sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
         if others:
-            sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
             action = f"DO UPDATE SET {sets} RETURNING xmax = 0"
         else:
             action = "DO NOTHING RETURNING true"
@@ -242,10 +247,9 @@ class TableSQL:
         self.all_keys = not others
         self.keys_come_back = all(schema.columns[k].kind in _SAME_IN_PYTHON for k in schema.key_fields)
         """Do the keys this table returns equal the keys a push's rows hold (``upsert_new``)?"""
-        self._sets = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
-        self._new: dict[tuple[Layout | None, bool], str] = {}
-        self._catalog = f"{client_schema(client_id)}._importapi_tables"
-        self.current_version = f"SELECT version FROM {self._catalog} WHERE name = %s"
+        self._sets = sets
+        self._new: dict[Layout | None, str] = {}
+        self.current_version = version_of(client_id)
         self._parts = (t, names(cols), arrays, keys, others)
         self._action = action
         self._guarded: dict[tuple[str, str | None, Layout | None], str] = {}
@@ -277,19 +281,18 @@ class TableSQL:
             )
         return sql
 
-    def upsert_new(self, layout: Layout | None, checked: bool = False) -> str:
-        """``upsert`` returning the key of each row it inserted (not of those it replaced);
-        the rows come as arrays, or (``layout``) as one JSON text (``from_json``). ``checked``:
-        it writes nothing unless the table's schema version is the one bound after the rows
-        (and the table's name before it), the version these statements were made for."""
-        sql = self._new.get((layout, checked))
+    def upsert_new(self, layout: Layout | None) -> str:
+        """``upsert`` returning the key of each row it inserted (not of those it replaced),
+        writing nothing unless the table's schema version is the one bound after the rows
+        (and the table's name before it): the version these statements were made for. The
+        rows come as arrays, or (``layout``) as one JSON text (``from_json``)."""
+        sql = self._new.get(layout)
         if sql is None:
             t, cols, arrays, keys, others = self._parts
             source = f"SELECT * FROM unnest({arrays})" if layout is None else self.from_json(layout)
-            if checked:
-                source += f" WHERE (SELECT version FROM {self._catalog} WHERE name = %s) = %s"
+            source += f" WHERE ({self.current_version}) = %s"
             insert = f"INSERT INTO {t} ({cols}) {source} ON CONFLICT ({keys})"
-            sql = self._new[(layout, checked)] = (
+            sql = self._new[layout] = (
                 f"WITH written AS ({insert} DO UPDATE SET {self._sets} RETURNING {keys}, xmax = 0 AS new)"
                 f" SELECT {keys} FROM written WHERE new"
                 if others

@@ -1,6 +1,6 @@
 """The statements of a push on PostgreSQL, on a connection inside the push's transaction:
-a table's statements at its schema version, schema changes, upserts (plain, ordered by
-sequence, returning the keys they inserted), activations of a table version and the rows
+a table's statements at its schema version, schema changes, upserts (plain, or ordered by
+sequence), activations of a table version and the rows
 of subtables tied to their parents.
 
 ``PostgresWrites`` is the part of ``PostgresWarehouse`` that writes; the warehouse decides
@@ -100,10 +100,7 @@ class PostgresWrites(PostgresReads):
     def _table_sql(self, conn: psycopg.Connection[Any], client_id: int, table: str) -> q.TableSQL | None:
         """The table's statements at its current schema version (None: no such table yet)."""
         try:
-            row = conn.execute(
-                f"SELECT version FROM {q.client_schema(client_id)}._importapi_tables WHERE name = %s",
-                (table,),
-            ).fetchone()
+            row = conn.execute(q.version_of(client_id), (table,)).fetchone()
         except pg_errors.UndefinedTable as exc:
             raise NotFound(f"client {client_id} does not exist") from exc
         if row is None:
@@ -184,12 +181,6 @@ class PostgresWrites(PostgresReads):
         upsert = sql.upsert if layout is None else sql.upsert_json(layout)
         flags = conn.execute(upsert, params).fetchall()
         return len(flags) if sql.all_keys else sum(1 for (new,) in flags if new)
-
-    def _upsert_new(self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows) -> set[Any]:
-        """Write the rows; the keys of those that were new."""
-        layout, params = bound(sql, prepared)
-        found = conn.execute(sql.upsert_new(layout), params).fetchall()
-        return {r[0] for r in found} if len(sql.key_positions) == 1 else set(found)
 
     def _upsert_ordered(
         self, conn: psycopg.Connection[Any], sql: q.TableSQL, prepared: Rows
