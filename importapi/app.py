@@ -121,6 +121,7 @@ class ImportApi:
                 hook()
             except Exception:
                 log.exception("shutdown hook %r failed", hook)
+        self.services.reader.shutdown()  # no body is read any more
         if storage:
             self.storage.close()
 

@@ -9,6 +9,7 @@ answer; ``importapi.app`` routes requests to them and sends what they answer.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,12 @@ class Services:
     keys: Authenticator
     rate_limiter: RateLimiter
     bodies: BodyBudget
+    reader: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="body-reader")
+    )
+    """The thread big bodies are read in, one at a time: reading is Python's work, under its
+    one lock, so two bodies read at once take no less time than one after the other, and
+    each thread more at it makes the writer wait longer for the lock between statements."""
 
     async def key(self, req: RequestRecord, scope: dict[str, Any], client_id: int | None) -> StoredKey:
         """The request's live key (of ``client_id`` when one is named), within its rate limit."""
@@ -76,6 +83,11 @@ class Services:
     async def in_thread(self, fn: Any, *args: Any) -> Any:
         """A blocking call (storage) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def read_in_thread(self, fn: Any) -> Any:
+        """A big body's reading (decoding, checking, making rows) off the event loop, after
+        the bodies before it."""
+        return await asyncio.get_running_loop().run_in_executor(self.reader, fn)
 
 
 def allow(method: str, allowed: tuple[str, ...]) -> None:

@@ -87,7 +87,7 @@ class StitchRoutes:
         )
         # a big body takes a CPU's tens of milliseconds to read: in a thread, the event loop
         # goes on serving other requests meanwhile
-        push = await self.services.in_thread(read) if len(raw) > READ_IN_THREAD_BYTES else read()
+        push = await self.services.read_in_thread(read) if len(raw) > READ_IN_THREAD_BYTES else read()
         req.table = push.batches[0].table if len(push.batches) == 1 else None
         req.points = sum(len(b.points) for b in push.batches)
         results = await self.services.storage.warehouse.push(push)
