@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from importapi.errors import BadRequest, StorageUnavailable
 from importapi.rjmetrics.validate import validate
+from importapi.settings import Limits
 from importapi.storage import Storage, open_storage, sqlite_wal, sqlite_writer
 from tests.helpers import apply, submit
 
@@ -101,6 +102,37 @@ def test_rows_as_json_store_what_rows_bound_one_by_one_store(
             tables.append(stored(storage))
     assert answers[0] == answers[1]
     assert tables[0] == tables[1]
+
+
+@pytest.mark.parametrize("json_rows", [True, False], ids=["json-rows", "bound-rows"])
+def test_a_big_push_stores_booleans_as_sqlite_stores_them(
+    monkeypatch: pytest.MonkeyPatch, json_rows: bool
+) -> None:
+    """A push too big for one JSON text is bound value by value; its booleans are stored as
+    the integers 1 and 0, nulls as nulls, and the other columns as they came (a double
+    of 1.0 as a double, text as text)."""
+    flags = [True, False, None]
+    points = [{"id": i, "flag": flags[i % 3], "n": float(i % 2), "t": "1"} for i in range(3000)]
+    assert sqlite_writer.JSON_ROWS_MAX_VALUES < 3000 * 3
+    with warehouse(json_rows, monkeypatch) as storage:
+        batch = validate([{"keys": ["id"], **p} for p in points], TABLE, limits=Limits(max_points=3000))
+        result = apply(storage, 1, batch)
+        assert result.inserted == 3000
+        _, rows = storage.warehouse.query(
+            1, f'SELECT id, typeof(flag), flag, typeof(n), n, typeof(t), t FROM "{TABLE}" ORDER BY id'
+        )
+    expected = [
+        (
+            p["id"],
+            *(("integer", int(f)) if (f := p["flag"]) is not None else ("null", None)),
+            "real",
+            p["n"],
+            "text",
+            "1",
+        )
+        for p in points
+    ]
+    assert [tuple(r) for r in rows] == expected
 
 
 @pytest.mark.parametrize("json_rows", [True, False], ids=["json-rows", "bound-rows"])

@@ -223,6 +223,8 @@ class TableSQL:
         else:
             action = "DO NOTHING"
         self.columns = cols
+        self.booleans = frozenset(c for c, col in schema.columns.items() if col.kind is Kind.BOOLEAN)
+        """The boolean columns, whose values the writer binds as integers."""
         self.upsert = f"INSERT INTO {t} ({col_list}) VALUES ({marks}) ON CONFLICT ({conflict}) {action}"
         self._into = f"INSERT INTO {t} ({col_list})"
         self._values = (
