@@ -30,13 +30,13 @@ KEEP_ALIVE_SECONDS = 20
 # from ~575 to ~730 requests/s in one A/B (docs/decisions.md, "The hot path").
 SWITCH_INTERVAL = 0.00005  # seconds
 # The garbage collector walks its youngest generation once this many more objects it tracks
-# are alive than at its last pass (700 by default). Objects that die young never count for
-# long, but a batch body's 20,000 rows (tuples) live until they are written: at 700 the
-# collector ran 28 times while one body's rows were being made, each walking what it had
-# just walked; 15% of the batch route's time in process, 10% at 10,000, with passes of a
-# few milliseconds (one every 10,000 objects; 50,000 made them 15 ms, a pause in the
-# latency's tail). A/B in docs/decisions.md, "A frozen heap".
-GC_YOUNG_OBJECTS = 10_000
+# are alive than at its last pass (700 by default). Objects of a small request die before
+# they count for long; a batch body's 20,000 rows (tuples) live until they are written, and
+# at 700 the collector ran about 28 times while one body's rows were being made: 15% of the
+# batch route's time in process, 10% at 10,000, under 2% at 50,000. A pass then walks
+# about 50,000 objects (~15 ms), which only happens while big bodies are in flight, each of
+# them holding Python's lock as long to be decoded. A/B in docs/decisions.md.
+GC_YOUNG_OBJECTS = 50_000
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
