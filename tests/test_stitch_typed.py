@@ -335,3 +335,39 @@ def test_nested_batches_of_target_stitchs_shape_take_the_fast_way() -> None:
     assert kinds["_sdc_source_key_id"] == "integer" and kinds["_sdc_level_1_id"] == "integer"
     assert len(rows) == 60 and rows[0]["q"] == "deep"
     assert tables["orders"][1][0]["o__o__p"] == 1 and tables["orders__l"][1][0]["d"] == "3"
+
+
+def test_a_streams_next_batch_is_decoded_in_one_pass_and_stored_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A body that begins as an earlier one (a tap's next batch of the stream) is decoded
+    by that one's decoder in one pass, its head not read on its own, and gives the push the
+    same body read the two-pass way gives."""
+    recs = [{"id": i, "name": f"n{i}", "amount": "1.25", "ok": i % 2 == 0} for i in range(5)]
+    first = raw_body(recs, keys=["id"], version=None, activate=False, schema={**SCHEMA, "title": "one pass"})
+    second = first.replace(b'"n1"', b'"renamed"')
+    assert typed.read(first, 1, sandbox=False, received=NOW, limits=LIMITS) is not None
+    two_pass = typed.read(second, 1, sandbox=False, received=NOW, limits=LIMITS)  # its prefix known now
+    heads: list[bytes] = []
+    real = typed._decode_head
+    monkeypatch.setattr(typed, "_decode_head", lambda raw: heads.append(raw) or real(raw))
+    one_pass = typed.read(second, 1, sandbox=False, received=NOW, limits=LIMITS)
+    assert heads == []
+    assert one_pass is not None and two_pass is not None
+    assert stored(one_pass) == stored(two_pass)
+    assert {"id": 1, "name": "renamed"}.items() <= stored(one_pass)[1][1].items()
+
+
+def test_a_body_beginning_as_another_of_another_schema_is_read_by_its_own() -> None:
+    """Two schemas whose texts agree up to a field named ``messages``: the bodies begin
+    alike, and the second, which the first's decoder could decode, is still typed by its
+    own schema (``x`` a number, not an integer)."""
+
+    def schema(x: str) -> dict[str, Any]:
+        return {"type": "object", "properties": {"messages": {"type": "integer"}, "x": {"type": x}}}
+
+    for x, kind in (("integer", "integer"), ("number", "double")):
+        raw = raw_body([{"messages": 1, "x": 2}], keys=None, version=None, activate=False, schema=schema(x))
+        push = typed.read(raw, 1, sandbox=False, received=NOW, limits=LIMITS)
+        assert push is not None
+        assert stored(push)[0]["x"] == kind

@@ -16,25 +16,24 @@ is taken or what is stored: both ways store the same rows.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from operator import attrgetter, is_, is_not, itemgetter
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from importapi.body import names_once
 from importapi.errors import BadRequest
 from importapi.kinds import DOUBLE_EXACT, Kind, timestamp_text
 from importapi.push import Batch, Push
 from importapi.settings import Limits
 from importapi.stitch import jsonschema, tree
+from importapi.stitch.columns import fixed_column, timestamps
+from importapi.stitch.proof import each_name_once, names, pairs_in, text_facts, text_in
 from importapi.stitch.records import (
     BATCHED,
     CHILD_SYSTEM,
@@ -54,9 +53,10 @@ from importapi.stitch.records import (
 _INT = Annotated[int, msgspec.Meta(ge=-(DOUBLE_EXACT - 1), le=DOUBLE_EXACT - 1)]
 _SEQUENCE = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 _TEXT_KINDS = (Kind.TEXT, Kind.TIMESTAMP, Kind.DATE)
-_ESCAPED_COLON = re.compile(rb"\\u003[aA]")
 _REJECTED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError, ValueError)
 MAX_DECODERS = 64
+PREFIX_MAX = 1 << 20
+"""How far into a body its messages may begin for it to be read in one pass."""
 
 
 class Decoded(NamedTuple):
@@ -78,7 +78,7 @@ class Decoded(NamedTuple):
 
 class _Head(msgspec.Struct, forbid_unknown_fields=True):
     table_name: str
-    schema: dict[str, Any]
+    schema: msgspec.Raw
     messages: msgspec.Raw
     key_names: list[str] | UnsetType | None = UNSET
     table_version: int | UnsetType | None = UNSET
@@ -86,12 +86,16 @@ class _Head(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
+_HEAD_FIELDS = _Head.__struct_fields__
 
 
 class Decoder:
     """The messages of batches of one schema, decoded into rows."""
 
-    def __init__(self, fields: dict[str, jsonschema.FieldType]) -> None:
+    def __init__(self, schema: dict[str, Any]) -> None:
+        fields = jsonschema.properties(schema)
+        self.schema_pairs = pairs_in(schema)
+        self.schema_texts = text_in(schema)
         self.root = tree.compile_record(fields)
         columns = self.root.columns
         self.names = tuple(c.name for c in columns)
@@ -101,7 +105,7 @@ class Decoder:
         self.paths = {c.name: c.path for c in columns if c.name != c.path}
         self.fixes = [(j, c.post, c.step) for j, c in enumerate(columns) if c.post]
         self.texts = [j for j, c in enumerate(columns) if c.kind in _TEXT_KINDS]  # decoded as str
-        self.plain_names = not any(":" in p for p in _names(fields))
+        self.plain_names = not any(":" in p for p in names(fields))
         message = msgspec.defstruct(
             "Message",
             [
@@ -116,6 +120,20 @@ class Decoder:
         every = [*columns, *(c for sub in tree.every(self.root.subtables) for c in sub.columns)]
         hook = Decimal if any(c.post == "decimal" for c in every) else None
         self.decode = msgspec.json.Decoder(list[message], float_hook=hook).decode  # type: ignore[valid-type]
+        body = msgspec.defstruct(
+            "Body",
+            [
+                ("table_name", str),
+                ("schema", msgspec.Raw),
+                ("messages", list[message]),  # type: ignore[valid-type]
+                ("key_names", list[str] | UnsetType | None, UNSET),
+                ("table_version", int | UnsetType | None, UNSET),
+                ("bookmark_names", list[Any] | UnsetType | None, UNSET),
+            ],
+            forbid_unknown_fields=True,
+        )
+        self.decode_body = msgspec.json.Decoder(body, float_hook=hook).decode
+        """The whole body in one pass: the head as ``_Head`` has it, the messages decoded."""
 
     def rows(
         self,
@@ -147,18 +165,18 @@ class Decoder:
         same = bool(stamps) and stamps.count(stamps[0]) == len(stamps)
         texts = None
         if not arrays:
-            texts = _text_facts([*(columns[j] for j in self.texts), [] if same else stamps])
+            texts = text_facts([*(columns[j] for j in self.texts), [] if same else stamps])
             if same and stamps[0] is not None:
                 texts = (texts[0] + stamps[0].count(":") * len(stamps), texts[1] or "\x00" in stamps[0])
         for j in at_keys:  # a missing key is refused, with its reason, the general way
             if any(map(is_, columns[j], repeat(None))):
                 return None
         for j, what, step in self.fixes:  # each column as the warehouse stores it, in C mostly
-            fixed = _fixed_column(columns[j], what, step)
+            fixed = fixed_column(columns[j], what, step)
             if fixed is None:
                 return None
             columns[j] = fixed
-        extracted = _times(stamps[:1] if same else stamps)
+        extracted = timestamps(stamps[:1] if same else stamps)
         if extracted is None:
             return None
         sequences = list(map(_SEQUENCE_OF, upserts))
@@ -240,144 +258,9 @@ def _children(
             pairs += sub.emit(list(map(pick, keys)), pick(values), pick(sequences), into)
     for sub, columns in losers.tables.items():
         for j, column in enumerate(sub.columns, len(columns) - len(sub.columns) - 1):
-            if column.post and _fixed_column(columns[j], column.post, column.step) is None:
+            if column.post and fixed_column(columns[j], column.post, column.step) is None:
                 return None
     return pairs
-
-
-def _times(column: Sequence[Any]) -> Sequence[Any] | None:
-    """A column of date-time texts as the warehouse writes them (UTC, to the microsecond);
-    None if one is not a date-time."""
-    present = [v for v in column if v is not None]
-    try:
-        parsed = msgspec.convert(present, list[dt.datetime])
-    except msgspec.ValidationError:
-        return None
-    if _canonical(present):
-        return column  # already so (target-stitch's time_extracted, most taps' date-times)
-    it = iter(parsed)
-    return [None if v is None else timestamp_text(next(it)) for v in column]
-
-
-def _canonical(texts: list[str]) -> bool:
-    """Are these date-times (each one read already) all written as the warehouse writes
-    them, ``2026-12-01T07:46:49.376708Z``? Checked on their joined text, a stride per
-    character that tells, so in C."""
-    if not texts:
-        return True
-    if set(map(len, texts)) != {27}:
-        return False
-    joined, n = "".join(texts), len(texts)
-    return joined[10::27] == "T" * n and joined[19::27] == "." * n and joined[26::27] == "Z" * n
-
-
-def _fixed_column(column: Sequence[Any], what: str, step: Decimal | None) -> Sequence[Any] | None:
-    """A column of ``timestamp``, ``date`` or ``decimal`` values (with its step) as the
-    warehouse stores them (the column itself if it already is); None if one does not fit."""
-    if what == "timestamp":
-        return _times(column)
-    if what == "date":
-        return column if _dates(column) else None
-    texts = _decimal_texts(column)
-    return None if texts is None or (step is not None and not _multiples(texts, step)) else texts
-
-
-def _dates(column: Sequence[Any]) -> bool:
-    present = [v for v in column if v is not None]
-    try:
-        msgspec.convert(present, list[dt.date])
-    except msgspec.ValidationError:
-        return False
-    return all(len(v) == 10 for v in present)
-
-
-_DECIMAL_TYPES = frozenset((Decimal, int, type(None)))
-
-
-def _decimal_texts(column: Sequence[Any]) -> list[Any] | None:
-    """A column of exact numbers as a decimal column stores them; None if one is not a number."""
-    types = set(map(type, column))
-    if not types <= _DECIMAL_TYPES:
-        return None
-    if types == {Decimal}:
-        return list(map(format, column, repeat("f")))
-    return [None if v is None else format(v, "f") if type(v) is Decimal else str(v) for v in column]
-
-
-@functools.cache
-def _excess(places: int) -> re.Pattern[str]:
-    """A fraction with a nonzero digit after the first ``places``."""
-    return re.compile(rf"\.[0-9]{{{places}}}[0-9]*[1-9]")
-
-
-def _multiples(texts: list[Any], step: Decimal) -> bool:
-    """Are all these decimal texts (no exponent) whole numbers of ``step`` (a power of ten
-    below 1)? One search over them all."""
-    places = -step.adjusted()
-    return _excess(places).search("\n".join(t for t in texts if t is not None)) is None
-
-
-def _each_name_once(raw: bytes, head: _Head, pairs: int, texts: tuple[int, bool] | None) -> bool:
-    """Does the body hold no NUL and give no name twice (the decoder would keep the last)?
-
-    With the strings' colons counted (``texts``: a batch without arrays, whose field names
-    hold none), one count of the body's colons proves it: each pair is written with one,
-    and every other is inside a string, where decoding keeps it, unless escaped (``\u003a``,
-    searched for only in a body with a backslash). As many colons as pairs and colons in
-    the strings decoded leaves none over for a pair given twice. Else ``body.names_once``."""
-    if texts is not None:
-        colons, nul = texts
-        for value in (head.table_name, head.schema, head.key_names, head.bookmark_names):
-            more, held = _text_in(value)
-            colons, nul = colons + more, nul or held
-        if nul:
-            return False
-        if raw.count(b":") == pairs + colons and (b"\\" not in raw or _ESCAPED_COLON.search(raw) is None):
-            return True
-    elif b"\\u0000" in raw:
-        return False
-    return names_once(raw, pairs)
-
-
-def _text_facts(columns: Sequence[Sequence[Any]]) -> tuple[int, bool]:
-    """The colons in columns of text (or None), and whether one holds a NUL: on each
-    column's joined text, in C."""
-    colons, nul = 0, False
-    for column in columns:
-        joined = "".join(filter(None, column))
-        colons += joined.count(":")
-        nul = nul or "\x00" in joined
-    return colons, nul
-
-
-def _text_in(value: Any) -> tuple[int, bool]:
-    """The colons in the strings and names of a decoded JSON value, and whether one holds a NUL."""
-    if type(value) is str:
-        return value.count(":"), "\x00" in value
-    items = chain(value, value.values()) if type(value) is dict else value if type(value) is list else ()
-    colons, nul = 0, False
-    for item in items:
-        more, held = _text_in(item)
-        colons, nul = colons + more, nul or held
-    return colons, nul
-
-
-def _names(fields: Mapping[str, jsonschema.FieldType]) -> Iterator[str]:
-    """The field names of a record schema, at every depth (an array's by its items')."""
-    for name, ft in fields.items():
-        yield name
-        while ft.items is not None:
-            ft = ft.items
-        if ft.properties:
-            yield from _names(ft.properties)
-
-
-def _pairs(value: Any) -> int:
-    if type(value) is dict:
-        return len(value) + sum(_pairs(v) for v in value.values())
-    if type(value) is list:
-        return sum(_pairs(v) for v in value)
-    return 0
 
 
 _decoders: OrderedDict[bytes, Decoder | None] = OrderedDict()
@@ -391,7 +274,7 @@ def _decoder(schema: dict[str, Any]) -> Decoder | None:
             _decoders.move_to_end(key)
             return _decoders[key]
     try:
-        made: Decoder | None = Decoder(jsonschema.properties(schema))
+        made: Decoder | None = Decoder(schema)
     except (ValueError, TypeError, jsonschema.Unreadable):
         made = None
     with _lock:
@@ -401,35 +284,76 @@ def _decoder(schema: dict[str, Any]) -> Decoder | None:
     return made
 
 
-def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, limits: Limits) -> Push | None:
-    """The push of a batch its schema's decoder takes whole; None: read it the general way."""
+_by_prefix: OrderedDict[bytes, tuple[Decoder, bytes]] = OrderedDict()
+"""A body's bytes before its messages -> the decoder its schema made, and that schema's text."""
+
+
+def _decoded(raw: bytes) -> tuple[Any, Decoder, list[Any]] | None:
+    """The body's head, its schema's decoder, and its messages decoded; None: read it the
+    general way. A body that begins as an earlier one did (a tap's next batch of a stream)
+    is decoded in one pass by that one's decoder, kept if its schema's text is the same;
+    any other, its head first (the messages skipped), then its messages."""
+    at = raw.find(b'"messages"', 0, PREFIX_MAX)
+    prefix = raw[:at] if at > 0 and b'"schema"' in raw[:at] else None
+    with _lock:
+        known = _by_prefix.get(prefix) if prefix is not None else None
+    if known is not None:
+        decoder, schema_text = known
+        try:
+            body = decoder.decode_body(raw)
+        except (*_REJECTED, BadRequest):
+            body = None
+        if body is not None and bytes(body.schema) == schema_text:
+            return body, decoder, body.messages
     try:
         head = _decode_head(raw)
+        schema = msgspec.json.decode(head.schema)
     except _REJECTED:
         return None
-    keys = tuple(head.key_names or ())
-    version = head.table_version if isinstance(head.table_version, int) else None
-    if len(set(keys)) != len(keys) or not all(keys):
-        return None
-    decoder = _decoder(head.schema)
+    decoder = _decoder(schema) if type(schema) is dict else None
     if decoder is None:
         return None
     try:
-        table = table_name(head.table_name)
         messages = decoder.decode(head.messages)
     except (*_REJECTED, BadRequest):
         return None  # refused, with its reasons, the general way
-    if not 1 <= len(messages) <= MAX_RECORDS:
+    if prefix is not None:
+        with _lock:
+            _by_prefix[prefix] = (decoder, bytes(head.schema))
+            _by_prefix.move_to_end(prefix)
+            while len(_by_prefix) > MAX_DECODERS:
+                _by_prefix.popitem(last=False)
+    return head, decoder, messages
+
+
+def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, limits: Limits) -> Push | None:
+    """The push of a batch its schema's decoder takes whole; None: read it the general way."""
+    decoded = _decoded(raw)
+    if decoded is None:
         return None
+    head, decoder, messages = decoded
+    keys = tuple(head.key_names or ())
+    version = head.table_version if isinstance(head.table_version, int) else None
+    if len(set(keys)) != len(keys) or not all(keys) or not 1 <= len(messages) <= MAX_RECORDS:
+        return None
+    try:
+        table = table_name(head.table_name)
+    except BadRequest:
+        return None  # refused, with its reason, the general way
     made = decoder.rows(messages, keys, table, version, timestamp_text(received), limits.max_depth)
     if made is None:
         return None
     rows, tail, constants, valued, children, activate, pairs, texts = made
     if activate and version is None:
         return None
-    present = sum(1 for f in _Head.__struct_fields__ if getattr(head, f) is not UNSET)
-    pairs += present + _pairs(head.schema)
-    if not _each_name_once(raw, head, pairs, texts if decoder.plain_names else None):
+    pairs += sum(1 for f in _HEAD_FIELDS if getattr(head, f) is not UNSET) + decoder.schema_pairs
+    if texts is not None and decoder.plain_names:
+        colons, nul = decoder.schema_texts
+        for value in (head.table_name, head.key_names, head.bookmark_names):
+            more, held = text_in(value)
+            colons, nul = colons + more, nul or held
+        texts = (texts[0] + colons, texts[1] or nul)
+    if not each_name_once(raw, pairs, texts if decoder.plain_names else None):
         return None
     columns = (*decoder.names, *tail)
     kinds: dict[str, Kind] = dict(SYSTEM_KINDS)
@@ -472,7 +396,7 @@ def _subtables(parent: Batch, children: tree.Rows, version: int | None, received
         own |= {c: SYSTEM_KINDS[c] for c in CHILD_SYSTEM}
         for j, column in enumerate(sub.columns, len(head)):
             if column.post:
-                fixed = _fixed_column(columns[j], column.post, column.step)
+                fixed = fixed_column(columns[j], column.post, column.step)
                 if fixed is None:
                     return None
                 columns[j] = fixed
