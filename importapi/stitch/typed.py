@@ -132,7 +132,7 @@ class Decoder:
             ],
             forbid_unknown_fields=True,
         )
-        self.decode_body = msgspec.json.Decoder(body, float_hook=hook).decode
+        self.decode_body: Any = msgspec.json.Decoder(body, float_hook=hook).decode
         """The whole body in one pass: the head as ``_Head`` has it, the messages decoded."""
 
     def rows(
@@ -310,20 +310,20 @@ def _decoded(raw: bytes) -> tuple[Any, Decoder, list[Any]] | None:
         schema = msgspec.json.decode(head.schema)
     except _REJECTED:
         return None
-    decoder = _decoder(schema) if type(schema) is dict else None
-    if decoder is None:
+    made = _decoder(schema) if type(schema) is dict else None
+    if made is None:
         return None
     try:
-        messages = decoder.decode(head.messages)
+        messages = made.decode(head.messages)
     except (*_REJECTED, BadRequest):
         return None  # refused, with its reasons, the general way
     if prefix is not None:
         with _lock:
-            _by_prefix[prefix] = (decoder, bytes(head.schema))
+            _by_prefix[prefix] = (made, bytes(head.schema))
             _by_prefix.move_to_end(prefix)
             while len(_by_prefix) > MAX_DECODERS:
                 _by_prefix.popitem(last=False)
-    return head, decoder, messages
+    return head, made, messages
 
 
 def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, limits: Limits) -> Push | None:
