@@ -55,8 +55,9 @@ _SEQUENCE = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 _TEXT_KINDS = (Kind.TEXT, Kind.TIMESTAMP, Kind.DATE)
 _REJECTED = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError, ValueError)
 MAX_DECODERS = 64
-PREFIX_MAX = 1 << 20
-"""How far into a body its messages may begin for it to be read in one pass."""
+PREFIX_MAX = 64 * 1024
+"""How far into a body its messages may begin for it to be read in one pass (the bytes
+before them are kept, for at most ``MAX_DECODERS`` bodies)."""
 
 
 class Decoded(NamedTuple):
@@ -294,7 +295,7 @@ def _decoded(raw: bytes) -> tuple[Any, Decoder, list[Any]] | None:
     is decoded in one pass by that one's decoder, kept if its schema's text is the same;
     any other, its head first (the messages skipped), then its messages."""
     at = raw.find(b'"messages"', 0, PREFIX_MAX)
-    prefix = raw[:at] if at > 0 and b'"schema"' in raw[:at] else None
+    prefix = raw[:at] if at > 0 and raw.find(b'"schema"', 0, at) >= 0 else None
     with _lock:
         known = _by_prefix.get(prefix) if prefix is not None else None
     if known is not None:
