@@ -378,3 +378,34 @@ def test_after_an_activation_deletes_rows_the_next_push_in_the_group_counts_its_
         assert (second.inserted, second.replaced) == (2, 0)
         _, rows = storage.warehouse.query(1, f'SELECT id, v FROM "{TABLE}" ORDER BY id')
         assert rows == [(1, 2), (10, 2), (11, 2)]
+
+
+def test_pushes_of_many_sizes_prepare_one_bound_statement_per_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each statement text the writer runs stays prepared in its connection's cache (128 of
+    them, a megabyte for a thousand bound rows): pushes of 12 sizes, each past one statement's
+    bound values, bind only full statements of one size; what each leaves over goes as one
+    JSON text, whose statement is the same for every size. And every row is stored."""
+    sizes: set[int] = set()
+    real = sqlite_writer.TableSQL.upsert_mapped
+
+    def upsert_mapped(self: Any, layout: Any, once: Any, count: int) -> str:
+        sizes.add(count)
+        return real(self, layout, once, count)
+
+    monkeypatch.setattr(sqlite_writer.TableSQL, "upsert_mapped", upsert_mapped)
+    limits = Limits(max_points=20_000)
+    next_id, total = 0, 0
+    with warehouse(True, monkeypatch) as storage:
+        for n in range(12):
+            count = 16_400 + 301 * n  # 2 columns: past one statement of 16,383 rows bound
+            points = [{"id": next_id + i, "v": i % 7} for i in range(count)]
+            next_id, total = next_id + count, total + count
+            assert (
+                apply(
+                    storage, 1, validate([{"keys": ["id"], **p} for p in points], TABLE, limits=limits)
+                ).inserted
+                == count
+            )
+        _, rows = storage.warehouse.query(1, f'SELECT count(*), sum(v) FROM "{TABLE}"')
+    assert len(sizes) == 1
+    assert rows[0][0] == total

@@ -439,7 +439,9 @@ class ClientWriter:
     def _write(self, conn: sqlite3.Connection, sql: TableSQL, rows: Rows, together: bool = False) -> None:
         """One statement for a push's rows when they are few (as one JSON text), else a
         statement for each few thousand values (SQLite 3.40 parses a JSON row again for
-        each of its columns, so wide rows by the thousand go faster bound as values).
+        each of its columns, so wide rows by the thousand go faster bound as values) and
+        the rest as one JSON text (bound, each size would be a statement of its own, kept
+        prepared).
         A group's pushes written ``together`` go as one JSON text whatever their number:
         one statement text for every size of group, prepared once (bound values would
         make one per size, each kept prepared, megabytes in all)."""
@@ -456,6 +458,12 @@ class ClientWriter:
         flags = [len(once) + j for j, c in enumerate(layout) if c in sql.booleans]
         for start in range(0, len(rows.rows), per):
             chunk = rows.rows[start : start + per]
+            if len(chunk) < per and self.json_rows:
+                # the rest as one JSON text: a statement of its own size would stay prepared
+                # in the connection's cache, one for each size pushes leave over (about a
+                # megabyte for a thousand rows, up to 128 of them)
+                conn.execute(sql.upsert_rows_mapped(layout, names), (encode_rows(chunk), *once))
+                break
             values = [*once, *chain.from_iterable(chunk)]
             for at in flags:  # a column's values: every width-th from its place, in C
                 column = values[at::width]
