@@ -108,16 +108,16 @@ def test_rows_as_json_store_what_rows_bound_one_by_one_store(
 def test_a_big_push_stores_booleans_as_sqlite_stores_them(
     monkeypatch: pytest.MonkeyPatch, json_rows: bool
 ) -> None:
-    """A push too big for one JSON text is bound value by value; its booleans are stored as
-    the integers 1 and 0, nulls as nulls, and the other columns as they came (a double
-    of 1.0 as a double, text as text)."""
+    """A push of more rows than one statement binds (4 columns: 8,191 rows) is bound value by
+    value, its last rows sent as JSON (or bound too, without JSON): its booleans are stored as
+    the integers 1 and 0, nulls as nulls, and the other columns as they came (a double of 1.0
+    as a double, text as text)."""
     flags = [True, False, None]
-    points = [{"id": i, "flag": flags[i % 3], "n": float(i % 2), "t": "1"} for i in range(3000)]
-    assert sqlite_writer.JSON_ROWS_MAX_VALUES < 3000 * 3
+    points = [{"id": i, "flag": flags[i % 3], "n": float(i % 2), "t": "1"} for i in range(9000)]
     with warehouse(json_rows, monkeypatch) as storage:
-        batch = validate([{"keys": ["id"], **p} for p in points], TABLE, limits=Limits(max_points=3000))
+        batch = validate([{"keys": ["id"], **p} for p in points], TABLE, limits=Limits(max_points=9000))
         result = apply(storage, 1, batch)
-        assert result.inserted == 3000
+        assert result.inserted == 9000
         _, rows = storage.warehouse.query(
             1, f'SELECT id, typeof(flag), flag, typeof(n), n, typeof(t), t FROM "{TABLE}" ORDER BY id'
         )

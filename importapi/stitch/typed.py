@@ -348,13 +348,15 @@ def read(raw: bytes, client_id: int, *, sandbox: bool, received: dt.datetime, li
     if activate and version is None:
         return None
     pairs += sum(1 for f in _HEAD_FIELDS if getattr(head, f) is not UNSET) + decoder.schema_pairs
-    if texts is not None and decoder.plain_names:
+    if not decoder.plain_names:
+        texts = None  # its colons cannot be counted from its strings alone
+    elif texts is not None:  # the head's strings and names count too
         colons, nul = decoder.schema_texts
         for value in (head.table_name, head.key_names, head.bookmark_names):
             more, held = text_in(value)
             colons, nul = colons + more, nul or held
         texts = (texts[0] + colons, texts[1] or nul)
-    if not each_name_once(raw, pairs, texts if decoder.plain_names else None):
+    if not each_name_once(raw, pairs, texts):
         return None
     columns = (*decoder.names, *tail)
     kinds: dict[str, Kind] = dict(SYSTEM_KINDS)

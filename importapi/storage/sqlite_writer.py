@@ -55,9 +55,6 @@ from importapi.storage.sqlite_wal import Checkpointer, Flusher, checkpoint
 log = logging.getLogger("importapi.storage")
 
 MAX_GROUP = 64
-# A push of at most this many values goes to SQLite as one JSON text; a bigger one as bound
-# values, a statement per ``max_values`` (SQLite's limit of bound values in one statement).
-JSON_ROWS_MAX_VALUES = 4000
 # Past this rowid SQLite may pick new rowids at random instead of one above the largest.
 _ROWIDS_IN_ORDER = 2**62
 # The writer's page cache (SQLite's default is 2 MiB): the key index of a table taking keys
@@ -437,38 +434,33 @@ class ClientWriter:
         return None if before >= _ROWIDS_IN_ORDER else int(before)
 
     def _write(self, conn: sqlite3.Connection, sql: TableSQL, rows: Rows, together: bool = False) -> None:
-        """One statement for a push's rows when they are few (as one JSON text), else a
-        statement for each few thousand values (SQLite 3.40 parses a JSON row again for
-        each of its columns, so wide rows by the thousand go faster bound as values) and
-        the rest as one JSON text (bound, each size would be a statement of its own, kept
-        prepared).
-        A group's pushes written ``together`` go as one JSON text whatever their number:
-        one statement text for every size of group, prepared once (bound values would
-        make one per size, each kept prepared, megabytes in all)."""
+        """A push's rows in statements of ``max_values`` bound values each (SQLite's limit;
+        SQLite 3.40 parses a JSON row again for each of its columns, so wide rows by the
+        thousand go faster bound), and the rows left over, fewer than one such statement
+        takes, as one JSON text: every statement text stays prepared in the connection's
+        cache (128 of them, a bound one about a megabyte for a thousand rows), so bound
+        statements are of one size only and the JSON one serves every number of rows. A
+        group's pushes written ``together`` go as one JSON text whatever their number.
+        Without JSON (an SQLite older than 3.38) every row is bound."""
         layout = tuple(rows.columns)
         width = len(layout)
         # the statement picks the table's columns from the rows, in whatever order they come,
         # and binds the columns of one value for all the rows once
         given = [(c, v) for c, v in rows.constants.items() if c in sql.columns]
         names, once = tuple(c for c, _ in given), [v for _, v in given]
-        if self.json_rows and (together or len(rows.rows) * width <= JSON_ROWS_MAX_VALUES):
-            conn.execute(sql.upsert_rows_mapped(layout, names), (encode_rows(rows.rows), *once))
-            return
         per = max(1, (self.max_values - len(once)) // width)
+        bound = len(rows.rows) if not self.json_rows else 0 if together else len(rows.rows) // per * per
         flags = [len(once) + j for j, c in enumerate(layout) if c in sql.booleans]
-        for start in range(0, len(rows.rows), per):
+        for start in range(0, bound, per):
             chunk = rows.rows[start : start + per]
-            if len(chunk) < per and self.json_rows:
-                # the rest as one JSON text: a statement of its own size would stay prepared
-                # in the connection's cache, one for each size pushes leave over (about a
-                # megabyte for a thousand rows, up to 128 of them)
-                conn.execute(sql.upsert_rows_mapped(layout, names), (encode_rows(chunk), *once))
-                break
             values = [*once, *chain.from_iterable(chunk)]
             for at in flags:  # a column's values: every width-th from its place, in C
                 column = values[at::width]
                 values[at::width] = map(_AS_INT, column, column)
             conn.execute(sql.upsert_mapped(layout, names, len(chunk)), values)
+        if bound < len(rows.rows):
+            rest = rows.rows[bound:] if bound else rows.rows
+            conn.execute(sql.upsert_rows_mapped(layout, names), (encode_rows(rest), *once))
 
     def _statements(self, schema: TableSchema) -> TableSQL:
         sql = self.sql.get(schema.name)
