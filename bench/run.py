@@ -175,6 +175,8 @@ def half_rate(
             )
         if host.result:
             result["host_slow_pct"] = host.result["slow_pct"]
+            result["host_steal_pct"] = host.result["steal_pct"]
+            result["host_wake_us"] = host.result["wake_p50_us"]
         return result
 
 
@@ -279,6 +281,7 @@ def _row(mix: str, system: str, s: dict[str, Any]) -> str:
     )
     half = f"{hr['p50_ms']:10.1f} {hr['p95_ms']:7.1f} {hr['p99_ms']:7.1f}" if hr else f"{'':10} {'':7} {'':7}"
     half += f" {hr['host_slow_pct']:9.1f}" if "host_slow_pct" in hr else f" {'':9}"
+    half += f" {hr['host_steal_pct']:5.1f} {hr['host_wake_us']:7.0f}" if "host_wake_us" in hr else f" {'':5} {'':7}"
     peak = f"{s['peak_rss_mb']:8.0f}" if "peak_rss_mb" in s else f"{'':8}"
     errors = f"{s.get('errors', 0):6.0f}"
     name = NAMES.get(system, system)
@@ -330,7 +333,9 @@ def report(results: dict[str, Any]) -> str:
         " alone for the same records (one B-tree, executemany; psycopg, unnest, as many connections"
         " as importapi's pool: bench/best.py)"
         "\nhost slow = % of the time a fixed CPU task ran 3x slower or worse during the half-rate run"
-        " (the host slowing the machine's cores; bench/steadiness.py)"
+        " (the host slowing the machine's cores; bench/steadiness.py); steal = % of the machine's"
+        " CPU time the host took meanwhile; wake us = median round trip of a hand-over between two"
+        " threads meanwhile (two wake-ups; tens of microseconds on a quiet host)"
     )
     st = results.get("stitch")
     if st:
@@ -346,7 +351,7 @@ def report(results: dict[str, Any]) -> str:
         )
     header = (
         f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
-        f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'host slow':>9} {'errors':>6} {'peak MB':>8}"
+        f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'host slow':>9} {'steal':>5} {'wake us':>7} {'errors':>6} {'peak MB':>8}"
     )
     lines = [title, "", header]
     for mix in results["mixes"]:

@@ -7,16 +7,26 @@ every 10 ms in a process of its own, and times each piece in the CPU time of its
 waiting while the server's threads run does not count, a core that runs slowly does. It reports
 the median piece and the share of pieces that took at least three times the median.
 
+Two more readings see what that one cannot. A core the host takes away entirely for a while
+(steal time, from ``/proc/stat``) does not count in a thread's CPU time, so the share of the
+machine's time the host took is reported on its own. And a thread woken by another waits
+for its core to be woken too: on a virtual machine whose idle cores halt, that costs from a
+few microseconds to a few hundred, and the server hands every push from thread to thread;
+each piece is followed by one such hand-over, timed (two threads, a round trip).
+
     python -m bench.steadiness SECONDS     # prints one JSON object
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Self
 
 SLOW = 3.0  # a piece this many times its median counts as slowed down
@@ -29,20 +39,65 @@ def _piece() -> int:
     return total
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """All the machine's CPU time so far and the part of it the host took (steal), in ticks;
+    (0, 0) where ``/proc/stat`` does not say."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+class _Echo:
+    """A thread that answers each item put to it: a round trip is two wake-ups."""
+
+    def __init__(self) -> None:
+        self.ask: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self.told: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while self.ask.get():
+            self.told.put(True)
+
+    def round_trip(self) -> float:
+        started = time.perf_counter()
+        self.ask.put(True)
+        self.told.get()
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        self.ask.put(False)
+
+
+def _pct(values: list[float], p: float) -> float:
+    return sorted(values)[int(p / 100 * (len(values) - 1))]
+
+
 def probe(seconds: float, every: float = 0.01) -> dict[str, float]:
     pieces: list[float] = []
+    trips: list[float] = []
+    echo = _Echo()
+    total0, steal0 = _cpu_ticks()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         started = time.thread_time()
         _piece()
         pieces.append(time.thread_time() - started)
+        trips.append(echo.round_trip())
         time.sleep(every)
+    echo.stop()
+    total1, steal1 = _cpu_ticks()
     median = statistics.median(pieces)
     return {
         "samples": len(pieces),
         "median_ms": median * 1000,
-        "p99_ms": sorted(pieces)[int(0.99 * (len(pieces) - 1))] * 1000,
+        "p99_ms": _pct(pieces, 99) * 1000,
         "slow_pct": 100 * sum(p >= SLOW * median for p in pieces) / len(pieces),
+        "steal_pct": 100 * (steal1 - steal0) / max(1, total1 - total0),
+        "wake_p50_us": _pct(trips, 50) * 1e6,
+        "wake_p99_us": _pct(trips, 99) * 1e6,
     }
 
 
