@@ -281,7 +281,11 @@ def _row(mix: str, system: str, s: dict[str, Any]) -> str:
     )
     half = f"{hr['p50_ms']:10.1f} {hr['p95_ms']:7.1f} {hr['p99_ms']:7.1f}" if hr else f"{'':10} {'':7} {'':7}"
     half += f" {hr['host_slow_pct']:9.1f}" if "host_slow_pct" in hr else f" {'':9}"
-    half += f" {hr['host_steal_pct']:5.1f} {hr['host_wake_us']:7.0f}" if "host_wake_us" in hr else f" {'':5} {'':7}"
+    half += (
+        f" {hr['host_steal_pct']:5.1f} {hr['host_wake_us']:7.0f}"
+        if "host_wake_us" in hr
+        else f" {'':5} {'':7}"
+    )
     peak = f"{s['peak_rss_mb']:8.0f}" if "peak_rss_mb" in s else f"{'':8}"
     errors = f"{s.get('errors', 0):6.0f}"
     name = NAMES.get(system, system)
