@@ -177,6 +177,7 @@ def half_rate(
             result["host_slow_pct"] = host.result["slow_pct"]
             result["host_steal_pct"] = host.result["steal_pct"]
             result["host_wake_us"] = host.result["wake_p50_us"]
+            result["host_flush_max_ms"] = host.result["flush_max_ms"]
         return result
 
 
@@ -282,9 +283,9 @@ def _row(mix: str, system: str, s: dict[str, Any]) -> str:
     half = f"{hr['p50_ms']:10.1f} {hr['p95_ms']:7.1f} {hr['p99_ms']:7.1f}" if hr else f"{'':10} {'':7} {'':7}"
     half += f" {hr['host_slow_pct']:9.1f}" if "host_slow_pct" in hr else f" {'':9}"
     half += (
-        f" {hr['host_steal_pct']:5.1f} {hr['host_wake_us']:7.0f}"
-        if "host_wake_us" in hr
-        else f" {'':5} {'':7}"
+        f" {hr['host_steal_pct']:5.1f} {hr['host_wake_us']:7.0f} {hr['host_flush_max_ms']:9.1f}"
+        if "host_flush_max_ms" in hr
+        else f" {'':5} {'':7} {'':9}"
     )
     peak = f"{s['peak_rss_mb']:8.0f}" if "peak_rss_mb" in s else f"{'':8}"
     errors = f"{s.get('errors', 0):6.0f}"
@@ -339,7 +340,8 @@ def report(results: dict[str, Any]) -> str:
         "\nhost slow = % of the time a fixed CPU task ran 3x slower or worse during the half-rate run"
         " (the host slowing the machine's cores; bench/steadiness.py); steal = % of the machine's"
         " CPU time the host took meanwhile; wake us = median round trip of a hand-over between two"
-        " threads meanwhile (two wake-ups; tens of microseconds on a quiet host)"
+        " threads meanwhile (two wake-ups; tens of microseconds on a quiet host); flush max = the"
+        " longest of the probe's own flushes to the same disk meanwhile (ten a second)"
     )
     st = results.get("stitch")
     if st:
@@ -355,7 +357,7 @@ def report(results: dict[str, Any]) -> str:
         )
     header = (
         f"{'mix':10} {'system':12} {'records/s':>10} {'p50':>7} {'p95':>7} {'p99':>7} "
-        f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'host slow':>9} {'steal':>5} {'wake us':>7} {'errors':>6} {'peak MB':>8}"
+        f"{'½-rate p50':>10} {'p95':>7} {'p99':>7} {'host slow':>9} {'steal':>5} {'wake us':>7} {'flush max':>9} {'errors':>6} {'peak MB':>8}"
     )
     lines = [title, "", header]
     for mix in results["mixes"]:

@@ -12,7 +12,10 @@ Two more readings see what that one cannot. A core the host takes away entirely 
 machine's time the host took is reported on its own. And a thread woken by another waits
 for its core to be woken too: on a virtual machine whose idle cores halt, that costs from a
 few microseconds to a few hundred, and the server hands every push from thread to thread;
-each piece is followed by one such hand-over, timed (two threads, a round trip).
+each piece is followed by one such hand-over, timed (two threads, a round trip). And every
+tenth piece writes a page to a file of its own in the folder the servers' data goes to, and
+times its flush to disk: a host's disk shared with others can hold every flush up for tens or
+hundreds of milliseconds, which nothing else here would show.
 
     python -m bench.steadiness SECONDS     # prints one JSON object
 """
@@ -20,10 +23,12 @@ each piece is followed by one such hand-over, timed (two threads, a round trip).
 from __future__ import annotations
 
 import json
+import os
 import queue
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,6 +52,14 @@ def _cpu_ticks() -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def _time_flush(fd: int, page: bytes = bytes(4096)) -> float:
+    """A page written to ``fd`` and flushed to disk, timed."""
+    started = time.perf_counter()
+    os.pwrite(fd, page, 0)
+    os.fdatasync(fd)
+    return time.perf_counter() - started
 
 
 class _Echo:
@@ -80,13 +93,17 @@ def probe(seconds: float, every: float = 0.01) -> dict[str, float]:
     trips: list[float] = []
     echo = _Echo()
     total0, steal0 = _cpu_ticks()
+    flushes: list[float] = []
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        started = time.thread_time()
-        _piece()
-        pieces.append(time.thread_time() - started)
-        trips.append(echo.round_trip())
-        time.sleep(every)
+    with tempfile.TemporaryFile() as own:  # beside the servers' data (bench.targets)
+        while time.monotonic() < end:
+            started = time.thread_time()
+            _piece()
+            pieces.append(time.thread_time() - started)
+            trips.append(echo.round_trip())
+            if len(pieces) % 10 == 1:
+                flushes.append(_time_flush(own.fileno()))
+            time.sleep(every)
     echo.stop()
     total1, steal1 = _cpu_ticks()
     median = statistics.median(pieces)
@@ -98,6 +115,8 @@ def probe(seconds: float, every: float = 0.01) -> dict[str, float]:
         "steal_pct": 100 * (steal1 - steal0) / max(1, total1 - total0),
         "wake_p50_us": _pct(trips, 50) * 1e6,
         "wake_p99_us": _pct(trips, 99) * 1e6,
+        "flush_p50_ms": _pct(flushes, 50) * 1000,
+        "flush_max_ms": max(flushes) * 1000,
     }
 
 
