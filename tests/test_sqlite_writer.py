@@ -314,6 +314,47 @@ def test_a_push_is_answered_only_once_its_commit_is_on_disk(monkeypatch: pytest.
         assert flushed
 
 
+def _until(condition: Any, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def test_pushes_are_written_while_the_flusher_waits_for_the_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush the disk holds up (here the flusher thread's, until the test lets it go)
+    delays the answers of the pushes it covers, not the writing of those that come
+    meanwhile: each is committed (readers see it) and answered after a later flush."""
+    release, entered = threading.Event(), threading.Event()
+
+    def flusher_held(fd: int) -> None:
+        if threading.current_thread().name.startswith("flush-"):
+            entered.set()
+            assert release.wait(30)
+        os.fdatasync(fd)
+
+    def one(storage: Storage, i: int) -> Any:
+        return submit(storage, 1, validate([{"keys": ["id"], "id": i, "v": "x"}], TABLE))
+
+    with tempfile.TemporaryDirectory() as folder, open_storage(folder) as storage:
+        storage.create_client("writer")
+        push(storage, [{"id": 0, "v": "first"}])
+        monkeypatch.setattr(sqlite_wal, "flush", flusher_held)
+        with writer_held(storage):  # a push waits behind the first: its flush goes to the flusher
+            first = [one(storage, 1)]
+            time.sleep(0.1)  # the writer has taken it, and waits for the file's lock
+            first.append(one(storage, 2))
+            time.sleep(0.1)
+        assert entered.wait(10)
+        later = []
+        for i in (3, 4):  # one at a time, each its own group
+            later.append(one(storage, i))
+            assert _until(lambda n=i + 1: len(_rows(folder)) == n), f"push {i} not written during the flush"
+        assert not first[0].done() and not any(a.done() for a in later), "answered before the flush"
+        release.set()
+        assert [a.result(timeout=30)[0].inserted for a in [*first, *later]] == [1] * 4
+
+
 def test_a_failed_flush_refuses_the_pushes_it_held(monkeypatch: pytest.MonkeyPatch) -> None:
     """When the disk refuses the flush, the pushes of that commit are answered 503 (the
     client sends them again), and the writer goes on with the next ones."""

@@ -67,6 +67,10 @@ class Flusher:
         the flush failed)."""
         self.pending.put(then)
 
+    def flushing(self) -> bool:
+        """Whether a flush is under way."""
+        return self.lock.locked()
+
     def flush_now(self) -> OSError | None:
         """Flush on the calling thread (the writer, with no other push waiting, need not hand
         its group over); the error if it failed."""

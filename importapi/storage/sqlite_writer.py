@@ -204,7 +204,10 @@ class ClientWriter:
 
     def _acknowledge(self, results: list[tuple[Job, Outcome]]) -> None:
         """Answer a committed group's pushes, once the commit is on disk: flushed here when no
-        other push waits (one hand-over less), else by the flusher while this thread goes on."""
+        other push waits and no flush is under way (one hand-over less), else by the flusher
+        while this thread goes on. A flush under way can take the disk's worst time (seen:
+        a second): this thread waiting behind it would leave every push that comes meanwhile
+        unwritten, to be applied only once it ends."""
         if self.flusher is None:
             answer(results)
             return
@@ -216,7 +219,7 @@ class ClientWriter:
                 refusal = StorageUnavailable(f"the warehouse could not write to disk ({error})")
                 answer([(job, refusal) for job, _outcome in results])
 
-        if self.jobs.empty():
+        if self.jobs.empty() and not self.flusher.flushing():
             then(self.flusher.flush_now())
         else:
             self.flusher.after_flush(then)
