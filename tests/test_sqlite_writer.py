@@ -355,6 +355,21 @@ def test_pushes_are_written_while_the_flusher_waits_for_the_disk(monkeypatch: py
         assert [a.result(timeout=30)[0].inserted for a in [*first, *later]] == [1] * 4
 
 
+def test_a_push_after_another_process_wrote_counts_its_own_inserts() -> None:
+    """The writer keeps each table's largest rowid from one group to the next, to count a
+    push's new keys without reading it again; a row another process commits in between
+    (here another connection) is seen, and the next push counts only its own."""
+    with tempfile.TemporaryDirectory() as folder, open_storage(folder) as storage:
+        storage.create_client("writer")
+        assert push(storage, [{"id": i, "v": "ours"} for i in range(5)]).inserted == 5
+        with sqlite3.connect(Path(folder) / "client_1.sqlite3") as other:
+            other.execute(f"INSERT INTO \"{TABLE}\" (id, v) VALUES (100, 'theirs')")
+        result = push(storage, [{"id": 5, "v": "ours"}, {"id": 100, "v": "ours"}])
+        assert (result.inserted, result.replaced) == (1, 1)
+        assert push(storage, [{"id": 6, "v": "ours"}]).inserted == 1
+        assert len(_rows(folder)) == 8
+
+
 def test_a_failed_flush_refuses_the_pushes_it_held(monkeypatch: pytest.MonkeyPatch) -> None:
     """When the disk refuses the flush, the pushes of that commit are answered 503 (the
     client sends them again), and the writer goes on with the next ones."""
