@@ -38,6 +38,19 @@ def _stamp(seconds: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+class _Stamps:
+    """``_stamp`` of each second, made once: a write's events mostly share a second or two."""
+
+    def __init__(self) -> None:
+        self.second, self.text = -1, ""
+
+    def __call__(self, seconds: float) -> str:
+        whole = int(seconds)
+        if whole != self.second:
+            self.second, self.text = whole, _stamp(whole)
+        return self.text
+
+
 def _from_path(path: str) -> tuple[int | None, str | None]:
     """The client id and table a refused request was aimed at, read from its path (a
     refusal may come before the key check that would otherwise tell)."""
@@ -59,6 +72,7 @@ class ActivityRecorder:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._flushing = threading.Lock()
+        self._stamps = _Stamps()  # used under _flushing only
         self._thread = threading.Thread(target=self._run, name="activity-writer", daemon=True)
         self._thread.start()
 
@@ -96,14 +110,13 @@ class ActivityRecorder:
             except Exception:
                 log.warning("could not record %d activity events", len(events), exc_info=True)
 
-    @staticmethod
-    def _event(item: tuple[float, RequestRecord]) -> Activity:
+    def _event(self, item: tuple[float, RequestRecord]) -> Activity:
         at, req = item
         cid, table = req.client_id, req.table
         if req.status >= 400 and cid is None:  # refused before the key said whose it is
             cid, table = _from_path(req.path)
         return Activity(
-            _stamp(at),
+            self._stamps(at),
             req.rid,
             req.route,
             cid,

@@ -10,6 +10,7 @@ import pytest
 
 from importapi.activity import ActivityRecorder
 from importapi.app import create_app
+from importapi.observe import RequestRecord
 from importapi.settings import Settings
 from importapi.storage import Storage, open_storage
 from tests.helpers import EXAMPLE_2, InProcessClient, wait_until
@@ -101,6 +102,30 @@ def test_a_flood_between_flushes_is_bounded_in_memory(storage: Storage) -> None:
     finally:
         recorder.close()
     assert len(storage.catalog.recent_activity(100, refused=True)) == 5
+
+
+def test_events_written_together_keep_each_its_own_second(storage: Storage) -> None:
+    """A write's events keep the time each finished, to the second (the stamps are made
+    once for each second, not once for each write)."""
+    recorder = ActivityRecorder(storage.catalog, keep=10, flush_seconds=60)
+    try:
+        storage.create_client("shop")
+        midnight = 1_764_633_600.0  # 2025-12-02T00:00:00Z
+        for n, offset in enumerate([0.1, 0.9, 1.0, 1.5, 61.2]):
+            req = RequestRecord("POST", "/v2/client/1/table/t/data", [])
+            req.rid, req.route, req.client_id, req.status = f"r{n}", "data", 1, 201
+            recorder._pending.append((midnight + offset, req))
+        recorder.flush()
+    finally:
+        recorder.close()
+    stamps = {a.request_id: a.at for a in storage.catalog.recent_activity(100, refused=False)}
+    assert stamps == {
+        "r0": "2025-12-02T00:00:00Z",
+        "r1": "2025-12-02T00:00:00Z",
+        "r2": "2025-12-02T00:00:01Z",
+        "r3": "2025-12-02T00:00:01Z",
+        "r4": "2025-12-02T00:01:01Z",
+    }
 
 
 def test_the_background_writer_records_without_being_asked(storage: Storage) -> None:
