@@ -24,7 +24,7 @@ from importapi.errors import BadRequest, StorageUnavailable
 from importapi.rjmetrics.validate import validate
 from importapi.settings import Limits
 from importapi.storage import Storage, open_storage, sqlite_wal, sqlite_writer
-from tests.helpers import apply, submit
+from tests.helpers import apply, submit, wait_until
 
 TABLE = "things"
 TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
@@ -314,13 +314,6 @@ def test_a_push_is_answered_only_once_its_commit_is_on_disk(monkeypatch: pytest.
         assert flushed
 
 
-def _until(condition: Any, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return bool(condition())
-
-
 def test_pushes_are_written_while_the_flusher_waits_for_the_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """A flush the disk holds up (here the flusher thread's, until the test lets it go)
     delays the answers of the pushes it covers, not the writing of those that come
@@ -349,16 +342,18 @@ def test_pushes_are_written_while_the_flusher_waits_for_the_disk(monkeypatch: py
         later = []
         for i in (3, 4):  # one at a time, each its own group
             later.append(one(storage, i))
-            assert _until(lambda n=i + 1: len(_rows(folder)) == n), f"push {i} not written during the flush"
+            wait_until(
+                lambda n=i + 1: len(_rows(folder)) == n, timeout=10, what=f"push {i} written during the flush"
+            )
         assert not first[0].done() and not any(a.done() for a in later), "answered before the flush"
         release.set()
         assert [a.result(timeout=30)[0].inserted for a in [*first, *later]] == [1] * 4
 
 
 def test_a_push_after_another_process_wrote_counts_its_own_inserts() -> None:
-    """The writer keeps each table's largest rowid from one group to the next, to count a
-    push's new keys without reading it again; a row another process commits in between
-    (here another connection) is seen, and the next push counts only its own."""
+    """A push's new keys are counted by how far it moved the table's largest rowid; a row
+    another process committed since the writer's last push (here another connection) is
+    not counted as the next push's, and a key it stored counts as replaced."""
     with tempfile.TemporaryDirectory() as folder, open_storage(folder) as storage:
         storage.create_client("writer")
         assert push(storage, [{"id": i, "v": "ours"} for i in range(5)]).inserted == 5
